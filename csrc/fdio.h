@@ -1,0 +1,45 @@
+/* Batched descriptor passing over a connected AF_UNIX stream socket. */
+#ifndef PAF_FDIO_H
+#define PAF_FDIO_H
+
+#include <stddef.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+/* The kernel's SCM_MAX_FD: the most descriptors one sendmsg may carry. */
+#define PAF_MAX_FDS_PER_MESSAGE 253
+
+/* Receive flags reported through *msg_flags. */
+#define PAF_MSG_CTRUNC 1 /* descriptors were dropped; those that arrived were closed */
+
+/*
+ * One sendmsg of iovcnt buffers with nfds descriptors attached (nfds may be 0),
+ * MSG_NOSIGNAL, EINTR retried.  Descriptors need at least one byte of data to
+ * travel with; nfds > PAF_MAX_FDS_PER_MESSAGE or nfds > 0 with no data fails
+ * with EINVAL before anything is sent.  Returns the bytes accepted (the
+ * descriptors went with the first of them), or -1 with errno set.
+ */
+ssize_t paf_sendmsg(int sockfd, const struct iovec *iov, int iovcnt,
+                    const int *fds, int nfds, int flags);
+
+/* paf_sendmsg with one buffer. */
+ssize_t paf_send(int sockfd, const void *buf, size_t len,
+                 const int *fds, int nfds, int flags);
+
+/*
+ * One recvmsg of up to len bytes with room for max_fds descriptors,
+ * MSG_CMSG_CLOEXEC, EINTR retried.  Every control message is walked; the
+ * descriptors of every SCM_RIGHTS message are stored in fds, in order, and
+ * counted in *nfds.  Other control messages are ignored (any descriptors they
+ * could hold are not ours to keep).  If the kernel had to drop descriptors
+ * (MSG_CTRUNC), every descriptor that did arrive is closed, *nfds is 0 and
+ * PAF_MSG_CTRUNC is set in *msg_flags: the data is still returned.
+ * Returns the bytes read (0 at end of stream), or -1 with errno set.
+ */
+ssize_t paf_recvmsg(int sockfd, void *buf, size_t len,
+                    int *fds, int max_fds, int *nfds, int *msg_flags);
+
+/* Closes n descriptors, ignoring errors (EINTR on close must not be retried on Linux). */
+void paf_close_all(const int *fds, int n);
+
+#endif
