@@ -1,6 +1,5 @@
 #include "ampbox.h"
 
-#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -58,6 +57,43 @@ static int reserve_boxes(paf_decoder *d, size_t need)
     d->box_ends = e;
     d->boxes_cap = n;
     return 0;
+}
+
+static int reserve_format(paf_decoder *d, size_t need)
+{
+    size_t n;
+    char *f;
+
+    if (need <= d->format_cap)
+        return 0;
+    n = grown(d->format_cap, need);
+    f = realloc(d->format, n);
+    if (f == NULL)
+        return -1;
+    d->format = f;
+    d->format_cap = n;
+    return 0;
+}
+
+/* Longest format one field adds: "2x255s2x65535s". */
+#define FIELD_FORMAT_MAX 14
+
+/* Appends "2x<n>s", the struct format that skips a length prefix and takes n bytes. */
+static char *format_part(char *out, unsigned n)
+{
+    char digits[5];
+    int i = 0;
+
+    *out++ = '2';
+    *out++ = 'x';
+    do {
+        digits[i++] = (char)('0' + n % 10);
+        n /= 10;
+    } while (n > 0);
+    while (i > 0)
+        *out++ = digits[--i];
+    *out++ = 's';
+    return out;
 }
 
 static int reserve_bytes(paf_decoder *d, size_t need)
@@ -127,8 +163,16 @@ static int emit_box(paf_decoder *d, const uint8_t *p, size_t start, size_t end)
         size_t klen = read_u16(p + at);
         size_t vlen = read_u16(p + at + 2 + klen);
 
-        if (reserve_parts(d, d->nparts + 2) < 0)
+        if (reserve_parts(d, d->nparts + 2) < 0 ||
+            reserve_format(d, d->format_len + FIELD_FORMAT_MAX) < 0)
             return -1;
+        {
+            char *f = d->format + d->format_len;
+
+            f = format_part(f, (unsigned)klen);
+            f = format_part(f, (unsigned)vlen);
+            d->format_len = (size_t)(f - d->format);
+        }
         d->starts[d->nparts] = at + 2;
         d->ends[d->nparts] = at + 2 + klen;
         d->starts[d->nparts + 1] = at + 4 + klen;
@@ -137,8 +181,10 @@ static int emit_box(paf_decoder *d, const uint8_t *p, size_t start, size_t end)
         fields++;
         at += 4 + klen + vlen;
     }
-    if (reserve_boxes(d, d->nboxes + 1) < 0)
+    if (reserve_boxes(d, d->nboxes + 1) < 0 || reserve_format(d, d->format_len + 3) < 0)
         return -1;
+    memcpy(d->format + d->format_len, "2x", 3);
+    d->format_len += 2;
     d->box_fields[d->nboxes] = fields;
     d->box_ends[d->nboxes] = end;
     d->nboxes++;
@@ -162,6 +208,7 @@ void paf_decoder_free(paf_decoder *d)
     free(d->ends);
     free(d->box_fields);
     free(d->box_ends);
+    free(d->format);
     free(d->buf);
     free(d);
 }
@@ -174,7 +221,7 @@ size_t paf_decoder_pending(const paf_decoder *d)
 void paf_decoder_reset(paf_decoder *d)
 {
     d->len = d->consumed = d->scan = 0;
-    d->nparts = d->nboxes = 0;
+    d->nparts = d->nboxes = d->format_len = 0;
 }
 
 static int fail(paf_decoder *d, int error, size_t offset)
@@ -218,7 +265,7 @@ int paf_decoder_feed(paf_decoder *d, const uint8_t *data, size_t len)
     size_t box_start, scan;
     int err;
 
-    d->nparts = d->nboxes = 0;
+    d->nparts = d->nboxes = d->format_len = 0;
     if (d->error)
         return d->error;
 
@@ -267,38 +314,37 @@ ssize_t paf_encode(const uint8_t *data, size_t data_len,
                    uint8_t *out, size_t out_cap, size_t *bad_index)
 {
     size_t in = 0, at = 0;
-    int is_key = 1;
+    int is_key = 1, box_open = 0;
 
     for (size_t i = 0; i < nlens; i++) {
-        int32_t n = lens[i];
+        size_t n;
 
         *bad_index = i;
-        if (n == -1) {
-            if (!is_key)
-                return -PAF_ENCODE_BAD_LAYOUT;
-            n = 0;
-        } else if (n < 0) {
+        if (lens[i] < 0)
             return -PAF_ENCODE_BAD_LAYOUT;
-        } else if (is_key && n == 0) {
-            return -PAF_ENCODE_EMPTY_KEY;
-        } else if (is_key && n > PAF_AMP_MAX_KEY_LENGTH) {
+        n = (size_t)lens[i];
+        if (is_key && n > PAF_AMP_MAX_KEY_LENGTH)
             return -PAF_ENCODE_KEY_TOO_LONG;
-        } else if (n > PAF_AMP_MAX_VALUE_LENGTH) {
+        if (!is_key && n > PAF_AMP_MAX_VALUE_LENGTH)
             return -PAF_ENCODE_VALUE_TOO_LONG;
-        }
-        if ((size_t)n > data_len - in)
+        if (n > data_len - in)
             return -PAF_ENCODE_BAD_LAYOUT;
-        if (out_cap - at < 2 + (size_t)n)
+        if (out_cap - at < 2 + n)
             return -PAF_ENCODE_NO_ROOM;
         out[at] = (uint8_t)(n >> 8);
         out[at + 1] = (uint8_t)n;
-        memcpy(out + at + 2, data + in, (size_t)n);
-        at += 2 + (size_t)n;
-        in += (size_t)n;
-        if (lens[i] != -1)
-            is_key = !is_key;
+        memcpy(out + at + 2, data + in, n);
+        at += 2 + n;
+        in += n;
+        if (is_key) {
+            /* A key, or the empty one that ends the box. */
+            box_open = n > 0;
+            is_key = n == 0;
+        } else {
+            is_key = 1;
+        }
     }
-    if (!is_key || in != data_len) {
+    if (box_open || in != data_len) {
         *bad_index = nlens;
         return -PAF_ENCODE_BAD_LAYOUT;
     }

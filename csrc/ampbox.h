@@ -16,11 +16,10 @@
 #define PAF_DECODE_NO_MEMORY 3
 
 /* Encoder errors (returned negated by paf_encode). */
-#define PAF_ENCODE_EMPTY_KEY 1
-#define PAF_ENCODE_KEY_TOO_LONG 2
-#define PAF_ENCODE_VALUE_TOO_LONG 3
-#define PAF_ENCODE_BAD_LAYOUT 4
-#define PAF_ENCODE_NO_ROOM 5
+#define PAF_ENCODE_KEY_TOO_LONG 1
+#define PAF_ENCODE_VALUE_TOO_LONG 2
+#define PAF_ENCODE_BAD_LAYOUT 3 /* lengths that do not add up, or a box left open */
+#define PAF_ENCODE_NO_ROOM 4
 
 /*
  * After paf_decoder_feed, the complete boxes it found are described by the
@@ -30,12 +29,16 @@
  * box j has box_fields[j] key/value pairs and ends at box_ends[j].  Every byte
  * fed and not yet inside a reported box is source[box_ends[nboxes-1]..] (or
  * the whole source when no box completed): the caller can hand it to another
- * protocol.  The reported spans stay valid until the next feed.
+ * protocol.  format (format_len bytes, NUL-terminated) is a format for
+ * Python's struct module that, unpacked from the source's first byte, gives
+ * every part in order.  The reported spans stay valid until the next feed.
  */
 typedef struct paf_decoder {
     size_t *starts;
     size_t *ends;
     size_t nparts;
+    char *format;       /* a struct-module format that unpacks every part at once */
+    size_t format_len;
     size_t *box_fields;
     size_t *box_ends;
     size_t nboxes;
@@ -52,6 +55,7 @@ typedef struct paf_decoder {
     size_t max_box_size;
     size_t parts_cap;
     size_t boxes_cap;
+    size_t format_cap;
 } paf_decoder;
 
 /* Returns a decoder refusing boxes over max_box_size bytes, or NULL (ENOMEM). */
@@ -70,9 +74,10 @@ void paf_decoder_reset(paf_decoder *d);
 
 /*
  * Encodes boxes into out.  data holds every key and value back to back; lens
- * walks them: lens[i] >= 0 is the next part of that many bytes (keys and
- * values alternating), lens[i] == -1 ends a box.  The output needs exactly
- * (bytes in data) + 2 * nlens bytes.  Returns the bytes written or, for bad
+ * walks them in wire order: keys and values alternate, and a zero length where
+ * a key belongs ends the box (as on the wire, so an empty key cannot be
+ * encoded: refuse it before).  The output needs exactly
+ * data_len + 2 * nlens bytes.  Returns the bytes written or, for bad
  * input, -PAF_ENCODE_* with *bad_index set to the offending lens entry.
  */
 ssize_t paf_encode(const uint8_t *data, size_t data_len,

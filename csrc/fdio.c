@@ -120,8 +120,8 @@ ssize_t paf_recvmsg(int sockfd, void *buf, size_t len,
          * after this point can be trusted: keep nothing. */
         paf_close_all(fds, count);
         count = 0;
-        *msg_flags |= PAF_MSG_CTRUNC;
     }
+    *msg_flags = msg.msg_flags;
     *nfds = count;
     return got;
 }

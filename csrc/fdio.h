@@ -9,9 +9,6 @@
 /* The kernel's SCM_MAX_FD: the most descriptors one sendmsg may carry. */
 #define PAF_MAX_FDS_PER_MESSAGE 253
 
-/* Receive flags reported through *msg_flags. */
-#define PAF_MSG_CTRUNC 1 /* descriptors were dropped; those that arrived were closed */
-
 /*
  * One sendmsg of iovcnt buffers with nfds descriptors attached (nfds may be 0),
  * MSG_NOSIGNAL, EINTR retried.  Descriptors need at least one byte of data to
@@ -32,8 +29,8 @@ ssize_t paf_send(int sockfd, const void *buf, size_t len,
  * descriptors of every SCM_RIGHTS message are stored in fds, in order, and
  * counted in *nfds.  Other control messages are ignored (any descriptors they
  * could hold are not ours to keep).  If the kernel had to drop descriptors
- * (MSG_CTRUNC), every descriptor that did arrive is closed, *nfds is 0 and
- * PAF_MSG_CTRUNC is set in *msg_flags: the data is still returned.
+ * (MSG_CTRUNC), every descriptor that did arrive is closed and *nfds is 0;
+ * the data is still returned.  *msg_flags is the kernel's msg_flags.
  * Returns the bytes read (0 at end of stream), or -1 with errno set.
  */
 ssize_t paf_recvmsg(int sockfd, void *buf, size_t len,

@@ -1,0 +1,202 @@
+# -*- test-case-name: tests.test_codec -*-
+"""
+AMP box framing in C: an incremental L{BoxDecoder}, and L{encode_box} /
+L{encode_boxes}, byte-identical to L{twisted.protocols.amp.AmpBox.serialize}.
+"""
+
+from collections import deque
+from itertools import islice, repeat
+from struct import Struct, pack
+
+from twisted.protocols.amp import TooLong
+
+from pyamp_fds._native import ffi, lib
+from pyamp_fds.errors import BoxTooLarge, FramingError, KeyTooLong
+
+__all__ = [
+    "MAX_KEY_LENGTH",
+    "MAX_VALUE_LENGTH",
+    "DEFAULT_MAX_BOX_SIZE",
+    "BoxDecoder",
+    "encode_box",
+    "encode_boxes",
+]
+
+MAX_KEY_LENGTH = lib.PAF_AMP_MAX_KEY_LENGTH
+MAX_VALUE_LENGTH = lib.PAF_AMP_MAX_VALUE_LENGTH
+
+#: Boxes larger than this are refused.  AMP itself sets no bound; 16 MiB is
+#: far beyond any box Twisted's own commands produce, and keeps a peer that
+#: never ends a box from growing our memory without limit.
+DEFAULT_MAX_BOX_SIZE = 16 * 1024 * 1024
+
+_uninitialized = ffi.new_allocator(should_clear_after_alloc=False)
+
+
+class BoxDecoder:
+    """
+    Turns a byte stream, in chunks of any size, into AMP boxes.
+
+    @ivar boxType: the type of the boxes made: C{dict} (the default) or a
+        subclass of it whose C{__init__} does nothing more for C{bytes} keys,
+        such as L{amp.AmpBox}.  Keys and values are set in wire order.
+    """
+
+    def __init__(self, boxType=dict, max_box_size=DEFAULT_MAX_BOX_SIZE):
+        decoder = lib.paf_decoder_new(max_box_size)
+        if decoder == ffi.NULL:
+            raise MemoryError()
+        self._decoder = ffi.gc(decoder, lib.paf_decoder_free)
+        self.boxType = boxType
+        self._source = b""
+
+    def feed(self, data):
+        """
+        Add C{data} to the stream.
+
+        @return: the boxes completed by it, in order (possibly none).
+        @raise FramingError: the stream is not AMP (L{KeyTooLong},
+            L{BoxTooLarge}); the boxes completed before the fault are in the
+            exception's C{boxes}.  The decoder accepts nothing more after it.
+        """
+        decoder = self._decoder
+        if type(data) is not bytes:
+            data = bytes(data)
+        error = lib.paf_decoder_feed(decoder, data, len(data))
+        if decoder.from_input:
+            source = self._source = data
+        else:
+            source = self._source = ffi.buffer(decoder.buf, decoder.len)[:]
+        nboxes = decoder.nboxes
+        if nboxes:
+            boxes = self._build(source, decoder, nboxes)
+        else:
+            boxes = []
+        if error:
+            raise _decodeError(error, decoder.error_offset, boxes)
+        return boxes
+
+    def _build(self, source, decoder, nboxes):
+        # All of this runs in C inside CPython: one struct unpack cuts every
+        # key and value out of the source, and the map pipeline fills each box
+        # without a Python-level loop.  zip pulls a key from the first islice,
+        # then a value from the second, both over the one iterator: n pairs in
+        # wire order.  The box type's __init__ is skipped: AmpBox's only
+        # converts str keys, and these are bytes.
+        parts = iter(Struct(ffi.buffer(decoder.format, decoder.format_len)[:]).unpack_from(source))
+        fields = ffi.unpack(decoder.box_fields, nboxes)
+        boxType = self.boxType
+        boxes = list(map(boxType.__new__, repeat(boxType, nboxes)))
+        deque(
+            map(
+                dict.update,
+                boxes,
+                map(zip, map(islice, repeat(parts), fields), map(islice, repeat(parts), fields)),
+            ),
+            0,
+        )
+        return boxes
+
+    def remainder(self, index):
+        """
+        Every byte fed after box C{index} of the last L{feed}, and forget
+        them: the stream after that box belongs to someone else now (AMP's
+        protocol switching).  The decoder starts afresh.
+        """
+        decoder = self._decoder
+        if not 0 <= index < decoder.nboxes:
+            raise IndexError("the last feed completed %d boxes" % (decoder.nboxes,))
+        rest = self._source[decoder.box_ends[index] :]
+        lib.paf_decoder_reset(decoder)
+        self._source = b""
+        return rest
+
+    @property
+    def pending(self):
+        """
+        The number of bytes held for a box not yet complete.
+        """
+        return lib.paf_decoder_pending(self._decoder)
+
+    def close(self):
+        """
+        Free the C decoder now rather than when it is garbage collected.
+        """
+        decoder, self._decoder = self._decoder, None
+        if decoder is not None:
+            ffi.release(decoder)
+
+
+def _decodeError(error, offset, boxes):
+    if error == lib.PAF_DECODE_KEY_TOO_LONG:
+        return KeyTooLong(
+            "AMP key length prefix over %d bytes" % (MAX_KEY_LENGTH,), offset, boxes
+        )
+    if error == lib.PAF_DECODE_BOX_TOO_LARGE:
+        return BoxTooLarge("AMP box over the size limit", offset, boxes)
+    if error == lib.PAF_DECODE_NO_MEMORY:
+        raise MemoryError()
+    return FramingError("AMP framing error %d" % (error,), offset, boxes)
+
+
+def encode_box(box):
+    """
+    Encode one box (a mapping of C{bytes} to C{bytes}) exactly as
+    L{amp.AmpBox.serialize} does: keys sorted, each key and value with a
+    2-byte big-endian length, two zero bytes at the end.
+
+    @raise TooLong: a key over 255 bytes or a value over 65535, with the
+        arguments Twisted gives it.
+    @raise TypeError: a key or value that is not bytes.
+    @raise ValueError: an empty key (it would end the box early on the wire).
+    """
+    return encode_boxes((box,))
+
+
+def encode_boxes(boxes):
+    """
+    Encode several boxes into one C{bytes}: the concatenation of
+    L{encode_box} of each, made in one C call.
+    """
+    parts = []
+    append = parts.append
+    for box in boxes:
+        if b"" in box:
+            raise ValueError("an AMP key must not be empty: it would end the box")
+        for key in sorted(box):
+            append(key)
+            append(box[key])
+        append(b"")
+    try:
+        data = b"".join(parts)
+    except TypeError:
+        raise _typeError(parts) from None
+    count = len(parts)
+    lens = pack("%di" % (count,), *map(len, parts))
+    size = len(data) + 2 * count
+    out = _uninitialized("uint8_t[]", size)
+    bad = ffi.new("size_t *")
+    written = lib.paf_encode(
+        data, len(data), ffi.from_buffer("int32_t[]", lens), count, out, size, bad
+    )
+    if written < 0:
+        raise _encodeError(-written, parts, bad[0])
+    return ffi.buffer(out, written)[:]
+
+
+def _typeError(parts):
+    for i, part in enumerate(parts):
+        if not isinstance(part, (bytes, bytearray, memoryview)):
+            return TypeError(
+                "AMP keys and values must be bytes, not %s: %r"
+                % (type(part).__name__, part)
+            )
+    return TypeError("AMP keys and values must be bytes")
+
+
+def _encodeError(error, parts, index):
+    if error == lib.PAF_ENCODE_KEY_TOO_LONG:
+        return TooLong(True, True, parts[index], None)
+    if error == lib.PAF_ENCODE_VALUE_TOO_LONG:
+        return TooLong(False, True, parts[index], parts[index - 1])
+    return AssertionError("pyamp_fds encoder invariant broken: error %d at part %d" % (error, index))

@@ -1,0 +1,134 @@
+# -*- test-case-name: tests.test_fdio -*-
+"""
+Batched descriptor passing on a connected C{AF_UNIX} stream socket.
+
+One call is one C{sendmsg} or one C{recvmsg}, carrying up to
+L{MAX_FDS_PER_MESSAGE} descriptors.  The socket's own blocking mode applies:
+on a non-blocking socket, a call that would block raises L{BlockingIOError}.
+"""
+
+import socket
+
+from pyamp_fds._native import ffi, lib
+from pyamp_fds.errors import DescriptorsTruncated, raiseOSError
+
+__all__ = [
+    "MAX_FDS_PER_MESSAGE",
+    "send_with_fds",
+    "recv_with_fds",
+    "recv_into_with_fds",
+    "close_all",
+]
+
+#: The kernel's C{SCM_MAX_FD}: the most descriptors one C{sendmsg} may carry.
+MAX_FDS_PER_MESSAGE = lib.PAF_MAX_FDS_PER_MESSAGE
+
+_uninitialized = ffi.new_allocator(should_clear_after_alloc=False)
+_BYTES_LIKE = (bytes, bytearray, memoryview)
+
+
+def _fileno(obj):
+    return obj if isinstance(obj, int) else obj.fileno()
+
+
+def _fdArray(fds):
+    try:
+        return ffi.new("int[]", fds)
+    except TypeError:
+        return ffi.new("int[]", [_fileno(f) for f in fds])
+
+
+def send_with_fds(sockfd, data, fds=()):
+    """
+    Send C{data} with C{fds} attached, in one C{sendmsg} (C{MSG_NOSIGNAL}).
+
+    @param sockfd: a connected C{AF_UNIX} stream socket (an int, or an object
+        with C{fileno()}).
+    @param data: a bytes-like object, or a sequence of them sent as one
+        iovec without joining them.
+    @param fds: up to L{MAX_FDS_PER_MESSAGE} descriptors (ints or objects with
+        C{fileno()}).  They are duplicated into the receiver; the caller keeps
+        its own copies.
+
+    @return: C{(bytes_sent, fds_sent)}.  The descriptors travel with the first
+        byte, so C{fds_sent} is C{len(fds)} whenever anything was sent: a
+        partial send must go on without them.
+    @raise ValueError: more than L{MAX_FDS_PER_MESSAGE} descriptors, or
+        descriptors without any data to carry them.
+    @raise BlockingIOError: a non-blocking socket's buffer is full.
+    @raise OSError: any other failure, with its C{errno} (C{BrokenPipeError}
+        when the peer has gone; no C{SIGPIPE} is raised).
+    """
+    nfds = len(fds)
+    if nfds > MAX_FDS_PER_MESSAGE:
+        raise ValueError(
+            "at most %d descriptors fit in one message, not %d"
+            % (MAX_FDS_PER_MESSAGE, nfds)
+        )
+    fdArray = _fdArray(fds) if nfds else ffi.NULL
+    sockfd = _fileno(sockfd)
+    if isinstance(data, _BYTES_LIKE):
+        if nfds and not len(data):
+            raise ValueError("descriptors need at least one byte of data to travel with")
+        sent = lib.paf_send(sockfd, ffi.from_buffer(data), len(data), fdArray, nfds, 0)
+    else:
+        buffers = [ffi.from_buffer(b) for b in data]
+        if nfds and not any(len(b) for b in buffers):
+            raise ValueError("descriptors need at least one byte of data to travel with")
+        iov = ffi.new("struct iovec[]", len(buffers))
+        for vec, buf in zip(iov, buffers):
+            vec.iov_base = buf
+            vec.iov_len = len(buf)
+        sent = lib.paf_sendmsg(sockfd, iov, len(buffers), fdArray, nfds, 0)
+    if sent < 0:
+        raiseOSError()
+    return sent, (nfds if sent > 0 else 0)
+
+
+def recv_into_with_fds(sockfd, buffer, max_fds=MAX_FDS_PER_MESSAGE):
+    """
+    Receive into a writable buffer, with room for C{max_fds} descriptors.
+
+    Received descriptors are close-on-exec.  Control messages other than
+    C{SCM_RIGHTS} are ignored.
+
+    @return: C{(nbytes, fds, flags)}: the bytes read (0 at end of stream), the
+        descriptors now owned by the caller, and the kernel's C{msg_flags}.
+    @raise DescriptorsTruncated: the kernel dropped descriptors
+        (C{MSG_CTRUNC}); those that did arrive are already closed, and the
+        exception's C{data} holds the bytes read.
+    """
+    if not 0 <= max_fds <= MAX_FDS_PER_MESSAGE:
+        raise ValueError("max_fds must be between 0 and %d" % (MAX_FDS_PER_MESSAGE,))
+    view = ffi.from_buffer(buffer, require_writable=True)
+    fds = ffi.new("int[]", max(max_fds, 1))
+    out = ffi.new("int[2]")
+    got = lib.paf_recvmsg(_fileno(sockfd), view, len(view), fds, max_fds, out, out + 1)
+    if got < 0:
+        raiseOSError()
+    if out[1] & socket.MSG_CTRUNC:
+        raise DescriptorsTruncated(bytes(memoryview(buffer)[:got]))
+    return got, ffi.unpack(fds, out[0]), out[1]
+
+
+def recv_with_fds(sockfd, max_bytes, max_fds=MAX_FDS_PER_MESSAGE):
+    """
+    Receive up to C{max_bytes} with room for C{max_fds} descriptors, in one
+    C{recvmsg}.  See L{recv_into_with_fds}.
+
+    @return: C{(data, fds, flags)}; C{data} is empty at end of stream.
+    """
+    if max_bytes < 0:
+        raise ValueError("max_bytes must not be negative")
+    buf = _uninitialized("char[]", max(max_bytes, 1))
+    got, fds, flags = recv_into_with_fds(sockfd, ffi.buffer(buf, max_bytes), max_fds)
+    return ffi.buffer(buf, got)[:], fds, flags
+
+
+def close_all(fds):
+    """
+    Close every descriptor in C{fds}, ignoring errors: for cleanup paths,
+    where one bad descriptor must not keep the rest open.
+    """
+    if fds:
+        lib.paf_close_all(_fdArray(fds), len(fds))
