@@ -222,6 +222,7 @@ void paf_decoder_reset(paf_decoder *d)
 {
     d->len = d->consumed = d->scan = 0;
     d->nparts = d->nboxes = d->format_len = 0;
+    d->error = PAF_DECODE_OK;
 }
 
 static int fail(paf_decoder *d, int error, size_t offset)

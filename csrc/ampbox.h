@@ -69,7 +69,7 @@ int paf_decoder_feed(paf_decoder *d, const uint8_t *data, size_t len);
 /* Bytes held for a box not yet complete. */
 size_t paf_decoder_pending(const paf_decoder *d);
 
-/* Forgets every byte held: the stream now belongs to someone else. */
+/* Forgets every byte held and any error: the stream now belongs to someone else. */
 void paf_decoder_reset(paf_decoder *d);
 
 /*

@@ -7,9 +7,13 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+/* Room for a credentials message (SO_PASSCRED) beside the descriptors, so
+ * that a socket with credentials passing on does not truncate them. */
+#define PAF_CRED_SPACE CMSG_SPACE(sizeof(struct ucred))
+
 /* Control buffer for the largest message we send or accept, aligned for cmsghdr. */
 union paf_cmsgbuf {
-    char buf[CMSG_SPACE(sizeof(int) * PAF_MAX_FDS_PER_MESSAGE)];
+    char buf[CMSG_SPACE(sizeof(int) * PAF_MAX_FDS_PER_MESSAGE) + PAF_CRED_SPACE];
     struct cmsghdr align;
 };
 
@@ -78,7 +82,7 @@ ssize_t paf_recvmsg(int sockfd, void *buf, size_t len,
     struct msghdr msg;
     struct cmsghdr *cmsg;
     ssize_t got;
-    int count = 0;
+    int count = 0, truncated;
 
     *nfds = 0;
     *msg_flags = 0;
@@ -90,9 +94,11 @@ ssize_t paf_recvmsg(int sockfd, void *buf, size_t len,
     memset(&msg, 0, sizeof msg);
     msg.msg_iov = &iov;
     msg.msg_iovlen = 1;
-    /* Room for exactly max_fds: anything more is the kernel's MSG_CTRUNC. */
-    msg.msg_control = max_fds > 0 ? control.buf : NULL;
-    msg.msg_controllen = max_fds > 0 ? CMSG_SPACE(sizeof(int) * (size_t)max_fds) : 0;
+    /* Room for max_fds and a credentials message; the kernel puts the
+     * credentials first, so more than max_fds can only arrive when no
+     * credentials did, and that is treated as truncation below. */
+    msg.msg_control = control.buf;
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)max_fds) + PAF_CRED_SPACE;
 
     do {
         got = recvmsg(sockfd, &msg, MSG_CMSG_CLOEXEC);
@@ -100,26 +106,35 @@ ssize_t paf_recvmsg(int sockfd, void *buf, size_t len,
     if (got < 0)
         return -1;
 
+    truncated = (msg.msg_flags & MSG_CTRUNC) != 0;
     for (cmsg = CMSG_FIRSTHDR(&msg); cmsg != NULL; cmsg = CMSG_NXTHDR(&msg, cmsg)) {
-        size_t payload, n;
+        const unsigned char *data = CMSG_DATA(cmsg);
+        size_t n;
 
         if (cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS)
             continue;
-        payload = cmsg->cmsg_len - CMSG_LEN(0);
-        n = payload / sizeof(int);
-        /* The buffer was sized for max_fds, so n cannot exceed the room left;
-         * the check keeps a kernel surprise from becoming an overflow. */
-        if (n > (size_t)(max_fds - count))
-            n = (size_t)(max_fds - count);
-        memcpy(fds + count, CMSG_DATA(cmsg), n * sizeof(int));
-        count += (int)n;
+        n = (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t i = 0; i < n; i++) {
+            int fd;
+
+            memcpy(&fd, data + i * sizeof(int), sizeof fd);
+            if (count < max_fds) {
+                fds[count++] = fd;
+            } else {
+                /* More than the caller has room for: installed in our
+                 * table all the same, so close it, and report the loss. */
+                close(fd);
+                truncated = 1;
+            }
+        }
     }
 
-    if (msg.msg_flags & MSG_CTRUNC) {
+    if (truncated) {
         /* An unknown number of descriptors was lost, so none of the ordinals
          * after this point can be trusted: keep nothing. */
         paf_close_all(fds, count);
         count = 0;
+        msg.msg_flags |= MSG_CTRUNC;
     }
     *msg_flags = msg.msg_flags;
     *nfds = count;

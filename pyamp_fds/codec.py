@@ -63,12 +63,14 @@ class BoxDecoder:
         if type(data) is not bytes:
             data = bytes(data)
         error = lib.paf_decoder_feed(decoder, data, len(data))
-        if decoder.from_input:
-            source = self._source = data
-        else:
-            source = self._source = ffi.buffer(decoder.buf, decoder.len)[:]
         nboxes = decoder.nboxes
         if nboxes:
+            # Only then: copying held bytes on every feed of a large box,
+            # arriving in small pieces, would be quadratic.
+            if decoder.from_input:
+                source = self._source = data
+            else:
+                source = self._source = ffi.buffer(decoder.buf, decoder.len)[:]
             boxes = self._build(source, decoder, nboxes)
         else:
             boxes = []
@@ -102,6 +104,9 @@ class BoxDecoder:
         Every byte fed after box C{index} of the last L{feed}, and forget
         them: the stream after that box belongs to someone else now (AMP's
         protocol switching).  The decoder starts afresh.
+
+        This works after a L{FramingError} too, for the boxes in it: bytes
+        meant for the next protocol are usually not AMP.
         """
         decoder = self._decoder
         if not 0 <= index < decoder.nboxes:

@@ -1,0 +1,338 @@
+"""
+Tests for L{pyamp_fds.fdio}: real sockets, real descriptors, real kernel limits.
+"""
+
+import fcntl
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from pyamp_fds import fdio
+from pyamp_fds.errors import DescriptorsTruncated
+
+pytestmark = pytest.mark.usefixtures("noLeaks")
+
+
+@pytest.fixture
+def pair():
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    yield a, b
+    a.close()
+    b.close()
+
+
+@pytest.fixture
+def files(tmp_path):
+    """
+    A factory of distinct open files, all closed when the test ends.
+    """
+    opened = []
+
+    def make(count):
+        fds = [
+            os.open(tmp_path / ("file-%d" % (len(opened) + i)), os.O_CREAT | os.O_RDWR)
+            for i in range(count)
+        ]
+        opened.extend(fds)
+        return fds
+
+    yield make
+    for fd in opened:
+        os.close(fd)
+
+
+def identity(fd):
+    st = os.fstat(fd)
+    return (st.st_dev, st.st_ino)
+
+
+def assertSameFiles(sent, received):
+    assert [identity(fd) for fd in received] == [identity(fd) for fd in sent]
+
+
+def assertNothingPending(sock):
+    sock.setblocking(False)
+    try:
+        with pytest.raises(BlockingIOError):
+            sock.recv(1)
+    finally:
+        sock.setblocking(True)
+
+
+def runChild(code, *passFds):
+    """
+    Run C{code} in a fresh interpreter with C{passFds} inherited, and return
+    what it printed as JSON.
+    """
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)] + [str(fd) for fd in passFds],
+        pass_fds=passFds,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert result.returncode == 0, (result.returncode, result.stderr)
+    return json.loads(result.stdout)
+
+
+class TestSendReceive:
+    def test_oneDescriptor(self, pair, files):
+        """
+        One descriptor travels with the data and refers to the same file.
+        """
+        a, b = pair
+        [fd] = files(1)
+        assert fdio.send_with_fds(a, b"hello", [fd]) == (5, 1)
+        data, received, flags = fdio.recv_with_fds(b, 100)
+        assert data == b"hello"
+        assertSameFiles([fd], received)
+        fdio.close_all(received)
+
+    def test_mostDescriptors(self, pair, files):
+        """
+        L{fdio.MAX_FDS_PER_MESSAGE} (253) descriptors travel in one message,
+        in order.
+        """
+        a, b = pair
+        sent = files(fdio.MAX_FDS_PER_MESSAGE)
+        assert fdio.send_with_fds(a, b"x", sent) == (1, 253)
+        data, received, flags = fdio.recv_with_fds(b, 100)
+        assert data == b"x"
+        assertSameFiles(sent, received)
+        fdio.close_all(received)
+
+    def test_tooManyDescriptors(self, pair, files):
+        """
+        254 descriptors are refused with C{ValueError} before anything is sent.
+        """
+        a, b = pair
+        with pytest.raises(ValueError, match="253"):
+            fdio.send_with_fds(a, b"x", files(254))
+        assertNothingPending(b)
+
+    def test_descriptorsNeedData(self, pair, files):
+        """
+        Descriptors with no byte to travel with are refused with C{ValueError}.
+        """
+        a, b = pair
+        [fd] = files(1)
+        with pytest.raises(ValueError, match="byte"):
+            fdio.send_with_fds(a, b"", [fd])
+        with pytest.raises(ValueError, match="byte"):
+            fdio.send_with_fds(a, [b"", bytearray()], [fd])
+        assertNothingPending(b)
+
+    def test_noDescriptors(self, pair):
+        """
+        Data alone is sent and received, with no descriptors.
+        """
+        a, b = pair
+        assert fdio.send_with_fds(a, b"plain") == (5, 0)
+        assert fdio.recv_with_fds(b, 100)[:2] == (b"plain", [])
+
+    def test_iovec(self, pair, files):
+        """
+        A sequence of bytes-like objects is sent as one message, in order.
+        """
+        a, b = pair
+        [fd] = files(1)
+        pieces = [b"ab", bytearray(b"cd"), memoryview(b"--ef")[2:], b""]
+        assert fdio.send_with_fds(a, pieces, [fd]) == (6, 1)
+        data, received, flags = fdio.recv_with_fds(b, 100)
+        assert data == b"abcdef"
+        assertSameFiles([fd], received)
+        fdio.close_all(received)
+
+    def test_fileObjects(self, pair, tmp_path):
+        """
+        Sockets and descriptors may be given as objects with C{fileno()}.
+        """
+        a, b = pair
+        with open(tmp_path / "f", "wb") as f:
+            fdio.send_with_fds(a.fileno(), b"x", [f])
+            data, received, flags = fdio.recv_with_fds(b.fileno(), 10)
+            assertSameFiles([f.fileno()], received)
+        fdio.close_all(received)
+
+    def test_receiveInto(self, pair, files):
+        """
+        L{fdio.recv_into_with_fds} fills the caller's buffer.
+        """
+        a, b = pair
+        sent = files(3)
+        fdio.send_with_fds(a, b"into", sent)
+        buf = bytearray(16)
+        count, received, flags = fdio.recv_into_with_fds(b, buf)
+        assert (count, bytes(buf[:count])) == (4, b"into")
+        assertSameFiles(sent, received)
+        fdio.close_all(received)
+
+    def test_closeOnExec(self, pair, files):
+        """
+        Received descriptors are close-on-exec.
+        """
+        a, b = pair
+        sent = files(2)
+        for fd in sent:
+            os.set_inheritable(fd, True)
+        fdio.send_with_fds(a, b"x", sent)
+        data, received, flags = fdio.recv_with_fds(b, 10)
+        assert len(received) == 2
+        for fd in received:
+            assert fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+        fdio.close_all(received)
+
+    def test_endOfStream(self, pair):
+        """
+        A peer that has closed gives empty data.
+        """
+        a, b = pair
+        a.close()
+        assert fdio.recv_with_fds(b, 100)[:2] == (b"", [])
+
+    def test_credentialsBesideDescriptors(self, pair, files):
+        """
+        A credentials control message (C{SO_PASSCRED}) beside the descriptors
+        does not truncate them and is ignored.
+        """
+        a, b = pair
+        b.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        sent = files(3)
+        fdio.send_with_fds(a, b"cred", sent)
+        data, received, flags = fdio.recv_with_fds(b, 100, max_fds=3)
+        assert data == b"cred"
+        assertSameFiles(sent, received)
+        assert not flags & socket.MSG_CTRUNC
+        fdio.close_all(received)
+
+
+class TestFailures:
+    def test_truncatedByRoom(self, pair, files):
+        """
+        More descriptors than the receiver has room for: every descriptor that
+        arrived is closed and L{DescriptorsTruncated} carries the data.
+        """
+        a, b = pair
+        fdio.send_with_fds(a, b"cut", files(10))
+        with pytest.raises(DescriptorsTruncated) as caught:
+            fdio.recv_with_fds(b, 100, max_fds=3)
+        assert caught.value.data == b"cut"
+
+    def test_truncatedWithCredentials(self, pair, files):
+        """
+        With credentials passing on, the room left for a credentials message
+        does not let more than C{max_fds} descriptors through.
+        """
+        a, b = pair
+        b.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        fdio.send_with_fds(a, b"cut", files(10))
+        with pytest.raises(DescriptorsTruncated):
+            fdio.recv_with_fds(b, 100, max_fds=3)
+
+    def test_truncatedAtDescriptorLimit(self, pair, files):
+        """
+        A receiver at C{RLIMIT_NOFILE} gets C{MSG_CTRUNC} from the kernel: it
+        raises L{DescriptorsTruncated} and keeps none of the descriptors.
+        """
+        a, b = pair
+        child = """
+            import json, os, resource, sys
+            from pyamp_fds import fdio
+            from pyamp_fds.errors import DescriptorsTruncated
+            sock = int(sys.argv[1])
+            def opened():
+                names = [int(n) for n in os.listdir("/proc/self/fd")]
+                # Drop the descriptor listdir used, closed by now.
+                return sorted(fd for fd in names if os.path.exists("/proc/self/fd/%d" % fd))
+            before = opened()
+            # Room for exactly two more descriptors, for ten arriving: the
+            # limit counts descriptor numbers, and the lowest free ones are
+            # used first (descriptors already open above it stay open).
+            limit, free = 0, 0
+            while free < 2:
+                free += limit not in before
+                limit += 1
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+            try:
+                fdio.recv_with_fds(sock, 100)
+                outcome = "received"
+            except DescriptorsTruncated as e:
+                outcome = e.data.decode()
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            after = opened()
+            print(json.dumps({"outcome": outcome, "before": before, "after": after}))
+        """
+        fdio.send_with_fds(a, b"limit", files(10))
+        report = runChild(child, b.fileno())
+        assert report["outcome"] == "limit"
+        assert report["after"] == report["before"]
+
+    def test_wouldBlock(self, pair, files):
+        """
+        A full non-blocking socket raises C{BlockingIOError}, and descriptors
+        offered then were not sent.
+        """
+        a, b = pair
+        a.setblocking(False)
+        chunk = b"x" * 65536
+        with pytest.raises(BlockingIOError):
+            while True:
+                fdio.send_with_fds(a, chunk)
+        with pytest.raises(BlockingIOError):
+            fdio.send_with_fds(a, b"y", files(1))
+        b.setblocking(False)
+        received = []
+        try:
+            while True:
+                data, fds, flags = fdio.recv_with_fds(b, 1 << 20)
+                received.extend(fds)
+        except BlockingIOError:
+            pass
+        assert received == []
+
+    def test_peerClosed(self):
+        """
+        Sending to a peer that has gone raises C{BrokenPipeError} and raises
+        no C{SIGPIPE}, even where C{SIGPIPE} would kill the process.
+        """
+        child = """
+            import json, signal, socket
+            from pyamp_fds import fdio
+            signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+            a, b = socket.socketpair()
+            b.close()
+            try:
+                fdio.send_with_fds(a, b"x", [0])
+                outcome = "sent"
+            except BrokenPipeError:
+                outcome = "EPIPE"
+            print(json.dumps(outcome))
+        """
+        assert runChild(child) == "EPIPE"
+
+    def test_badSocket(self, tmp_path):
+        """
+        A descriptor that is not a socket raises C{OSError} with its errno.
+        """
+        with open(tmp_path / "f", "wb") as f:
+            with pytest.raises(OSError) as caught:
+                fdio.send_with_fds(f, b"x")
+        assert caught.value.errno == 88  # ENOTSOCK
+
+    def test_badMaxFds(self, pair):
+        """
+        C{max_fds} outside 0..253 is a C{ValueError}.
+        """
+        a, b = pair
+        with pytest.raises(ValueError):
+            fdio.recv_with_fds(b, 10, max_fds=254)
+        with pytest.raises(ValueError):
+            fdio.recv_with_fds(b, 10, max_fds=-1)
