@@ -116,6 +116,18 @@ class BoxDecoder:
         self._source = b""
         return rest
 
+    def takePending(self):
+        """
+        Every byte held after the last box of the last L{feed}, and forget
+        them: the decoder starts afresh.
+        """
+        decoder = self._decoder
+        if decoder.nboxes:
+            return self.remainder(decoder.nboxes - 1)
+        rest = ffi.buffer(decoder.buf, decoder.len)[:]
+        lib.paf_decoder_reset(decoder)
+        return rest
+
     @property
     def pending(self):
         """

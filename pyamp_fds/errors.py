@@ -10,6 +10,11 @@ __all__ = [
     "FramingError",
     "KeyTooLong",
     "BoxTooLarge",
+    "DescriptorProtocolError",
+    "UnknownDescriptor",
+    "InvalidDescriptorOrdinal",
+    "TooManyUnclaimedDescriptors",
+    "DescriptorsUnsupported",
 ]
 
 
@@ -62,6 +67,51 @@ class BoxTooLarge(FramingError):
     """
     A box longer than the decoder's C{max_box_size}: refused before it is
     buffered whole, so a peer cannot grow our memory without bound.
+    """
+
+
+class DescriptorProtocolError(ConnectionError):
+    """
+    The peer broke the descriptor-passing rules of the connection; it has
+    been closed, with every descriptor it held, and every call still waiting
+    for an answer fails with this error.
+    """
+
+
+class UnknownDescriptor(DescriptorProtocolError):
+    """
+    A box named a descriptor ordinal that has not been received, or was
+    already claimed by another argument.
+
+    @ivar ordinal: the ordinal named.
+    """
+
+    def __init__(self, ordinal, received):
+        state = "was already claimed" if ordinal < received else "has not been received"
+        DescriptorProtocolError.__init__(
+            self,
+            "descriptor %d %s (%d received on this connection)" % (ordinal, state, received),
+        )
+        self.ordinal = ordinal
+
+
+class InvalidDescriptorOrdinal(DescriptorProtocolError):
+    """
+    A descriptor argument's value is not a decimal ordinal.
+    """
+
+
+class TooManyUnclaimedDescriptors(DescriptorProtocolError):
+    """
+    The peer sent more descriptors than any box claimed, past the
+    connection's limit (C{maxUnclaimedDescriptors}).
+    """
+
+
+class DescriptorsUnsupported(TypeError):
+    """
+    A descriptor argument was sent over a transport that cannot carry
+    descriptors (not a UNIX socket, e.g. TCP).
     """
 
 

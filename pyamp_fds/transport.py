@@ -1,0 +1,302 @@
+# -*- test-case-name: tests.test_transport -*-
+"""
+UNIX stream transports that pass descriptors in batches.
+
+L{Server} and L{Client} are Twisted's C{unix.Server} and C{unix.Client}
+(L{IUNIXTransport} providers) with the descriptor path replaced:
+
+  - C{sendFileDescriptor} queues the descriptor with its place in the byte
+    stream; a write sends the buffered bytes and the queued descriptors
+    together, up to 253 descriptors a C{sendmsg}, each descriptor going with
+    a byte no later than the box that names it.
+  - A read takes everything available (64 KiB) with room for 253
+    descriptors, close-on-exec, hands the descriptors to the protocol in one
+    batch and in order, then the bytes.
+
+The wire is the same as Twisted's, so either end may be stock Twisted.
+"""
+
+import errno
+import fcntl
+from collections import deque
+from itertools import islice
+
+from twisted.internet import error, interfaces, main, unix
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from pyamp_fds.errors import DescriptorsTruncated
+from pyamp_fds.fdio import MAX_FDS_PER_MESSAGE, close_all, recv_with_fds, send_with_fds
+
+__all__ = ["Server", "Client", "Port", "Connector", "isBatching"]
+
+_log = Logger()
+
+# Errors that mean "the kernel cannot take this now": ENOBUFS (memory
+# pressure) and ETOOMANYREFS (too many descriptors in flight for this user).
+# The socket may well be writable, so waiting for writability would spin:
+# back off on a timer instead.
+_BACK_OFF = (errno.ENOBUFS, errno.ETOOMANYREFS)
+_FIRST_BACK_OFF = 0.001
+_LONGEST_BACK_OFF = 0.1
+
+
+def _fileno(descriptor):
+    return descriptor if isinstance(descriptor, int) else descriptor.fileno()
+
+
+class _BatchingMixin:
+    """
+    The descriptor path shared by L{Server} and L{Client}.
+
+    @ivar maxQueuedDescriptors: descriptors queued beyond this count make
+        the send buffer "full" for producers, so that a sender facing a slow
+        reader pauses rather than filling its own descriptor table.
+    @ivar sendmsgCalls: C{sendmsg} calls made, for measurement.
+    @ivar recvmsgCalls: C{recvmsg} calls made, for measurement.
+    """
+
+    maxQueuedDescriptors = MAX_FDS_PER_MESSAGE
+    sendmsgCalls = 0
+    recvmsgCalls = 0
+    _backOffDelay = 0
+    _backOffCall = None
+
+    def _initBatching(self):
+        # (stream position, descriptor): every queued descriptor is ours to
+        # close, a duplicate or one handed over.
+        self._descriptorQueue = deque()
+        self._bytesWritten = 0
+        self._bytesSent = 0
+        self._writeHooks = []
+
+    # Writing
+
+    def write(self, data):
+        if self._writeHooks:
+            self._runWriteHooks()
+        self._bytesWritten += len(data)
+        super().write(data)
+
+    def writeSequence(self, iovec):
+        if self._writeHooks:
+            self._runWriteHooks()
+        iovec = list(iovec)
+        self._bytesWritten += sum(map(len, iovec))
+        super().writeSequence(iovec)
+
+    def addWriteHook(self, hook):
+        """
+        Call C{hook()} once before the next bytes are written or sent, and
+        write the bytes it returns: lets a protocol encode everything it has
+        queued in one go, keeping its place in the stream.
+        """
+        self._writeHooks.append(hook)
+        self.startWriting()
+
+    def _runWriteHooks(self):
+        hooks, self._writeHooks = self._writeHooks, []
+        for hook in hooks:
+            data = hook()
+            if data:
+                self._bytesWritten += len(data)
+                super().write(data)
+
+    def doWrite(self):
+        if self._writeHooks:
+            self._runWriteHooks()
+        return super().doWrite()
+
+    def loseConnection(self, *args, **kwargs):
+        if self._writeHooks and self.connected:
+            self._runWriteHooks()
+        return super().loseConnection(*args, **kwargs)
+
+    def sendFileDescriptor(self, fileno, transfer=False):
+        """
+        Queue a descriptor to go with the next bytes written.
+
+        @param fileno: a descriptor, or an object with C{fileno()}.
+        @param transfer: if false (the default), a duplicate is queued and
+            the caller may close its own copy at once; if true, the
+            descriptor itself is queued and this transport closes it once
+            sent, or when the connection is lost first.
+        """
+        if not transfer:
+            fileno = fcntl.fcntl(_fileno(fileno), fcntl.F_DUPFD_CLOEXEC, 0)
+        else:
+            fileno = _fileno(fileno)
+        self._descriptorQueue.append((self._bytesWritten, fileno))
+        self._maybePauseProducer()
+        self.startWriting()
+
+    def _isSendBufferFull(self):
+        return (
+            len(self._descriptorQueue) > self.maxQueuedDescriptors
+            or super()._isSendBufferFull()
+        )
+
+    def writeSomeData(self, data):
+        """
+        Send as much of C{data} as the socket takes, with every queued
+        descriptor that may go with it, in as few C{sendmsg} calls as the
+        kernel allows.
+        """
+        view = memoryview(data)
+        size = len(view)
+        queue = self._descriptorQueue
+        fileno = self.socket.fileno()
+        total = 0
+        while total < size:
+            length = size - total
+            queued = len(queue)
+            if queued:
+                count = min(queued, MAX_FDS_PER_MESSAGE)
+                fds = [fd for position, fd in islice(queue, count)]
+                if queued > count:
+                    # The next group must still find a byte of the box that
+                    # names it: stop this message where that box may begin.
+                    nextPosition = queue[count][0]
+                    length = min(length, max(1, nextPosition - self._bytesSent))
+            else:
+                count = 0
+                fds = ()
+            try:
+                sent, _ = send_with_fds(fileno, view[total : total + length], fds)
+            except BlockingIOError:
+                break
+            except OSError as e:
+                if e.errno in _BACK_OFF:
+                    self._backOff()
+                    break
+                return main.CONNECTION_LOST
+            finally:
+                self.sendmsgCalls += 1
+            self._backOffDelay = 0
+            if count:
+                # They went with the first byte: never again.
+                for _ in range(count):
+                    queue.popleft()
+                close_all(fds)
+            total += sent
+            self._bytesSent += sent
+            if sent < length and not queue:
+                break
+        return total
+
+    def _backOff(self):
+        if self._backOffCall is not None:
+            return
+        self._backOffDelay = min(
+            max(self._backOffDelay * 2, _FIRST_BACK_OFF), _LONGEST_BACK_OFF
+        )
+        self.stopWriting()
+
+        def retry():
+            self._backOffCall = None
+            if self.connected:
+                self.startWriting()
+
+        self._backOffCall = self.reactor.callLater(self._backOffDelay, retry)
+
+    # Reading
+
+    def doRead(self):
+        try:
+            data, fds, flags = recv_with_fds(self.socket.fileno(), self.bufferSize)
+        except BlockingIOError:
+            return None
+        except DescriptorsTruncated as e:
+            # What arrived was closed already; nothing of this read may be
+            # dispatched, since no later ordinal can be trusted.
+            _log.error(
+                "{transport}: {error}; closing the connection",
+                transport=self,
+                error=e,
+            )
+            return e
+        except OSError:
+            return main.CONNECTION_LOST
+        finally:
+            self.recvmsgCalls += 1
+        if fds:
+            self._descriptorsReceived(fds)
+        return self._dataReceived(data)
+
+    def _descriptorsReceived(self, fds):
+        protocol = self.protocol
+        batch = getattr(protocol, "fileDescriptorsReceived", None)
+        if batch is not None:
+            batch(fds)
+        elif interfaces.IFileDescriptorReceiver.providedBy(protocol):
+            for fd in fds:
+                protocol.fileDescriptorReceived(fd)
+        else:
+            close_all(fds)
+            _log.warn(
+                "{protocol} (on {transport}) does not provide IFileDescriptorReceiver; "
+                "closed {count} descriptors received from {peer}",
+                protocol=protocol,
+                transport=self,
+                count=len(fds),
+                peer=self.getPeer(),
+            )
+
+    def connectionLost(self, reason):
+        if self._backOffCall is not None:
+            self._backOffCall.cancel()
+            self._backOffCall = None
+        queue = self._descriptorQueue
+        if queue:
+            close_all([fd for position, fd in queue])
+            queue.clear()
+        self._writeHooks = []
+        super().connectionLost(reason)
+
+
+def isBatching(transport):
+    """
+    Whether C{transport} is one of this module's: its C{sendFileDescriptor}
+    takes C{transfer}, and it honours C{addWriteHook}.
+    """
+    return isinstance(transport, _BatchingMixin)
+
+
+@implementer(interfaces.IUNIXTransport)
+class Server(_BatchingMixin, unix.Server):
+    """
+    The server side of a UNIX stream connection, with batched descriptors.
+    """
+
+    def __init__(self, *args, **kwargs):
+        self._initBatching()
+        unix.Server.__init__(self, *args, **kwargs)
+
+
+@implementer(interfaces.IUNIXTransport)
+class Client(_BatchingMixin, unix.Client):
+    """
+    The client side of a UNIX stream connection, with batched descriptors.
+    """
+
+    def __init__(self, *args, **kwargs):
+        self._initBatching()
+        unix.Client.__init__(self, *args, **kwargs)
+
+
+class Port(unix.Port):
+    """
+    A listening UNIX socket whose connections are L{Server}s.
+    """
+
+    transport = Server
+
+
+class Connector(unix.Connector):
+    """
+    Connects to a UNIX socket with a L{Client}.
+    """
+
+    def _makeTransport(self):
+        return Client(self.address, self, self.reactor, self.checkPID)
