@@ -1,0 +1,170 @@
+"""
+AMP commands and a peer program for the interoperability tests.
+
+Run as a program, it is one end of a connection, stock Twisted or
+pyamp_fds, serving or connecting on a UNIX socket path::
+
+    python -m tests.peer (stock|fast) (serve|connect) PATH
+
+Every descriptor it receives is checked against the file identity sent
+beside it, then closed.
+"""
+
+import os
+import sys
+import tempfile
+
+from twisted.internet import defer, endpoints, protocol, reactor
+from twisted.protocols import amp
+
+import pyamp_fds
+from pyamp_fds import endpoints as fastEndpoints
+
+
+def identity(fd):
+    st = os.fstat(fd)
+    return b"%d:%d" % (st.st_dev, st.st_ino)
+
+
+class Check(amp.Command):
+    """
+    Three descriptors and their identities; the answer says whether they
+    matched and carries two descriptors of the responder's with theirs.
+    """
+
+    arguments = [
+        (b"a", amp.Descriptor()),
+        (b"b", amp.Descriptor()),
+        (b"c", amp.Descriptor()),
+        (b"ids", amp.ListOf(amp.String())),
+    ]
+    response = [
+        (b"ok", amp.Boolean()),
+        (b"x", amp.Descriptor()),
+        (b"y", amp.Descriptor()),
+        (b"xyids", amp.ListOf(amp.String())),
+    ]
+
+
+class CallMeBack(amp.Command):
+    """
+    Ask the responder to send C{count} L{Check} calls back, and answer how
+    many of them, and of their answers, matched.
+    """
+
+    arguments = [(b"count", amp.Integer())]
+    response = [(b"matched", amp.Integer())]
+
+
+class Peer:
+    """
+    The behaviour both kinds of peer share; mixed into C{amp.AMP} or
+    C{pyamp_fds.AMP}.
+    """
+
+    files = None
+
+    def openFiles(self):
+        """
+        Distinct files to send: a fresh descriptor of one each time.
+        """
+        if Peer.files is None:
+            directory = tempfile.mkdtemp()
+            Peer.files = []
+            for i in range(5):
+                path = os.path.join(directory, "file-%d" % i)
+                open(path, "wb").close()
+                Peer.files.append(path)
+        return [os.open(path, os.O_RDONLY | os.O_CLOEXEC) for path in Peer.files]
+
+    @Check.responder
+    def check(self, a, b, c, ids):
+        ok = [identity(a), identity(b), identity(c)] == ids
+        for fd in (a, b, c):
+            os.close(fd)
+        x, y = self.openFiles()[:2]
+        # Stock Twisted sends later: keep them open until the connection
+        # ends (pyamp_fds would let us close them now).
+        self.keep.extend((x, y))
+        return {"ok": ok, "x": x, "y": y, "xyids": [identity(x), identity(y)]}
+
+    @CallMeBack.responder
+    def callMeBack(self, count):
+        return sendChecks(self, count)
+
+    def connectionLost(self, reason):
+        for fd in self.keep:
+            os.close(fd)
+        self.keep = []
+        super().connectionLost(reason)
+
+
+@defer.inlineCallbacks
+def sendChecks(proto, count):
+    """
+    Make C{count} L{Check} calls, pipelined; return how many matched both
+    ways.
+    """
+    calls = []
+    sent = []
+    for _ in range(count):
+        fds = proto.openFiles()[:3]
+        sent.extend(fds)
+        calls.append(proto.callRemote(Check, a=fds[0], b=fds[1], c=fds[2], ids=[identity(fd) for fd in fds]))
+    answers = yield defer.gatherResults(calls)
+    matched = 0
+    for answer in answers:
+        if answer["ok"] and [identity(answer["x"]), identity(answer["y"])] == answer["xyids"]:
+            matched += 1
+        os.close(answer["x"])
+        os.close(answer["y"])
+    for fd in sent:
+        os.close(fd)
+    return matched
+
+
+class StockPeer(Peer, amp.AMP):
+    def __init__(self, *args, **kwargs):
+        amp.AMP.__init__(self, *args, **kwargs)
+        self.keep = []
+
+
+class FastPeer(Peer, pyamp_fds.AMP):
+    def __init__(self, *args, **kwargs):
+        pyamp_fds.AMP.__init__(self, *args, **kwargs)
+        self.keep = []
+
+
+KINDS = {
+    "stock": (StockPeer, endpoints.UNIXServerEndpoint, endpoints.UNIXClientEndpoint),
+    "fast": (FastPeer, fastEndpoints.UNIXServerEndpoint, fastEndpoints.UNIXClientEndpoint),
+}
+
+
+def main(kind, role, path):
+    peerClass, serverEndpoint, clientEndpoint = KINDS[kind]
+    factory = protocol.Factory.forProtocol(peerClass)
+
+    def lost(proto):
+        # One connection: stop when it ends.
+        original = proto.connectionLost
+
+        def connectionLost(reason):
+            original(reason)
+            reactor.callLater(0, reactor.stop)
+
+        proto.connectionLost = connectionLost
+        return proto
+
+    factory.buildProtocol = lambda addr, build=factory.buildProtocol: lost(build(addr))
+    if role == "serve":
+        d = serverEndpoint(reactor, path).listen(factory)
+        d.addCallback(lambda port: print("listening", flush=True))
+    else:
+        d = clientEndpoint(reactor, path).connect(factory)
+    d.addErrback(lambda f: (f.printTraceback(), reactor.stop()))
+    reactor.run()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

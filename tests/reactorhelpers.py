@@ -1,0 +1,105 @@
+"""
+Real sockets on the real reactor, for tests of the Twisted layer.
+"""
+
+import socket
+
+from twisted.internet import defer, protocol, reactor, task
+from twisted.trial import unittest
+
+from pyamp_fds.endpoints import adoptStreamConnection
+from tests.fdcheck import assertNoNewDescriptors, openDescriptors
+
+
+def settle(seconds=0.05):
+    """
+    Let the reactor run for a moment.
+    """
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+def watchLost(proto):
+    """
+    Return a L{Deferred} that fires with the exception that ended C{proto}'s
+    connection, once it is lost.
+    """
+    lost = defer.Deferred()
+    original = proto.connectionLost
+
+    def connectionLost(reason):
+        original(reason)
+        if not lost.called:
+            lost.callback(reason.value)
+
+    proto.connectionLost = connectionLost
+    return lost
+
+
+def adopt(sock, proto, fast=True):
+    """
+    Run C{proto} over the connected socket C{sock} (which is then closed:
+    the transport has its own duplicate).
+    """
+    factory = protocol.Factory()
+    factory.buildProtocol = lambda addr: proto
+    if fast:
+        adoptStreamConnection(reactor, sock.fileno(), factory)
+    else:
+        sock.setblocking(False)
+        reactor.adoptStreamConnection(sock.fileno(), socket.AF_UNIX, factory)
+    sock.close()
+    return proto
+
+
+class ReactorTestCase(unittest.TestCase):
+    """
+    A test on the real reactor that must end with exactly the descriptors it
+    started with, every connection it made closed.
+    """
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        # The reactor makes its own descriptors (its waker) when it first
+        # runs: let it, before counting.
+        yield settle(0)
+        before = openDescriptors()
+        self._lost = []
+
+        def check():
+            # Both ends' connectionLost must have run before counting.
+            d = defer.DeferredList(self._lost, consumeErrors=True)
+            d.addCallback(lambda _: settle(0.01))
+            d.addCallback(lambda _: assertNoNewDescriptors(before))
+            return d
+
+        self.addCleanup(check)
+
+    def connect(self, serverProto, clientProto, serverFast=True, clientFast=True):
+        """
+        Connect two protocols over a socketpair; both are disconnected when
+        the test ends.
+        """
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        for proto in (serverProto, clientProto):
+            self._lost.append(watchLost(proto))
+        adopt(a, serverProto, serverFast)
+        adopt(b, clientProto, clientFast)
+        self.addCleanup(self._disconnect, serverProto, clientProto)
+        return serverProto, clientProto
+
+    def rawPeer(self, proto, fast=True):
+        """
+        Connect C{proto} to a plain socket the test writes to directly.
+        """
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._lost.append(watchLost(proto))
+        adopt(a, proto, fast)
+        self.addCleanup(self._disconnect, proto)
+        self.addCleanup(b.close)
+        return b
+
+    def _disconnect(self, *protos):
+        for proto in protos:
+            if proto.transport is not None:
+                proto.transport.loseConnection()
+        return settle(0.01)
