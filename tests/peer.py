@@ -4,12 +4,15 @@ AMP commands and a peer program for the interoperability tests.
 Run as a program, it is one end of a connection, stock Twisted or
 pyamp_fds, serving or connecting on a UNIX socket path::
 
-    python -m tests.peer (stock|fast) (serve|connect) PATH
+    python -m tests.peer (stock|fast) (serve|connect|flood) PATH
 
 Every descriptor it receives is checked against the file identity sent
-beside it, then closed.
+beside it, then closed.  It prints its open descriptor count when the
+connection is made and once it is lost, as JSON lines.  C{flood} connects
+and sends L{Check} calls until it is killed.
 """
 
+import json
 import os
 import sys
 import tempfile
@@ -56,7 +59,7 @@ class CallMeBack(amp.Command):
     response = [(b"matched", amp.Integer())]
 
 
-class Peer:
+class Peer(amp.CommandLocator):
     """
     The behaviour both kinds of peer share; mixed into C{amp.AMP} or
     C{pyamp_fds.AMP}.
@@ -64,9 +67,9 @@ class Peer:
 
     files = None
 
-    def openFiles(self):
+    def openFiles(self, count):
         """
-        Distinct files to send: a fresh descriptor of one each time.
+        Fresh descriptors of C{count} distinct files, to send.
         """
         if Peer.files is None:
             directory = tempfile.mkdtemp()
@@ -75,14 +78,14 @@ class Peer:
                 path = os.path.join(directory, "file-%d" % i)
                 open(path, "wb").close()
                 Peer.files.append(path)
-        return [os.open(path, os.O_RDONLY | os.O_CLOEXEC) for path in Peer.files]
+        return [os.open(path, os.O_RDONLY | os.O_CLOEXEC) for path in Peer.files[:count]]
 
     @Check.responder
     def check(self, a, b, c, ids):
         ok = [identity(a), identity(b), identity(c)] == ids
         for fd in (a, b, c):
             os.close(fd)
-        x, y = self.openFiles()[:2]
+        x, y = self.openFiles(2)
         # Stock Twisted sends later: keep them open until the connection
         # ends (pyamp_fds would let us close them now).
         self.keep.extend((x, y))
@@ -90,13 +93,29 @@ class Peer:
 
     @CallMeBack.responder
     def callMeBack(self, count):
-        return sendChecks(self, count)
+        return sendChecks(self, count).addCallback(lambda matched: {"matched": matched})
+
+    def connectionMade(self):
+        super().connectionMade()
+        report("made")
 
     def connectionLost(self, reason):
         for fd in self.keep:
             os.close(fd)
         self.keep = []
         super().connectionLost(reason)
+        report("lost")
+
+
+def report(event):
+    count = len([fd for fd in os.listdir("/proc/self/fd") if os.path.exists("/proc/self/fd/" + fd)])
+    print(json.dumps({"event": event, "fds": count}), flush=True)
+
+
+@defer.inlineCallbacks
+def flood(proto):
+    while True:
+        yield sendChecks(proto, 20)
 
 
 @defer.inlineCallbacks
@@ -108,7 +127,7 @@ def sendChecks(proto, count):
     calls = []
     sent = []
     for _ in range(count):
-        fds = proto.openFiles()[:3]
+        fds = proto.openFiles(3)
         sent.extend(fds)
         calls.append(proto.callRemote(Check, a=fds[0], b=fds[1], c=fds[2], ids=[identity(fd) for fd in fds]))
     answers = yield defer.gatherResults(calls)
@@ -159,9 +178,10 @@ def main(kind, role, path):
     factory.buildProtocol = lambda addr, build=factory.buildProtocol: lost(build(addr))
     if role == "serve":
         d = serverEndpoint(reactor, path).listen(factory)
-        d.addCallback(lambda port: print("listening", flush=True))
     else:
         d = clientEndpoint(reactor, path).connect(factory)
+        if role == "flood":
+            d.addCallback(flood)
     d.addErrback(lambda f: (f.printTraceback(), reactor.stop()))
     reactor.run()
 

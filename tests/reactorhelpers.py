@@ -4,7 +4,7 @@ Real sockets on the real reactor, for tests of the Twisted layer.
 
 import socket
 
-from twisted.internet import defer, protocol, reactor, task
+from twisted.internet import defer, protocol, reactor, task, tcp
 from twisted.trial import unittest
 
 from pyamp_fds.endpoints import adoptStreamConnection
@@ -59,9 +59,11 @@ class ReactorTestCase(unittest.TestCase):
 
     @defer.inlineCallbacks
     def setUp(self):
-        # The reactor makes its own descriptors (its waker) when it first
-        # runs: let it, before counting.
+        # The reactor makes its own descriptors when it first runs (its
+        # waker) and when it first listens (a spare kept for accept() at
+        # EMFILE): both live as long as the process, so make them first.
         yield settle(0)
+        tcp._reservedFD.reserve()
         before = openDescriptors()
         self._lost = []
 
