@@ -18,6 +18,7 @@ __all__ = [
     "recv_with_fds",
     "recv_into_with_fds",
     "close_all",
+    "Receiver",
 ]
 
 #: The kernel's C{SCM_MAX_FD}: the most descriptors one C{sendmsg} may carry.
@@ -123,6 +124,41 @@ def recv_with_fds(sockfd, max_bytes, max_fds=MAX_FDS_PER_MESSAGE):
     buf = _uninitialized("char[]", max(max_bytes, 1))
     got, fds, flags = recv_into_with_fds(sockfd, ffi.buffer(buf, max_bytes), max_fds)
     return ffi.buffer(buf, got)[:], fds, flags
+
+
+class Receiver:
+    """
+    Repeated receives on one socket, into buffers allocated once.
+
+    @ivar bufferSize: the most bytes one L{receive} reads.
+    """
+
+    def __init__(self, bufferSize=65536, max_fds=MAX_FDS_PER_MESSAGE):
+        if not 0 <= max_fds <= MAX_FDS_PER_MESSAGE:
+            raise ValueError("max_fds must be between 0 and %d" % (MAX_FDS_PER_MESSAGE,))
+        self.bufferSize = bufferSize
+        self._maxFds = max_fds
+        self._buffer = _uninitialized("char[]", bufferSize)
+        self._fds = ffi.new("int[]", max(max_fds, 1))
+        self._out = ffi.new("int[2]")
+
+    def receive(self, sockfd):
+        """
+        One C{recvmsg}, as L{recv_with_fds}.
+
+        @return: C{(data, fds)}; C{data} is empty at end of stream.
+        @raise DescriptorsTruncated: see L{recv_into_with_fds}.
+        """
+        out = self._out
+        got = lib.paf_recvmsg(
+            sockfd, self._buffer, self.bufferSize, self._fds, self._maxFds, out, out + 1
+        )
+        if got < 0:
+            raiseOSError()
+        data = ffi.buffer(self._buffer, got)[:]
+        if out[1] & socket.MSG_CTRUNC:
+            raise DescriptorsTruncated(data)
+        return data, (ffi.unpack(self._fds, out[0]) if out[0] else ())
 
 
 def close_all(fds):

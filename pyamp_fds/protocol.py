@@ -18,6 +18,9 @@ What changes:
     still waiting with a L{DescriptorProtocolError}.
 """
 
+from types import MethodType
+
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IUNIXTransport
 from twisted.logger import Logger
@@ -293,10 +296,214 @@ class BinaryBoxProtocol(_Accelerated, amp.BinaryBoxProtocol):
     """
 
 
+class _AlreadyParsed:
+    """
+    A command whose arguments were parsed already: lets Twisted's own
+    serialization chain take over from a responder's result.
+    """
+
+    def __init__(self, command):
+        self._command = command
+
+    def parseArguments(self, box, protocol):
+        return {}
+
+    def __getattr__(self, name):
+        return getattr(self._command, name)
+
+
+def _isPlainCommand(commandType):
+    """
+    Whether C{callRemote} may skip making an instance of C{commandType}: its
+    construction, argument checking and sending are Twisted's own.
+    """
+    return (
+        commandType.__init__ is amp.Command.__init__
+        and commandType._doCommand is amp.Command._doCommand
+        and commandType.makeArguments.__func__ is amp.Command.makeArguments.__func__
+    )
+
+
 class AMP(_Accelerated, amp.AMP):
     """
     L{amp.AMP} with the framing in C and checked, batched descriptors.
+
+    Commands answered synchronously (a responder that returns a dict) are
+    answered without Twisted's C{Deferred} chain; anything else (an
+    exception, a L{Deferred}, a result that does not serialize) runs through
+    Twisted's own chain from that point, so the outcome is the same.
     """
+
+    _prepared = None
+
+    # Serving
+
+    def _commandReceived(self, box):
+        entry = None
+        if self.locator is self and type(self).locateResponder is amp.AMP.locateResponder:
+            entry = self._commandDispatch.get(box[amp.COMMAND])
+        if entry is None:
+            return super()._commandReceived(box)
+        command, responderFunc = entry
+        try:
+            if command.parseArguments.__func__ is amp.Command.parseArguments.__func__:
+                kw = _spec(command, "arguments").toObjects(box, self)
+            else:
+                kw = command.parseArguments(box, self)
+        except BaseException:
+            return self._answerByTwisted(box, fail())
+        responder = MethodType(responderFunc, self)
+        try:
+            result = responder(**kw)
+        except BaseException:
+            result = fail()
+        if not isinstance(result, Deferred):
+            try:
+                if command.makeResponse.__func__ is amp.Command.makeResponse.__func__:
+                    answer = _spec(command, "response").toStrings(
+                        result, command.responseType(), self
+                    )
+                else:
+                    answer = command.makeResponse(result, self)
+            except BaseException:
+                result = fail(
+                    amp.BadLocalReturn(
+                        "%r returned %r and %r could not serialize it" % (responder, result, command),
+                        Failure(),
+                    )
+                )
+            else:
+                if amp.ASK in box:
+                    answer[amp.ANSWER] = box[amp.ASK]
+                    try:
+                        self._safeEmit(answer)
+                    except BaseException:
+                        self.unhandledError(Failure())
+                return None
+        chain = self._wrapWithSerialization(lambda **kw: result, _AlreadyParsed(command))
+        return self._answerByTwisted(box, chain(box))
+
+    def _answerByTwisted(self, box, deferred):
+        self._prepared = deferred
+        try:
+            return super()._commandReceived(box)
+        finally:
+            self._prepared = None
+
+    def dispatchCommand(self, box):
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None:
+            return prepared
+        return super().dispatchCommand(box)
+
+    # Calling
+
+    def callRemote(self, commandType, *a, **kw):
+        if a or not _isPlainCommand(commandType):
+            return super().callRemote(commandType, *a, **kw)
+        spec = _spec(commandType, "arguments")
+        forgotten = [name for name in spec.required if name not in kw]
+        if forgotten:
+            return fail(
+                amp.InvalidSignature(
+                    "forgot {} for {}".format(", ".join(forgotten), commandType.commandName)
+                )
+            )
+        for name in kw:
+            if name not in spec.allowed:
+                raise amp.InvalidSignature(f"{name} is not a valid argument")
+        d = self._sendBoxCommand(
+            commandType.commandName,
+            spec.toStrings(kw, commandType.commandType(), self),
+            commandType.requiresAnswer,
+        )
+        if commandType.requiresAnswer:
+            if commandType.parseResponse.__func__ is amp.Command.parseResponse.__func__:
+                d.addCallback(_spec(commandType, "response").toObjects, self)
+            else:
+                d.addCallback(commandType.parseResponse, self)
+            d.addErrback(_massageError, commandType)
+        return d
+
+
+class _ArgumentSpec:
+    """
+    A command's argument list, with what Twisted works out on every call
+    worked out once: each wire name's Python name, and which arguments use
+    L{amp.Argument}'s own C{toBox}/C{fromBox} (those are run inline, exactly
+    as Twisted runs them; the others through their own methods).
+    """
+
+    def __init__(self, arglist):
+        self.arglist = arglist
+        self.entries = []
+        self.required = []
+        self.allowed = set()
+        for wireName, argument in arglist:
+            pythonName = amp._wireNameToPythonIdentifier(wireName)
+            self.allowed.add(pythonName)
+            if not argument.optional:
+                self.required.append(pythonName)
+            kind = type(argument)
+            plain = (
+                kind.toBox is amp.Argument.toBox
+                and kind.fromBox is amp.Argument.fromBox
+                and kind.retrieve is amp.Argument.retrieve
+            )
+            self.entries.append((wireName, pythonName, argument, argument.optional, plain))
+
+    def toStrings(self, objects, strings, proto):
+        # amp._objectsToStrings, with Argument.toBox inlined.
+        objects = dict(objects)
+        for wireName, pythonName, argument, optional, plain in self.entries:
+            if not plain:
+                argument.toBox(wireName, strings, objects, proto)
+                continue
+            if optional:
+                value = objects.pop(pythonName, None)
+                if value is None:
+                    continue
+            else:
+                value = objects.pop(pythonName)
+            strings[wireName] = argument.toStringProto(value, proto)
+        return strings
+
+    def toObjects(self, strings, proto):
+        # amp._stringsToObjects, with Argument.fromBox inlined.
+        objects = {}
+        strings = dict(strings)
+        for wireName, pythonName, argument, optional, plain in self.entries:
+            if not plain:
+                argument.fromBox(wireName, strings, objects, proto)
+                continue
+            if optional:
+                value = strings.pop(wireName, None)
+                if value is None:
+                    objects[pythonName] = None
+                    continue
+            else:
+                value = strings.pop(wireName)
+            objects[pythonName] = argument.fromStringProto(value, proto)
+        return objects
+
+
+_specs = {}
+
+
+def _spec(commandType, which):
+    key = (commandType, which)
+    spec = _specs.get(key)
+    if spec is None:
+        spec = _specs[key] = _ArgumentSpec(getattr(commandType, which))
+    return spec
+
+
+def _massageError(error, commandType):
+    # Twisted's Command._doCommand does this for every call.
+    error.trap(amp.RemoteAmpError)
+    remote = error.value
+    errorType = commandType.reverseErrors.get(remote.errorCode, amp.UnknownRemoteError)
+    return Failure(errorType(remote.description))
 
 
 class Descriptor(amp.Descriptor):

@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from pyamp_fds.errors import DescriptorsTruncated
-from pyamp_fds.fdio import MAX_FDS_PER_MESSAGE, close_all, recv_with_fds, send_with_fds
+from pyamp_fds.fdio import MAX_FDS_PER_MESSAGE, Receiver, close_all, send_with_fds
 
 __all__ = ["Server", "Client", "Port", "Connector", "isBatching"]
 
@@ -62,6 +62,7 @@ class _BatchingMixin:
     recvmsgCalls = 0
     _backOffDelay = 0
     _backOffCall = None
+    _reading = False
 
     def _initBatching(self):
         # (stream position, descriptor): every queued descriptor is ours to
@@ -70,6 +71,7 @@ class _BatchingMixin:
         self._bytesWritten = 0
         self._bytesSent = 0
         self._writeHooks = []
+        self._receiver = Receiver(self.bufferSize)
 
     # Writing
 
@@ -93,7 +95,9 @@ class _BatchingMixin:
         queued in one go, keeping its place in the stream.
         """
         self._writeHooks.append(hook)
-        self.startWriting()
+        if not self._reading:
+            # Inside doRead, the flush at its end sends it.
+            self.startWriting()
 
     def _runWriteHooks(self):
         hooks, self._writeHooks = self._writeHooks, []
@@ -102,6 +106,26 @@ class _BatchingMixin:
             if data:
                 self._bytesWritten += len(data)
                 super().write(data)
+
+    def _flushAfterRead(self):
+        """
+        Send what was written while handling a read, now: straight to the
+        socket when nothing older is buffered, so that neither a trip
+        through the reactor nor registering for writability is needed.
+        """
+        if self._tempDataLen or len(self.dataBuffer) > self.offset or len(self._writeHooks) != 1:
+            result = self.doWrite()
+        else:
+            data = self._writeHooks.pop()()
+            self._bytesWritten += len(data)
+            result = self.writeSomeData(data)
+            if isinstance(result, int) and result >= 0:
+                if result < len(data):
+                    super().write(data[result:])
+                result = None
+        if result is None and self._outputPending():
+            self.startWriting()
+        return result
 
     def doWrite(self):
         if self._writeHooks:
@@ -204,7 +228,7 @@ class _BatchingMixin:
 
     def doRead(self):
         try:
-            data, fds, flags = recv_with_fds(self.socket.fileno(), self.bufferSize)
+            data, fds = self._receiver.receive(self.socket.fileno())
         except BlockingIOError:
             return None
         except DescriptorsTruncated as e:
@@ -220,9 +244,20 @@ class _BatchingMixin:
             return main.CONNECTION_LOST
         finally:
             self.recvmsgCalls += 1
-        if fds:
-            self._descriptorsReceived(fds)
-        return self._dataReceived(data)
+        self._reading = True
+        try:
+            if fds:
+                self._descriptorsReceived(fds)
+            result = self._dataReceived(data)
+        finally:
+            self._reading = False
+        if result is None and self._outputPending() and not self.disconnecting:
+            # Answers to what was just read go out now, in one sendmsg.
+            result = self._flushAfterRead()
+        return result
+
+    def _outputPending(self):
+        return bool(self._writeHooks or self._tempDataLen or len(self.dataBuffer) > self.offset)
 
     def _descriptorsReceived(self, fds):
         protocol = self.protocol
