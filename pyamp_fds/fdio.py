@@ -7,7 +7,10 @@ L{MAX_FDS_PER_MESSAGE} descriptors.  The socket's own blocking mode applies:
 on a non-blocking socket, a call that would block raises L{BlockingIOError}.
 """
 
+import os
 import socket
+from array import array
+from struct import Struct
 
 from pyamp_fds._native import ffi, lib
 from pyamp_fds.errors import DescriptorsTruncated, raiseOSError
@@ -24,6 +27,9 @@ __all__ = [
 #: The kernel's C{SCM_MAX_FD}: the most descriptors one C{sendmsg} may carry.
 MAX_FDS_PER_MESSAGE = lib.PAF_MAX_FDS_PER_MESSAGE
 
+# A plain int: socket.MSG_CTRUNC is an IntFlag, slow to test on every read.
+_MSG_CTRUNC = int(socket.MSG_CTRUNC)
+
 _uninitialized = ffi.new_allocator(should_clear_after_alloc=False)
 _BYTES_LIKE = (bytes, bytearray, memoryview)
 
@@ -32,11 +38,30 @@ def _fileno(obj):
     return obj if isinstance(obj, int) else obj.fileno()
 
 
+# Packing ints with struct is several times faster than cffi's or array's
+# conversion of a list; one Struct per count, made once.
+_packers = [Struct("%di" % (n,)) for n in range(MAX_FDS_PER_MESSAGE + 1)]
+
+
 def _fdArray(fds):
+    if type(fds) is array and fds.typecode == "i":
+        return ffi.from_buffer("int[]", fds)
+    count = len(fds)
+    packer = _packers[count] if count <= MAX_FDS_PER_MESSAGE else Struct("%di" % (count,))
     try:
-        return ffi.new("int[]", fds)
-    except TypeError:
-        return ffi.new("int[]", [_fileno(f) for f in fds])
+        packed = packer.pack(*fds)
+    except Exception:
+        packed = packer.pack(*[_fileno(f) for f in fds])
+    return ffi.from_buffer("int[]", packed)
+
+
+def _unpackFds(cArray, count):
+    if count == 1:
+        return [cArray[0]]
+    return array("i", ffi.buffer(cArray, count * _INT_SIZE)[:]).tolist()
+
+
+_INT_SIZE = ffi.sizeof("int")
 
 
 def send_with_fds(sockfd, data, fds=()):
@@ -67,11 +92,18 @@ def send_with_fds(sockfd, data, fds=()):
             % (MAX_FDS_PER_MESSAGE, nfds)
         )
     fdArray = _fdArray(fds) if nfds else ffi.NULL
-    sockfd = _fileno(sockfd)
-    if isinstance(data, _BYTES_LIKE):
-        if nfds and not len(data):
+    if type(sockfd) is not int:
+        sockfd = sockfd.fileno()
+    if type(data) is bytes:
+        # cffi passes a bytes object's own buffer: no copy, no wrapper.
+        if nfds and not data:
             raise ValueError("descriptors need at least one byte of data to travel with")
-        sent = lib.paf_send(sockfd, ffi.from_buffer(data), len(data), fdArray, nfds, 0)
+        sent = lib.paf_send(sockfd, data, len(data), fdArray, nfds, 0)
+    elif isinstance(data, _BYTES_LIKE):
+        view = ffi.from_buffer(data)
+        if nfds and not len(view):
+            raise ValueError("descriptors need at least one byte of data to travel with")
+        sent = lib.paf_send(sockfd, view, len(view), fdArray, nfds, 0)
     else:
         buffers = [ffi.from_buffer(b) for b in data]
         if nfds and not any(len(b) for b in buffers):
@@ -107,9 +139,9 @@ def recv_into_with_fds(sockfd, buffer, max_fds=MAX_FDS_PER_MESSAGE):
     got = lib.paf_recvmsg(_fileno(sockfd), view, len(view), fds, max_fds, out, out + 1)
     if got < 0:
         raiseOSError()
-    if out[1] & socket.MSG_CTRUNC:
+    if out[1] & _MSG_CTRUNC:
         raise DescriptorsTruncated(bytes(memoryview(buffer)[:got]))
-    return got, ffi.unpack(fds, out[0]), out[1]
+    return got, _unpackFds(fds, out[0]), out[1]
 
 
 def recv_with_fds(sockfd, max_bytes, max_fds=MAX_FDS_PER_MESSAGE):
@@ -146,7 +178,9 @@ class Receiver:
         """
         One C{recvmsg}, as L{recv_with_fds}.
 
-        @return: C{(data, fds)}; C{data} is empty at end of stream.
+        @return: C{(data, fds)}; C{data} is empty at end of stream and
+            C{fds} is an C{array('i')} of the descriptors received (a
+            sequence of ints, which L{close_all} takes without converting).
         @raise DescriptorsTruncated: see L{recv_into_with_fds}.
         """
         out = self._out
@@ -156,9 +190,14 @@ class Receiver:
         if got < 0:
             raiseOSError()
         data = ffi.buffer(self._buffer, got)[:]
-        if out[1] & socket.MSG_CTRUNC:
+        if out[1] & _MSG_CTRUNC:
             raise DescriptorsTruncated(data)
-        return data, (ffi.unpack(self._fds, out[0]) if out[0] else ())
+        count = out[0]
+        if not count:
+            return data, ()
+        if count == 1:
+            return data, array("i", (self._fds[0],))
+        return data, array("i", ffi.buffer(self._fds, count * _INT_SIZE)[:])
 
 
 def close_all(fds):
@@ -166,5 +205,10 @@ def close_all(fds):
     Close every descriptor in C{fds}, ignoring errors: for cleanup paths,
     where one bad descriptor must not keep the rest open.
     """
-    if fds:
+    if len(fds) == 1:
+        try:
+            os.close(_fileno(fds[0]))
+        except OSError:
+            pass
+    elif fds:
         lib.paf_close_all(_fdArray(fds), len(fds))
