@@ -67,6 +67,10 @@ class _Accelerated:
 
     maxUnclaimedDescriptors = 1024
     maxBoxSize = DEFAULT_MAX_BOX_SIZE
+    #: While dispatching a long run of boxes from one read, send what they
+    #: produced every this many boxes: the peer starts on the first answers
+    #: while later ones are still being made, so both ends work at once.
+    flushEvery = 128
 
     _decoder = None
     _failReason = None
@@ -115,12 +119,15 @@ class _Accelerated:
         except FramingError as e:
             boxes, error = e.boxes, e
         receiver = self.boxReceiver
+        every = self.flushEvery if self._batching and len(boxes) > self.flushEvery else 0
         self._dispatching = True
         try:
             for index, box in enumerate(boxes):
                 self._claimedInBox = []
                 receiver.ampBoxReceived(box)
                 self._claimedInBox = []
+                if every and index % every == every - 1 and self._outgoing:
+                    self.transport.flushNow()
                 if self.innerProtocol is not None:
                     rest = self._decoder.remainder(index)
                     if rest:

@@ -107,6 +107,17 @@ class _BatchingMixin:
                 self._bytesWritten += len(data)
                 super().write(data)
 
+    def flushNow(self):
+        """
+        Send what has been written so far now, if the socket takes it; what
+        it does not take waits for writability as usual.
+        """
+        if self._outputPending() and not self.disconnecting and self.connected:
+            why = self._flushAfterRead()
+            if why is not None:
+                # Lost while writing: let the reactor's next pass report it.
+                self.startWriting()
+
     def _flushAfterRead(self):
         """
         Send what was written while handling a read, now: straight to the
