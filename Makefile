@@ -7,8 +7,9 @@ NATIVE_SOURCES := $(wildcard csrc/*.c csrc/*.h csrc/*.cdef) csrc/build_native.py
 CWARN := -std=gnu99 -Wall -Wextra -Werror
 SANITIZERS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 BENCH_ARGS ?=
+FUZZ_SECONDS ?= 60
 
-.PHONY: all test bench sanitize clean
+.PHONY: all test bench sanitize fuzz clean
 
 all: $(INSTALLED)
 
@@ -38,11 +39,16 @@ tests/c/build/test_native: tests/c/test_native.c $(NATIVE_SOURCES)
 sanitize: $(INSTALLED) tests/c/build/test_native
 	tests/c/build/test_native
 	PYAMP_FDS_CFLAGS="$(SANITIZERS) -g -O1" PYAMP_FDS_LDFLAGS="$(SANITIZERS)" \
-		$(PY) -m pip install -q --no-build-isolation -e .
+		$(PY) -m pip install -q -e .
 	ASAN_OPTIONS=detect_leaks=0 LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
 		$(PY) -m pytest -q -p no:cacheprovider tests/test_fdio.py tests/test_codec.py; \
 		status=$$?; rm -f $(INSTALLED); exit $$status
 
+# The box decoder under libFuzzer with ASan and UBSan (clang), for
+# FUZZ_SECONDS; see fuzz/run.sh.
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) sh fuzz/run.sh
+
 clean:
 	rm -rf $(VENV) build *.egg-info pyamp_fds/_native.* pyamp_fds/__pycache__ \
-		tests/c/build benchmarks/c_fdloop benchmarks/results .pytest_cache .hypothesis
+		tests/c/build fuzz/build benchmarks/c_fdloop benchmarks/results .pytest_cache .hypothesis

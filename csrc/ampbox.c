@@ -243,12 +243,19 @@ static int decode(paf_decoder *d, const uint8_t *p, size_t n, size_t *box_start,
         size_t pos = *scan, need = 0;
         enum scan_result r = scan_box(p, n, &pos, &need);
 
-        if (r == SCAN_KEY_TOO_LONG)
+        if (r == SCAN_KEY_TOO_LONG) {
+            /* A prefix the box could not reach within the limit is refused
+             * as the box's size, as it is when the stream stops short of it:
+             * the error must not depend on how the stream was cut. */
+            if (pos + 2 - *box_start > d->max_box_size)
+                return fail(d, PAF_DECODE_BOX_TOO_LARGE, *box_start);
             return fail(d, PAF_DECODE_KEY_TOO_LONG, pos);
+        }
         if (r == SCAN_INCOMPLETE) {
             /* need is what the box is known to reach: refuse it as soon as
-             * that is already too long, before buffering the rest. */
-            if (need - *box_start > d->max_box_size)
+             * that is already too long, before buffering the rest (once the
+             * box has begun: no bytes yet is no box). */
+            if (n > *box_start && need - *box_start > d->max_box_size)
                 return fail(d, PAF_DECODE_BOX_TOO_LARGE, *box_start);
             *scan = pos;
             return PAF_DECODE_OK;
@@ -334,7 +341,9 @@ ssize_t paf_encode(const uint8_t *data, size_t data_len,
             return -PAF_ENCODE_NO_ROOM;
         out[at] = (uint8_t)(n >> 8);
         out[at + 1] = (uint8_t)n;
-        memcpy(out + at + 2, data + in, n);
+        /* data may be NULL when every box is empty: no arithmetic on it then. */
+        if (n > 0)
+            memcpy(out + at + 2, data + in, n);
         at += 2 + n;
         in += n;
         if (is_key) {

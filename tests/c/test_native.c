@@ -1,0 +1,1445 @@
+/*
+ * Tests for the C core (csrc/fdio.c, csrc/ampbox.c), meant to run under ASan
+ * and UBSan.  As in libwayland's runner, every test runs in a forked child and
+ * fails if it crashes, fails a check, leaks memory (LeakSanitizer runs when
+ * the child exits) or leaves a different number of descriptors open than it
+ * found.  Arguments, if any, name the tests to run.
+ */
+#define _GNU_SOURCE
+#include "ampbox.h"
+#include "fdio.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* ---- the runner ------------------------------------------------------- */
+
+struct test {
+    const char *name;
+    void (*run)(void);
+};
+
+/* What a failing check should also print, such as a random seed. */
+static char failure_context[128];
+
+static void check_failed(const char *file, int line, const char *what)
+{
+    fprintf(stderr, "%s:%d: check failed: %s\n", file, line, what);
+    if (failure_context[0])
+        fprintf(stderr, "    (%s)\n", failure_context);
+    fflush(stderr);
+    _exit(1);
+}
+
+static void check_eq_failed(const char *file, int line, const char *a, const char *b,
+                            long long va, long long vb)
+{
+    char what[512];
+
+    snprintf(what, sizeof what, "%s == %s: %lld != %lld", a, b, va, vb);
+    check_failed(file, line, what);
+}
+
+#define CHECK(cond) \
+    do { \
+        if (!(cond)) \
+            check_failed(__FILE__, __LINE__, #cond); \
+    } while (0)
+
+#define CHECK_EQ(a, b) \
+    do { \
+        long long a_ = (long long)(a), b_ = (long long)(b); \
+        if (a_ != b_) \
+            check_eq_failed(__FILE__, __LINE__, #a, #b, a_, b_); \
+    } while (0)
+
+#define CHECK_ERRNO(call, err) \
+    do { \
+        errno = 0; \
+        CHECK_EQ((call), -1); \
+        CHECK_EQ(errno, (err)); \
+    } while (0)
+
+static int count_fds(void)
+{
+    DIR *dir = opendir("/proc/self/fd");
+    struct dirent *entry;
+    int n = 0;
+
+    CHECK(dir != NULL);
+    while ((entry = readdir(dir)) != NULL) {
+        if (entry->d_name[0] != '.')
+            n++;
+    }
+    closedir(dir);
+    return n - 1; /* the directory's own descriptor */
+}
+
+static void run_child(const struct test *t)
+{
+    int before, after;
+
+    alarm(60);
+    before = count_fds();
+    t->run();
+    after = count_fds();
+    if (before != after) {
+        fprintf(stderr, "%s: %d descriptors open before, %d after\n", t->name, before, after);
+        fflush(stderr);
+        _exit(3);
+    }
+    exit(0); /* not _exit: LeakSanitizer checks at exit */
+}
+
+static int run_test(const struct test *t)
+{
+    pid_t pid;
+    int status;
+
+    fflush(stdout);
+    fflush(stderr);
+    pid = fork();
+    if (pid < 0) {
+        perror("fork");
+        exit(2);
+    }
+    if (pid == 0)
+        run_child(t);
+    while (waitpid(pid, &status, 0) < 0) {
+        if (errno != EINTR) {
+            perror("waitpid");
+            exit(2);
+        }
+    }
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
+        printf("ok    %s\n", t->name);
+        return 1;
+    }
+    if (WIFSIGNALED(status))
+        printf("FAIL  %s (signal %d, %s)\n", t->name, WTERMSIG(status), strsignal(WTERMSIG(status)));
+    else
+        printf("FAIL  %s (exit status %d)\n", t->name, WEXITSTATUS(status));
+    return 0;
+}
+
+/* ---- helpers ------------------------------------------------------------ */
+
+static void make_pair(int sv[2])
+{
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+}
+
+static void close_pair(int sv[2])
+{
+    if (sv[0] >= 0)
+        close(sv[0]);
+    if (sv[1] >= 0)
+        close(sv[1]);
+}
+
+/* n distinct files, each its own inode, without FD_CLOEXEC so that the flag
+ * on a received copy shows the receiver asked for it. */
+static void make_files(int *fds, int n)
+{
+    for (int i = 0; i < n; i++) {
+        fds[i] = memfd_create("paf-test", 0);
+        CHECK(fds[i] >= 0);
+    }
+}
+
+static int same_file(int a, int b)
+{
+    struct stat sa, sb;
+
+    CHECK(fstat(a, &sa) == 0);
+    CHECK(fstat(b, &sb) == 0);
+    return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+static int is_cloexec(int fd)
+{
+    int flags = fcntl(fd, F_GETFD);
+
+    CHECK(flags >= 0);
+    return (flags & FD_CLOEXEC) != 0;
+}
+
+static void set_nonblocking(int fd)
+{
+    int flags = fcntl(fd, F_GETFL);
+
+    CHECK(flags >= 0);
+    CHECK(fcntl(fd, F_SETFL, flags | O_NONBLOCK) == 0);
+}
+
+/* Nothing more to read, right now. */
+static void check_nothing_pending(int fd)
+{
+    char c;
+    int fds[PAF_MAX_FDS_PER_MESSAGE], nfds = -1, flags = -1;
+
+    CHECK_ERRNO(paf_recvmsg(fd, &c, 1, fds, PAF_MAX_FDS_PER_MESSAGE, &nfds, &flags), EAGAIN);
+    CHECK_EQ(nfds, 0);
+}
+
+/* ---- fdio ----------------------------------------------------------------- */
+
+/* Sends n descriptors with some data, receives them and checks what arrived. */
+static void send_and_receive(int n, int passcred)
+{
+    int sv[2], sent[PAF_MAX_FDS_PER_MESSAGE], got[PAF_MAX_FDS_PER_MESSAGE];
+    int nfds = -1, flags = -1, one = 1;
+    char data[300], buf[400];
+
+    memset(data, 'd', sizeof data);
+    make_pair(sv);
+    if (passcred)
+        CHECK(setsockopt(sv[1], SOL_SOCKET, SO_PASSCRED, &one, sizeof one) == 0);
+    make_files(sent, n);
+
+    CHECK_EQ(paf_send(sv[0], data, sizeof data, sent, n, 0), sizeof data);
+    /* Exactly as much room as was sent: the credentials beside the
+     * descriptors must not crowd any out. */
+    CHECK_EQ(paf_recvmsg(sv[1], buf, sizeof buf, got, n, &nfds, &flags), sizeof data);
+    CHECK(memcmp(buf, data, sizeof data) == 0);
+    CHECK_EQ(nfds, n);
+    CHECK_EQ(flags & MSG_CTRUNC, 0);
+    for (int i = 0; i < n; i++) {
+        CHECK(got[i] != sent[i]);
+        CHECK(same_file(got[i], sent[i]));
+        CHECK(is_cloexec(got[i]));
+        CHECK(!is_cloexec(sent[i]));
+    }
+    paf_close_all(got, nfds);
+    paf_close_all(sent, n);
+    close_pair(sv);
+}
+
+static void test_send_recv_no_fds(void) { send_and_receive(0, 0); }
+static void test_send_recv_one_fd(void) { send_and_receive(1, 0); }
+static void test_send_recv_two_fds(void) { send_and_receive(2, 0); }
+static void test_send_recv_max_fds(void) { send_and_receive(PAF_MAX_FDS_PER_MESSAGE, 0); }
+static void test_passcred_one_fd(void) { send_and_receive(1, 1); }
+static void test_passcred_max_fds(void) { send_and_receive(PAF_MAX_FDS_PER_MESSAGE, 1); }
+
+static void test_passcred_no_fds(void)
+{
+    int sv[2], got[4], nfds = -1, flags = -1, one = 1;
+    char buf[8];
+
+    make_pair(sv);
+    CHECK(setsockopt(sv[1], SOL_SOCKET, SO_PASSCRED, &one, sizeof one) == 0);
+    CHECK_EQ(paf_send(sv[0], "abc", 3, NULL, 0, 0), 3);
+    CHECK_EQ(paf_recvmsg(sv[1], buf, sizeof buf, got, 0, &nfds, &flags), 3);
+    CHECK_EQ(nfds, 0);
+    CHECK_EQ(flags & MSG_CTRUNC, 0);
+    close_pair(sv);
+}
+
+static void test_send_too_many_fds(void)
+{
+    int sv[2], fds[PAF_MAX_FDS_PER_MESSAGE + 1];
+
+    make_pair(sv);
+    make_files(fds, PAF_MAX_FDS_PER_MESSAGE + 1);
+    CHECK_ERRNO(paf_send(sv[0], "x", 1, fds, PAF_MAX_FDS_PER_MESSAGE + 1, 0), EINVAL);
+    CHECK_ERRNO(paf_send(sv[0], "x", 1, fds, -1, 0), EINVAL);
+    set_nonblocking(sv[1]);
+    check_nothing_pending(sv[1]);
+    paf_close_all(fds, PAF_MAX_FDS_PER_MESSAGE + 1);
+    close_pair(sv);
+}
+
+static void test_send_fds_without_data(void)
+{
+    int sv[2], fd;
+    char byte = 'x';
+    struct iovec empty[2] = { { &byte, 0 }, { &byte, 0 } };
+
+    make_pair(sv);
+    make_files(&fd, 1);
+    CHECK_ERRNO(paf_send(sv[0], &byte, 0, &fd, 1, 0), EINVAL);
+    CHECK_ERRNO(paf_send(sv[0], NULL, 0, &fd, 1, 0), EINVAL);
+    CHECK_ERRNO(paf_sendmsg(sv[0], empty, 2, &fd, 1, 0), EINVAL);
+    CHECK_ERRNO(paf_sendmsg(sv[0], NULL, 0, &fd, 1, 0), EINVAL);
+    CHECK_ERRNO(paf_sendmsg(sv[0], empty, -1, NULL, 0, 0), EINVAL);
+    set_nonblocking(sv[1]);
+    check_nothing_pending(sv[1]);
+    close(fd);
+    close_pair(sv);
+}
+
+static void test_sendmsg_several_buffers(void)
+{
+    int sv[2], sent[2], got[8], nfds = -1, flags = -1;
+    char buf[32];
+    struct iovec iov[4] = {
+        { "ab", 2 }, { "", 0 }, { "cdefg", 5 }, { "h", 1 },
+    };
+
+    make_pair(sv);
+    make_files(sent, 2);
+    CHECK_EQ(paf_sendmsg(sv[0], iov, 4, sent, 2, 0), 8);
+    CHECK_EQ(paf_recvmsg(sv[1], buf, sizeof buf, got, 8, &nfds, &flags), 8);
+    CHECK(memcmp(buf, "abcdefgh", 8) == 0);
+    CHECK_EQ(nfds, 2);
+    CHECK(same_file(got[0], sent[0]));
+    CHECK(same_file(got[1], sent[1]));
+    CHECK(!same_file(got[0], sent[1]));
+    paf_close_all(got, nfds);
+    paf_close_all(sent, 2);
+    close_pair(sv);
+}
+
+static void test_send_bad_descriptor(void)
+{
+    int sv[2], bad = 1000000;
+
+    make_pair(sv);
+    CHECK_ERRNO(paf_send(sv[0], "x", 1, &bad, 1, 0), EBADF);
+    close_pair(sv);
+}
+
+/* Sends 10 descriptors and receives them with room for max_fds: nothing may
+ * be kept, and nothing may stay open. */
+static void receive_truncated(int max_fds, int passcred)
+{
+    int sv[2], sent[10], got[10], nfds = -1, flags = -1, one = 1, open_before;
+    char buf[32];
+
+    make_pair(sv);
+    if (passcred)
+        CHECK(setsockopt(sv[1], SOL_SOCKET, SO_PASSCRED, &one, sizeof one) == 0);
+    make_files(sent, 10);
+    CHECK_EQ(paf_send(sv[0], "0123456789", 10, sent, 10, 0), 10);
+    paf_close_all(sent, 10);
+    open_before = count_fds();
+    CHECK_EQ(paf_recvmsg(sv[1], buf, sizeof buf, got, max_fds, &nfds, &flags), 10);
+    CHECK(memcmp(buf, "0123456789", 10) == 0);
+    CHECK_EQ(nfds, 0);
+    CHECK(flags & MSG_CTRUNC);
+    CHECK_EQ(count_fds(), open_before);
+    close_pair(sv);
+}
+
+/* The kernel installs them all (the credentials room is free), we drop them. */
+static void test_recv_ctrunc_max_fds_3(void) { receive_truncated(3, 0); }
+static void test_recv_ctrunc_max_fds_0(void) { receive_truncated(0, 0); }
+/* The kernel itself truncates: the credentials take their room. */
+static void test_recv_ctrunc_passcred(void) { receive_truncated(3, 1); }
+
+/* The receiver at RLIMIT_NOFILE: the kernel installs what it can, sets
+ * MSG_CTRUNC, and what did arrive is closed. */
+static void test_recv_ctrunc_at_fd_limit(void)
+{
+    int sv[2], sent[10], got[10], nfds = -1, flags = -1, open_before, free_slots = 0, fd;
+    struct rlimit saved, low;
+    char buf[32];
+
+    make_pair(sv);
+    make_files(sent, 10);
+    CHECK_EQ(paf_send(sv[0], "0123456789", 10, sent, 10, 0), 10);
+    paf_close_all(sent, 10);
+
+    /* A limit that leaves exactly three descriptor numbers free: it only
+     * bounds new numbers, those already open above it stay. */
+    for (fd = 0; free_slots < 3; fd++) {
+        if (fcntl(fd, F_GETFD) < 0 && errno == EBADF)
+            free_slots++;
+    }
+    open_before = count_fds();
+    CHECK(getrlimit(RLIMIT_NOFILE, &saved) == 0);
+    low = saved;
+    low.rlim_cur = (rlim_t)fd;
+    CHECK(setrlimit(RLIMIT_NOFILE, &low) == 0);
+    CHECK_EQ(paf_recvmsg(sv[1], buf, sizeof buf, got, 10, &nfds, &flags), 10);
+    CHECK(setrlimit(RLIMIT_NOFILE, &saved) == 0);
+    CHECK_EQ(nfds, 0);
+    CHECK(flags & MSG_CTRUNC);
+    CHECK_EQ(count_fds(), open_before);
+    close_pair(sv);
+}
+
+static void test_recv_bad_max_fds(void)
+{
+    int sv[2], got[1], nfds = -1, flags = -1;
+    char buf[4];
+
+    make_pair(sv);
+    CHECK_ERRNO(paf_recvmsg(sv[1], buf, sizeof buf, got, -1, &nfds, &flags), EINVAL);
+    CHECK_EQ(nfds, 0);
+    CHECK_ERRNO(paf_recvmsg(sv[1], buf, sizeof buf, got, PAF_MAX_FDS_PER_MESSAGE + 1, &nfds, &flags), EINVAL);
+    CHECK_EQ(nfds, 0);
+    close_pair(sv);
+}
+
+/* Data without descriptors before a message that carries some is merged in;
+ * a read stops right after a message carrying descriptors. */
+static void test_recv_stops_after_descriptors(void)
+{
+    int sv[2], sent[2], got[4], nfds = -1, flags = -1;
+    char buf[32];
+
+    make_pair(sv);
+    make_files(sent, 2);
+    CHECK_EQ(paf_send(sv[0], "ab", 2, NULL, 0, 0), 2);
+    CHECK_EQ(paf_send(sv[0], "c", 1, &sent[0], 1, 0), 1);
+    CHECK_EQ(paf_send(sv[0], "d", 1, &sent[1], 1, 0), 1);
+    CHECK_EQ(paf_send(sv[0], "ef", 2, NULL, 0, 0), 2);
+
+    CHECK_EQ(paf_recvmsg(sv[1], buf, sizeof buf, got, 4, &nfds, &flags), 3);
+    CHECK(memcmp(buf, "abc", 3) == 0);
+    CHECK_EQ(nfds, 1);
+    CHECK(same_file(got[0], sent[0]));
+    close(got[0]);
+
+    CHECK_EQ(paf_recvmsg(sv[1], buf, sizeof buf, got, 4, &nfds, &flags), 1);
+    CHECK_EQ(buf[0], 'd');
+    CHECK_EQ(nfds, 1);
+    CHECK(same_file(got[0], sent[1]));
+    close(got[0]);
+
+    CHECK_EQ(paf_recvmsg(sv[1], buf, sizeof buf, got, 4, &nfds, &flags), 2);
+    CHECK(memcmp(buf, "ef", 2) == 0);
+    CHECK_EQ(nfds, 0);
+    paf_close_all(sent, 2);
+    close_pair(sv);
+}
+
+/* Fills the socket; returns the bytes the peer now has to read. */
+static size_t fill_socket(int fd, int flags)
+{
+    static char chunk[65536];
+    size_t total = 0;
+
+    for (;;) {
+        ssize_t n = paf_send(fd, chunk, sizeof chunk, NULL, 0, flags);
+        if (n < 0) {
+            CHECK_EQ(errno, EAGAIN);
+            return total;
+        }
+        total += (size_t)n;
+    }
+}
+
+static void drain_without_fds(int fd, size_t expected)
+{
+    static char buf[65536];
+    int got[PAF_MAX_FDS_PER_MESSAGE], nfds = -1, flags = -1;
+    size_t total = 0;
+
+    while (total < expected) {
+        ssize_t n = paf_recvmsg(fd, buf, sizeof buf, got, PAF_MAX_FDS_PER_MESSAGE, &nfds, &flags);
+        CHECK(n > 0);
+        CHECK_EQ(nfds, 0);
+        total += (size_t)n;
+    }
+    CHECK_EQ(total, expected);
+}
+
+static void test_send_full_nonblocking(void)
+{
+    int sv[2], fd;
+    struct iovec iov = { "x", 1 };
+    size_t queued;
+
+    make_pair(sv);
+    make_files(&fd, 1);
+    set_nonblocking(sv[0]);
+    queued = fill_socket(sv[0], 0);
+    CHECK(queued > 0);
+    CHECK_ERRNO(paf_send(sv[0], "x", 1, NULL, 0, 0), EAGAIN);
+    CHECK_ERRNO(paf_send(sv[0], "x", 1, &fd, 1, 0), EAGAIN);
+    CHECK_ERRNO(paf_sendmsg(sv[0], &iov, 1, &fd, 1, 0), EAGAIN);
+    set_nonblocking(sv[1]);
+    drain_without_fds(sv[1], queued);
+    check_nothing_pending(sv[1]);
+    close(fd);
+    close_pair(sv);
+}
+
+static void test_send_full_dontwait(void)
+{
+    int sv[2], fd;
+    size_t queued;
+
+    make_pair(sv);
+    make_files(&fd, 1);
+    queued = fill_socket(sv[0], MSG_DONTWAIT);
+    CHECK_ERRNO(paf_send(sv[0], "x", 1, &fd, 1, MSG_DONTWAIT), EAGAIN);
+    set_nonblocking(sv[1]);
+    drain_without_fds(sv[1], queued);
+    check_nothing_pending(sv[1]);
+    close(fd);
+    close_pair(sv);
+}
+
+/* Only part of the data fits: the descriptors went with its first byte. */
+static void test_partial_send_carries_fds_first(void)
+{
+    enum { BIG = 8 << 20 };
+    int sv[2], sent[3], got[PAF_MAX_FDS_PER_MESSAGE], nfds = -1, flags = -1;
+    char *data = malloc(BIG), *buf = malloc(BIG);
+    ssize_t accepted, n;
+    size_t total = 0;
+    int first = 1;
+
+    CHECK(data != NULL && buf != NULL);
+    for (size_t i = 0; i < BIG; i++)
+        data[i] = (char)(i * 7);
+    make_pair(sv);
+    make_files(sent, 3);
+    accepted = paf_send(sv[0], data, BIG, sent, 3, MSG_DONTWAIT);
+    CHECK(accepted > 0);
+    CHECK(accepted < BIG);
+    while (total < (size_t)accepted) {
+        n = paf_recvmsg(sv[1], buf + total, BIG - total, got, PAF_MAX_FDS_PER_MESSAGE, &nfds, &flags);
+        CHECK(n > 0);
+        if (first) {
+            CHECK_EQ(nfds, 3);
+            for (int i = 0; i < 3; i++)
+                CHECK(same_file(got[i], sent[i]));
+            paf_close_all(got, nfds);
+            first = 0;
+        } else {
+            CHECK_EQ(nfds, 0);
+        }
+        total += (size_t)n;
+    }
+    CHECK_EQ(total, accepted);
+    CHECK(memcmp(buf, data, total) == 0);
+    paf_close_all(sent, 3);
+    close_pair(sv);
+    free(data);
+    free(buf);
+}
+
+static void test_send_peer_closed_epipe(void)
+{
+    int sv[2], fd;
+    struct iovec iov = { "x", 1 };
+
+    /* A SIGPIPE would kill the child and fail the test. */
+    CHECK(signal(SIGPIPE, SIG_DFL) != SIG_ERR);
+    make_pair(sv);
+    make_files(&fd, 1);
+    close(sv[1]);
+    sv[1] = -1;
+    CHECK_ERRNO(paf_send(sv[0], "x", 1, NULL, 0, 0), EPIPE);
+    CHECK_ERRNO(paf_send(sv[0], "x", 1, &fd, 1, 0), EPIPE);
+    CHECK_ERRNO(paf_sendmsg(sv[0], &iov, 1, &fd, 1, MSG_DONTWAIT), EPIPE);
+    close(fd);
+    close_pair(sv);
+}
+
+static void test_recv_eof(void)
+{
+    int sv[2], got[4], nfds = -1, flags = -1;
+    char buf[8];
+
+    make_pair(sv);
+    CHECK_EQ(paf_send(sv[0], "ab", 2, NULL, 0, 0), 2);
+    close(sv[0]);
+    sv[0] = -1;
+    CHECK_EQ(paf_recvmsg(sv[1], buf, sizeof buf, got, 4, &nfds, &flags), 2);
+    CHECK_EQ(paf_recvmsg(sv[1], buf, sizeof buf, got, 4, &nfds, &flags), 0);
+    CHECK_EQ(nfds, 0);
+    CHECK_EQ(flags & MSG_CTRUNC, 0);
+    close_pair(sv);
+}
+
+static void test_close_all(void)
+{
+    int fds[5], open_before = count_fds();
+
+    make_files(fds, 5);
+    CHECK_EQ(count_fds(), open_before + 5);
+    paf_close_all(fds, 5);
+    CHECK_EQ(count_fds(), open_before);
+    paf_close_all(fds, 0);
+}
+
+/* ---- box building and checking --------------------------------------------- */
+
+struct bytes {
+    uint8_t *p;
+    size_t len, cap;
+};
+
+static void bytes_put(struct bytes *b, const void *data, size_t n)
+{
+    if (b->len + n > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->len + n)
+            cap *= 2;
+        b->p = realloc(b->p, cap);
+        CHECK(b->p != NULL);
+        b->cap = cap;
+    }
+    if (n > 0)
+        memcpy(b->p + b->len, data, n);
+    b->len += n;
+}
+
+static void bytes_put_u16(struct bytes *b, unsigned n)
+{
+    uint8_t be[2] = { (uint8_t)(n >> 8), (uint8_t)n };
+    bytes_put(b, be, 2);
+}
+
+/* One field as on the wire. */
+static void put_field(struct bytes *b, const char *key, const void *value, size_t vlen)
+{
+    bytes_put_u16(b, (unsigned)strlen(key));
+    bytes_put(b, key, strlen(key));
+    bytes_put_u16(b, (unsigned)vlen);
+    bytes_put(b, value, vlen);
+}
+
+static void put_end(struct bytes *b)
+{
+    bytes_put_u16(b, 0);
+}
+
+static void bytes_free(struct bytes *b)
+{
+    free(b->p);
+    b->p = NULL;
+    b->len = b->cap = 0;
+}
+
+static unsigned u16_at(const uint8_t *p)
+{
+    return ((unsigned)p[0] << 8) | p[1];
+}
+
+/* The source the decoder's spans refer to. */
+static const uint8_t *decoder_source(const paf_decoder *d, const uint8_t *input, size_t input_len,
+                                     size_t *len)
+{
+    if (d->from_input) {
+        *len = input_len;
+        return input;
+    }
+    *len = d->len;
+    return d->buf;
+}
+
+/*
+ * Checks everything the last feed reported against the source, as
+ * ampbox.h documents it, then appends each box, rebuilt from its spans, to
+ * out.  Returns the end of the last box (0 if none).
+ */
+static size_t check_report(const paf_decoder *d, const uint8_t *src, size_t srclen,
+                           size_t max_box_size, struct bytes *out)
+{
+    size_t part = 0, box_start = 0, pos = 0, fmt_part = 0;
+    const char *f = d->format;
+
+    CHECK(d->nparts % 2 == 0);
+    for (size_t j = 0; j < d->nboxes; j++) {
+        size_t at = box_start;
+
+        for (size_t k = 0; k < d->box_fields[j]; k++) {
+            size_t ks, ke, vs, ve;
+
+            CHECK(part + 1 < d->nparts);
+            ks = d->starts[part];
+            ke = d->ends[part];
+            vs = d->starts[part + 1];
+            ve = d->ends[part + 1];
+            CHECK_EQ(ks, at + 2);
+            CHECK(ke <= srclen);
+            CHECK_EQ(ke - ks, u16_at(src + at));
+            CHECK(ke - ks >= 1 && ke - ks <= PAF_AMP_MAX_KEY_LENGTH);
+            CHECK_EQ(vs, ke + 2);
+            CHECK(ve <= srclen);
+            CHECK_EQ(ve - vs, u16_at(src + ke));
+            bytes_put_u16(out, (unsigned)(ke - ks));
+            bytes_put(out, src + ks, ke - ks);
+            bytes_put_u16(out, (unsigned)(ve - vs));
+            bytes_put(out, src + vs, ve - vs);
+            at = ve;
+            part += 2;
+        }
+        CHECK(at + 2 <= srclen);
+        CHECK_EQ(u16_at(src + at), 0);
+        CHECK_EQ(d->box_ends[j], at + 2);
+        CHECK(d->box_ends[j] - box_start <= max_box_size);
+        if (j > 0)
+            CHECK(d->box_ends[j] > d->box_ends[j - 1]);
+        put_end(out);
+        box_start = at + 2;
+    }
+    CHECK_EQ(part, d->nparts);
+
+    /* The format, read as the struct module reads it from the source's first
+     * byte, must land on every part in order and end at the last box's end. */
+    if (d->nboxes == 0) {
+        CHECK_EQ(d->format_len, 0);
+        return 0;
+    }
+    CHECK(f != NULL);
+    CHECK_EQ(strlen(f), d->format_len);
+    while (*f) {
+        unsigned long count = 0;
+
+        CHECK(*f >= '0' && *f <= '9');
+        while (*f >= '0' && *f <= '9')
+            count = count * 10 + (unsigned long)(*f++ - '0');
+        if (*f == 's') {
+            CHECK(fmt_part < d->nparts);
+            CHECK_EQ(d->starts[fmt_part], pos);
+            CHECK_EQ(d->ends[fmt_part], pos + count);
+            fmt_part++;
+        } else {
+            CHECK(*f == 'x');
+        }
+        pos += count;
+        f++;
+    }
+    CHECK_EQ(fmt_part, d->nparts);
+    CHECK_EQ(pos, box_start);
+    return box_start;
+}
+
+/* Feeds one chunk and checks the report; returns the feed's result. */
+static int feed_checked(paf_decoder *d, const uint8_t *data, size_t len, size_t max_box_size,
+                        struct bytes *out)
+{
+    int err = paf_decoder_feed(d, data, len);
+    size_t srclen, end;
+    const uint8_t *src = decoder_source(d, data, len, &srclen);
+
+    CHECK_EQ(err, d->error);
+    end = check_report(d, src, srclen, max_box_size, out);
+    if (err == PAF_DECODE_OK)
+        CHECK_EQ(paf_decoder_pending(d), srclen - end);
+    else
+        CHECK(d->error_offset >= end && d->error_offset < srclen);
+    return err;
+}
+
+/* ---- decoder ----------------------------------------------------------------- */
+
+static void test_decode_one_box(void)
+{
+    struct bytes in = { 0 }, out = { 0 };
+    paf_decoder *d = paf_decoder_new(1 << 20);
+
+    put_field(&in, "a", "1", 1);
+    put_field(&in, "bc", "", 0);
+    put_end(&in);
+    CHECK(d != NULL);
+    CHECK_EQ(feed_checked(d, in.p, in.len, 1 << 20, &out), 0);
+    CHECK_EQ(d->from_input, 1);
+    CHECK_EQ(d->nboxes, 1);
+    CHECK_EQ(d->box_fields[0], 2);
+    CHECK_EQ(d->box_ends[0], in.len);
+    CHECK_EQ(d->nparts, 4);
+    CHECK_EQ(d->starts[0], 2);
+    CHECK_EQ(d->ends[0], 3);
+    CHECK_EQ(d->starts[1], 5);
+    CHECK_EQ(d->ends[1], 6);
+    CHECK_EQ(d->starts[2], 8);
+    CHECK_EQ(d->ends[2], 10);
+    CHECK_EQ(d->starts[3], 12);
+    CHECK_EQ(d->ends[3], 12);
+    CHECK(strcmp(d->format, "2x1s2x1s2x2s2x0s2x") == 0);
+    CHECK_EQ(d->format_len, strlen("2x1s2x1s2x2s2x0s2x"));
+    CHECK_EQ(paf_decoder_pending(d), 0);
+    CHECK_EQ(out.len, in.len);
+    CHECK(memcmp(out.p, in.p, in.len) == 0);
+    paf_decoder_free(d);
+    bytes_free(&in);
+    bytes_free(&out);
+}
+
+static void test_decode_empty_box(void)
+{
+    paf_decoder *d = paf_decoder_new(1 << 20);
+    struct bytes out = { 0 };
+
+    CHECK_EQ(feed_checked(d, (const uint8_t *)"\0\0\0\0", 4, 1 << 20, &out), 0);
+    CHECK_EQ(d->nboxes, 2);
+    CHECK_EQ(d->box_fields[0], 0);
+    CHECK_EQ(d->box_fields[1], 0);
+    CHECK_EQ(d->box_ends[0], 2);
+    CHECK_EQ(d->box_ends[1], 4);
+    CHECK_EQ(d->nparts, 0);
+    CHECK(strcmp(d->format, "2x2x") == 0);
+    CHECK_EQ(paf_decoder_pending(d), 0);
+    paf_decoder_free(d);
+    bytes_free(&out);
+}
+
+/* Two whole boxes and the start of a third in one feed; the rest later. */
+static void test_decode_boxes_and_partial(void)
+{
+    struct bytes in = { 0 }, out = { 0 };
+    paf_decoder *d = paf_decoder_new(1 << 20);
+    size_t first, second, cut;
+
+    put_field(&in, "_ask", "1", 1);
+    put_field(&in, "_command", "Sum", 3);
+    put_end(&in);
+    first = in.len;
+    put_end(&in);
+    second = in.len;
+    put_field(&in, "_answer", "1", 1);
+    put_field(&in, "total", "42", 2);
+    put_end(&in);
+    cut = second + 9;
+
+    CHECK_EQ(feed_checked(d, in.p, cut, 1 << 20, &out), 0);
+    CHECK_EQ(d->from_input, 1);
+    CHECK_EQ(d->nboxes, 2);
+    CHECK_EQ(d->box_ends[0], first);
+    CHECK_EQ(d->box_ends[1], second);
+    CHECK_EQ(d->box_fields[0], 2);
+    CHECK_EQ(d->box_fields[1], 0);
+    CHECK_EQ(paf_decoder_pending(d), cut - second);
+
+    CHECK_EQ(feed_checked(d, in.p + cut, in.len - cut, 1 << 20, &out), 0);
+    CHECK_EQ(d->from_input, 0);
+    CHECK_EQ(d->nboxes, 1);
+    CHECK_EQ(d->box_fields[0], 2);
+    CHECK_EQ(d->len, in.len - second);
+    CHECK(memcmp(d->buf, in.p + second, in.len - second) == 0);
+    CHECK_EQ(d->box_ends[0], in.len - second);
+    CHECK(strcmp(d->format, "2x7s2x1s2x5s2x2s2x") == 0);
+    CHECK_EQ(paf_decoder_pending(d), 0);
+    CHECK_EQ(out.len, in.len);
+    CHECK(memcmp(out.p, in.p, in.len) == 0);
+    paf_decoder_free(d);
+    bytes_free(&in);
+    bytes_free(&out);
+}
+
+/* Every byte alone: a box is reported with the byte that ends it, and from
+ * the held bytes. */
+static void test_decode_byte_by_byte(void)
+{
+    struct bytes in = { 0 }, out = { 0 };
+    paf_decoder *d = paf_decoder_new(1 << 20);
+    size_t ends[3], nends = 0, seen = 0;
+
+    put_field(&in, "key", "value", 5);
+    put_end(&in);
+    ends[nends++] = in.len;
+    put_end(&in);
+    ends[nends++] = in.len;
+    put_field(&in, "k", "", 0);
+    put_field(&in, "k2", "v2", 2);
+    put_end(&in);
+    ends[nends++] = in.len;
+
+    for (size_t i = 0; i < in.len; i++) {
+        size_t held_from = seen ? ends[seen - 1] : 0;
+
+        CHECK_EQ(feed_checked(d, in.p + i, 1, 1 << 20, &out), 0);
+        if (seen < nends && i + 1 == ends[seen]) {
+            CHECK_EQ(d->nboxes, 1);
+            CHECK_EQ(d->from_input, 0);
+            CHECK_EQ(d->box_ends[0], ends[seen] - held_from);
+            CHECK_EQ(paf_decoder_pending(d), 0);
+            seen++;
+        } else {
+            CHECK_EQ(d->nboxes, 0);
+            CHECK_EQ(d->nparts, 0);
+            CHECK_EQ(d->format_len, 0);
+            CHECK_EQ(paf_decoder_pending(d), i + 1 - held_from);
+            /* The first byte of a box arrives with nothing held. */
+            CHECK_EQ(d->from_input, i == held_from);
+        }
+    }
+    CHECK_EQ(seen, nends);
+    CHECK_EQ(out.len, in.len);
+    CHECK(memcmp(out.p, in.p, in.len) == 0);
+    paf_decoder_free(d);
+    bytes_free(&in);
+    bytes_free(&out);
+}
+
+static void test_decode_empty_feeds(void)
+{
+    paf_decoder *d = paf_decoder_new(1 << 20);
+    struct bytes out = { 0 };
+
+    CHECK_EQ(feed_checked(d, NULL, 0, 1 << 20, &out), 0);
+    CHECK_EQ(d->nboxes, 0);
+    CHECK_EQ(feed_checked(d, (const uint8_t *)"\0", 1, 1 << 20, &out), 0);
+    CHECK_EQ(feed_checked(d, NULL, 0, 1 << 20, &out), 0);
+    CHECK_EQ(paf_decoder_pending(d), 1);
+    CHECK_EQ(feed_checked(d, (const uint8_t *)"\0", 1, 1 << 20, &out), 0);
+    CHECK_EQ(d->nboxes, 1);
+    CHECK_EQ(feed_checked(d, NULL, 0, 1 << 20, &out), 0);
+    CHECK_EQ(d->nboxes, 0);
+    CHECK_EQ(paf_decoder_pending(d), 0);
+    paf_decoder_free(d);
+    bytes_free(&out);
+}
+
+static void test_decode_pending(void)
+{
+    struct bytes in = { 0 }, out = { 0 };
+    paf_decoder *d = paf_decoder_new(1 << 20);
+
+    put_field(&in, "abc", "defgh", 5);
+    put_end(&in);
+    CHECK_EQ(paf_decoder_pending(d), 0);
+    CHECK_EQ(feed_checked(d, in.p, 3, 1 << 20, &out), 0);
+    CHECK_EQ(paf_decoder_pending(d), 3);
+    CHECK_EQ(feed_checked(d, in.p + 3, 6, 1 << 20, &out), 0);
+    CHECK_EQ(paf_decoder_pending(d), 9);
+    CHECK_EQ(feed_checked(d, in.p + 9, in.len - 9, 1 << 20, &out), 0);
+    CHECK_EQ(paf_decoder_pending(d), 0);
+    CHECK_EQ(d->nboxes, 1);
+    paf_decoder_free(d);
+    bytes_free(&in);
+    bytes_free(&out);
+}
+
+static void test_decode_big_value(void)
+{
+    struct bytes in = { 0 }, out = { 0 };
+    uint8_t *value = malloc(PAF_AMP_MAX_VALUE_LENGTH);
+    paf_decoder *d;
+    char format[64];
+
+    CHECK(value != NULL);
+    for (size_t i = 0; i < PAF_AMP_MAX_VALUE_LENGTH; i++)
+        value[i] = (uint8_t)(i * 31 + 7);
+    put_field(&in, "k", value, PAF_AMP_MAX_VALUE_LENGTH);
+    put_end(&in);
+    snprintf(format, sizeof format, "2x1s2x%ds2x", PAF_AMP_MAX_VALUE_LENGTH);
+
+    /* In one piece. */
+    d = paf_decoder_new(1 << 20);
+    CHECK_EQ(feed_checked(d, in.p, in.len, 1 << 20, &out), 0);
+    CHECK_EQ(d->nboxes, 1);
+    CHECK_EQ(d->ends[1] - d->starts[1], PAF_AMP_MAX_VALUE_LENGTH);
+    CHECK(memcmp(in.p + d->starts[1], value, PAF_AMP_MAX_VALUE_LENGTH) == 0);
+    CHECK(strcmp(d->format, format) == 0);
+    paf_decoder_free(d);
+
+    /* In pieces of 1000 bytes. */
+    out.len = 0;
+    d = paf_decoder_new(1 << 20);
+    for (size_t at = 0; at < in.len; at += 1000) {
+        size_t n = in.len - at < 1000 ? in.len - at : 1000;
+
+        CHECK_EQ(feed_checked(d, in.p + at, n, 1 << 20, &out), 0);
+        CHECK_EQ(d->nboxes, at + n == in.len);
+    }
+    CHECK_EQ(d->from_input, 0);
+    CHECK(memcmp(d->buf + d->starts[1], value, PAF_AMP_MAX_VALUE_LENGTH) == 0);
+    CHECK(strcmp(d->format, format) == 0);
+    CHECK_EQ(out.len, in.len);
+    CHECK(memcmp(out.p, in.p, in.len) == 0);
+    paf_decoder_free(d);
+    free(value);
+    bytes_free(&in);
+    bytes_free(&out);
+}
+
+static void test_decode_key_too_long(void)
+{
+    struct bytes in = { 0 }, out = { 0 };
+    paf_decoder *d = paf_decoder_new(1 << 20);
+    size_t first;
+    char key255[256];
+
+    memset(key255, 'k', 255);
+    key255[255] = 0;
+    put_field(&in, key255, "v", 1); /* 255 is still fine */
+    put_end(&in);
+    first = in.len;
+    bytes_put_u16(&in, 256);
+    bytes_put(&in, key255, 255);
+    bytes_put(&in, "k", 1);
+
+    CHECK_EQ(feed_checked(d, in.p, in.len, 1 << 20, &out), PAF_DECODE_KEY_TOO_LONG);
+    CHECK_EQ(d->error, PAF_DECODE_KEY_TOO_LONG);
+    CHECK_EQ(d->nboxes, 1);
+    CHECK_EQ(d->box_ends[0], first);
+    CHECK_EQ(d->error_offset, first);
+
+    /* Failed for good. */
+    CHECK_EQ(paf_decoder_feed(d, (const uint8_t *)"\0\0", 2), PAF_DECODE_KEY_TOO_LONG);
+    CHECK_EQ(d->nboxes, 0);
+    CHECK_EQ(d->nparts, 0);
+    paf_decoder_free(d);
+    bytes_free(&in);
+    bytes_free(&out);
+}
+
+/* The bad prefix after a good field, the box's first bytes held from an
+ * earlier feed: the offset is in the held bytes. */
+static void test_decode_key_too_long_held(void)
+{
+    struct bytes in = { 0 }, out = { 0 };
+    paf_decoder *d = paf_decoder_new(1 << 20);
+    size_t bad;
+
+    put_end(&in);
+    put_field(&in, "a", "b", 1);
+    bad = in.len;
+    bytes_put_u16(&in, 0x1234);
+
+    CHECK_EQ(feed_checked(d, in.p, 5, 1 << 20, &out), 0);
+    CHECK_EQ(d->nboxes, 1);
+    CHECK_EQ(feed_checked(d, in.p + 5, in.len - 5, 1 << 20, &out), PAF_DECODE_KEY_TOO_LONG);
+    CHECK_EQ(d->from_input, 0);
+    CHECK_EQ(d->nboxes, 0);
+    CHECK_EQ(d->error_offset, bad - 2);
+    paf_decoder_free(d);
+    bytes_free(&in);
+    bytes_free(&out);
+}
+
+static void test_decode_box_too_large_complete(void)
+{
+    struct bytes in = { 0 }, out = { 0 };
+    paf_decoder *d;
+    size_t first;
+
+    put_field(&in, "key", "0123456789", 10); /* 2+3+2+10+2 = 19 bytes */
+    put_end(&in);
+    first = in.len;
+    put_field(&in, "key", "01234567890", 11); /* 20 bytes */
+    put_end(&in);
+    CHECK_EQ(first, 19);
+
+    /* Exactly at the limit is fine. */
+    d = paf_decoder_new(19);
+    CHECK_EQ(feed_checked(d, in.p, first, 19, &out), 0);
+    CHECK_EQ(d->nboxes, 1);
+    paf_decoder_free(d);
+
+    d = paf_decoder_new(19);
+    CHECK_EQ(feed_checked(d, in.p, in.len, 19, &out), PAF_DECODE_BOX_TOO_LARGE);
+    CHECK_EQ(d->nboxes, 1);
+    CHECK_EQ(d->box_ends[0], first);
+    CHECK_EQ(d->error_offset, first);
+    CHECK_EQ(paf_decoder_feed(d, in.p, first), PAF_DECODE_BOX_TOO_LARGE);
+    CHECK_EQ(d->nboxes, 0);
+    paf_decoder_free(d);
+    bytes_free(&in);
+    bytes_free(&out);
+}
+
+/* A box whose announced lengths already pass the limit is refused at once,
+ * before its bytes are held. */
+static void test_decode_box_too_large_announced(void)
+{
+    struct bytes out = { 0 };
+    paf_decoder *d = paf_decoder_new(1000);
+    const uint8_t header[] = { 0, 1, 'k', 0xff, 0xff };
+
+    CHECK_EQ(feed_checked(d, (const uint8_t *)"\0\0", 2, 1000, &out), 0);
+    CHECK_EQ(feed_checked(d, header, sizeof header, 1000, &out), PAF_DECODE_BOX_TOO_LARGE);
+    CHECK_EQ(d->error_offset, 0);
+    CHECK_EQ(d->nboxes, 0);
+    CHECK_EQ(paf_decoder_pending(d), 0);
+    CHECK_EQ(paf_decoder_feed(d, (const uint8_t *)"\0\0", 2), PAF_DECODE_BOX_TOO_LARGE);
+    paf_decoder_free(d);
+
+    /* The same, the header arriving a byte at a time after a whole box. */
+    d = paf_decoder_new(1000);
+    CHECK_EQ(feed_checked(d, (const uint8_t *)"\0\0\0", 3, 1000, &out), 0);
+    CHECK_EQ(d->nboxes, 1);
+    for (size_t i = 1; i < sizeof header - 1; i++)
+        CHECK_EQ(feed_checked(d, header + i, 1, 1000, &out), 0);
+    CHECK_EQ(feed_checked(d, header + sizeof header - 1, 1, 1000, &out), PAF_DECODE_BOX_TOO_LARGE);
+    CHECK_EQ(d->error_offset, 0);
+    paf_decoder_free(d);
+    bytes_free(&out);
+}
+
+/* A bad key prefix the box could only reach past the limit: the box's size
+ * is what is refused, whether the stream arrives whole or a byte at a time
+ * (the byte at a time decoder refuses the box before it reads the prefix). */
+static void test_decode_key_too_long_past_limit(void)
+{
+    struct bytes in = { 0 }, out = { 0 };
+    paf_decoder *d;
+
+    put_field(&in, "ab", "", 0);
+    bytes_put_u16(&in, 0x8f36);
+    bytes_put(&in, "junk", 4);
+
+    d = paf_decoder_new(4);
+    CHECK_EQ(feed_checked(d, in.p, in.len, 4, &out), PAF_DECODE_BOX_TOO_LARGE);
+    CHECK_EQ(d->error_offset, 0);
+    paf_decoder_free(d);
+
+    d = paf_decoder_new(4);
+    for (size_t i = 0; i < in.len && d->error == PAF_DECODE_OK; i++)
+        feed_checked(d, in.p + i, 1, 4, &out);
+    CHECK_EQ(d->error, PAF_DECODE_BOX_TOO_LARGE);
+    paf_decoder_free(d);
+
+    /* Within the limit, the prefix itself is the fault. */
+    d = paf_decoder_new(1000);
+    CHECK_EQ(feed_checked(d, in.p, in.len, 1000, &out), PAF_DECODE_KEY_TOO_LONG);
+    CHECK_EQ(d->error_offset, 6);
+    paf_decoder_free(d);
+    bytes_free(&in);
+    bytes_free(&out);
+}
+
+static void test_decode_reset(void)
+{
+    struct bytes out = { 0 };
+    paf_decoder *d = paf_decoder_new(1 << 20);
+
+    /* A partial box is forgotten. */
+    CHECK_EQ(feed_checked(d, (const uint8_t *)"\0\1a\0", 4, 1 << 20, &out), 0);
+    CHECK_EQ(paf_decoder_pending(d), 4);
+    paf_decoder_reset(d);
+    CHECK_EQ(paf_decoder_pending(d), 0);
+    CHECK_EQ(feed_checked(d, (const uint8_t *)"\0\0", 2, 1 << 20, &out), 0);
+    CHECK_EQ(d->nboxes, 1);
+    CHECK_EQ(d->from_input, 1);
+
+    /* So is a failure. */
+    CHECK_EQ(feed_checked(d, (const uint8_t *)"\xff\xff", 2, 1 << 20, &out), PAF_DECODE_KEY_TOO_LONG);
+    paf_decoder_reset(d);
+    CHECK_EQ(d->error, PAF_DECODE_OK);
+    CHECK_EQ(feed_checked(d, (const uint8_t *)"\0\1a\0\1b\0\0", 8, 1 << 20, &out), 0);
+    CHECK_EQ(d->nboxes, 1);
+    CHECK_EQ(d->box_fields[0], 1);
+    paf_decoder_free(d);
+    bytes_free(&out);
+}
+
+/* ---- encoder ----------------------------------------------------------------- */
+
+static void test_encode_sample(void)
+{
+    const char *data = "_askcmd_commandSumab";
+    const int32_t lens[] = { 4, 3, 8, 3, 1, 1, 0, 0 };
+    const char expected[] =
+        "\0\4_ask\0\3cmd\0\10_command\0\3Sum\0\1a\0\1b\0\0"
+        "\0\0";
+    uint8_t out[64];
+    size_t bad = 99, need = strlen(data) + 2 * 8;
+
+    CHECK_EQ(need, sizeof expected - 1);
+    CHECK_EQ(paf_encode((const uint8_t *)data, strlen(data), lens, 8, out, need, &bad), need);
+    CHECK(memcmp(out, expected, need) == 0);
+    CHECK_EQ(paf_encode(NULL, 0, NULL, 0, out, 0, &bad), 0);
+}
+
+static void test_encode_limits(void)
+{
+    static uint8_t data[PAF_AMP_MAX_VALUE_LENGTH + 300];
+    static uint8_t out[sizeof data + 64];
+    size_t bad = 99;
+    int32_t lens[3];
+
+    memset(data, 'x', sizeof data);
+    lens[0] = 255;
+    lens[1] = PAF_AMP_MAX_VALUE_LENGTH;
+    lens[2] = 0;
+    CHECK_EQ(paf_encode(data, 255 + PAF_AMP_MAX_VALUE_LENGTH, lens, 3, out, sizeof out, &bad),
+             255 + PAF_AMP_MAX_VALUE_LENGTH + 6);
+    CHECK_EQ(out[0], 0);
+    CHECK_EQ(out[1], 255);
+    CHECK_EQ(out[257], 0xff);
+    CHECK_EQ(out[258], 0xff);
+
+    lens[0] = 256;
+    lens[1] = 0;
+    CHECK_EQ(paf_encode(data, 256, lens, 3, out, sizeof out, &bad), -PAF_ENCODE_KEY_TOO_LONG);
+    CHECK_EQ(bad, 0);
+
+    lens[0] = 1;
+    lens[1] = PAF_AMP_MAX_VALUE_LENGTH + 1;
+    CHECK_EQ(paf_encode(data, 1 + PAF_AMP_MAX_VALUE_LENGTH + 1, lens, 3, out, sizeof out, &bad),
+             -PAF_ENCODE_VALUE_TOO_LONG);
+    CHECK_EQ(bad, 1);
+}
+
+static void test_encode_bad_layouts(void)
+{
+    const uint8_t *data = (const uint8_t *)"abcdef";
+    uint8_t out[64];
+    size_t bad;
+
+    /* A box left open: after a value, and after a key. */
+    {
+        const int32_t lens[] = { 1, 1 };
+        CHECK_EQ(paf_encode(data, 2, lens, 2, out, sizeof out, &bad), -PAF_ENCODE_BAD_LAYOUT);
+        CHECK_EQ(bad, 2);
+    }
+    {
+        const int32_t lens[] = { 1, 1, 0, 1 };
+        CHECK_EQ(paf_encode(data, 3, lens, 4, out, sizeof out, &bad), -PAF_ENCODE_BAD_LAYOUT);
+        CHECK_EQ(bad, 4);
+    }
+    /* Lengths past the data. */
+    {
+        const int32_t lens[] = { 3, 5, 0 };
+        CHECK_EQ(paf_encode(data, 6, lens, 3, out, sizeof out, &bad), -PAF_ENCODE_BAD_LAYOUT);
+        CHECK_EQ(bad, 1);
+    }
+    /* Data left over. */
+    {
+        const int32_t lens[] = { 1, 1, 0 };
+        CHECK_EQ(paf_encode(data, 5, lens, 3, out, sizeof out, &bad), -PAF_ENCODE_BAD_LAYOUT);
+        CHECK_EQ(bad, 3);
+    }
+    /* A negative length. */
+    {
+        const int32_t lens[] = { 1, -1, 0 };
+        CHECK_EQ(paf_encode(data, 1, lens, 3, out, sizeof out, &bad), -PAF_ENCODE_BAD_LAYOUT);
+        CHECK_EQ(bad, 1);
+    }
+}
+
+static void test_encode_no_room(void)
+{
+    const uint8_t *data = (const uint8_t *)"keyvalue";
+    const int32_t lens[] = { 3, 5, 0 };
+    uint8_t out[14];
+    size_t bad = 99;
+
+    CHECK_EQ(paf_encode(data, 8, lens, 3, out, 14, &bad), 14);
+    CHECK_EQ(paf_encode(data, 8, lens, 3, out, 13, &bad), -PAF_ENCODE_NO_ROOM);
+    CHECK_EQ(bad, 2);
+    CHECK_EQ(paf_encode(data, 8, lens, 3, out, 5, &bad), -PAF_ENCODE_NO_ROOM);
+    CHECK_EQ(bad, 1);
+    CHECK_EQ(paf_encode(data, 8, lens, 3, out, 4, &bad), -PAF_ENCODE_NO_ROOM);
+    CHECK_EQ(bad, 0);
+    CHECK_EQ(paf_encode(data, 8, lens, 3, NULL, 0, &bad), -PAF_ENCODE_NO_ROOM);
+    CHECK_EQ(bad, 0);
+}
+
+/* ---- random round trips ------------------------------------------------------ */
+
+static uint64_t rng_state;
+
+static uint64_t rng_next(void)
+{
+    /* splitmix64 */
+    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ULL);
+
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static size_t rng_below(size_t n)
+{
+    return (size_t)(rng_next() % n);
+}
+
+/* A length skewed small, as real boxes are, with the extremes now and then. */
+static size_t random_length(size_t lo, size_t hi)
+{
+    switch (rng_below(8)) {
+    case 0:
+        return lo;
+    case 1:
+        return hi;
+    case 2:
+        return lo + rng_below(hi - lo + 1);
+    default:
+        return lo + rng_below((hi - lo < 20 ? hi - lo : 20) + 1);
+    }
+}
+
+/* Decodes in from a random chunking and returns the boxes rebuilt from the
+ * reported spans. */
+static void decode_in_random_chunks(const struct bytes *in, size_t max_chunk, struct bytes *out)
+{
+    paf_decoder *d = paf_decoder_new(1 << 20);
+    size_t at = 0;
+
+    CHECK(d != NULL);
+    while (at < in->len) {
+        size_t n = rng_below(max_chunk + 1);
+
+        if (n > in->len - at)
+            n = in->len - at;
+        CHECK_EQ(feed_checked(d, in->p + at, n, 1 << 20, out), 0);
+        at += n;
+    }
+    CHECK_EQ(paf_decoder_pending(d), 0);
+    paf_decoder_free(d);
+}
+
+static void put_random(struct bytes *data, struct bytes *wire, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint8_t byte = (uint8_t)rng_next();
+
+        bytes_put(data, &byte, 1);
+        bytes_put(wire, &byte, 1);
+    }
+}
+
+static void check_same(const struct bytes *a, const struct bytes *b)
+{
+    CHECK_EQ(a->len, b->len);
+    CHECK(a->len == 0 || memcmp(a->p, b->p, a->len) == 0);
+}
+
+/* Random boxes: paf_encode must give what a plain encoder gives, and
+ * decoding that in random chunks must give the same boxes back. */
+static void round_trip(uint64_t seed)
+{
+    struct bytes data = { 0 }, wire = { 0 }, lens = { 0 }, out = { 0 };
+    size_t nlens, bad = 0, nboxes;
+    uint8_t *encoded;
+    ssize_t n;
+
+    snprintf(failure_context, sizeof failure_context, "seed %llu", (unsigned long long)seed);
+    rng_state = seed;
+    nboxes = rng_below(30);
+    for (size_t b = 0; b < nboxes; b++) {
+        size_t nfields = rng_below(8);
+
+        for (size_t f = 0; f < nfields; f++) {
+            int32_t klen = (int32_t)random_length(1, PAF_AMP_MAX_KEY_LENGTH);
+            int32_t vlen = (int32_t)(rng_below(4) ? random_length(0, 300)
+                                                  : random_length(0, PAF_AMP_MAX_VALUE_LENGTH));
+
+            bytes_put(&lens, &klen, sizeof klen);
+            bytes_put_u16(&wire, (unsigned)klen);
+            put_random(&data, &wire, (size_t)klen);
+            bytes_put(&lens, &vlen, sizeof vlen);
+            bytes_put_u16(&wire, (unsigned)vlen);
+            put_random(&data, &wire, (size_t)vlen);
+        }
+        {
+            int32_t end = 0;
+            bytes_put(&lens, &end, sizeof end);
+            put_end(&wire);
+        }
+    }
+    nlens = lens.len / sizeof(int32_t);
+
+    encoded = malloc(data.len + 2 * nlens + 1);
+    CHECK(encoded != NULL);
+    n = paf_encode(data.p, data.len, (const int32_t *)(void *)lens.p, nlens,
+                   encoded, data.len + 2 * nlens, &bad);
+    CHECK_EQ(n, wire.len);
+    CHECK(n == 0 || memcmp(encoded, wire.p, (size_t)n) == 0);
+
+    /* Small chunks, large ones, then (when quick enough) a byte at a time. */
+    decode_in_random_chunks(&wire, 16, &out);
+    check_same(&out, &wire);
+    out.len = 0;
+    decode_in_random_chunks(&wire, 100000, &out);
+    check_same(&out, &wire);
+    if (wire.len < 100000) {
+        out.len = 0;
+        decode_in_random_chunks(&wire, 1, &out);
+        check_same(&out, &wire);
+    }
+
+    free(encoded);
+    bytes_free(&data);
+    bytes_free(&wire);
+    bytes_free(&lens);
+    bytes_free(&out);
+    failure_context[0] = 0;
+}
+
+static void test_random_round_trips(void)
+{
+    for (uint64_t seed = 1; seed <= 200; seed++)
+        round_trip(seed);
+}
+
+/* ---- main ----------------------------------------------------------------------- */
+
+#define TEST(fn) { #fn + 5, fn }
+
+static const struct test tests[] = {
+    TEST(test_send_recv_no_fds),
+    TEST(test_send_recv_one_fd),
+    TEST(test_send_recv_two_fds),
+    TEST(test_send_recv_max_fds),
+    TEST(test_passcred_no_fds),
+    TEST(test_passcred_one_fd),
+    TEST(test_passcred_max_fds),
+    TEST(test_send_too_many_fds),
+    TEST(test_send_fds_without_data),
+    TEST(test_sendmsg_several_buffers),
+    TEST(test_send_bad_descriptor),
+    TEST(test_recv_ctrunc_max_fds_3),
+    TEST(test_recv_ctrunc_max_fds_0),
+    TEST(test_recv_ctrunc_passcred),
+    TEST(test_recv_ctrunc_at_fd_limit),
+    TEST(test_recv_bad_max_fds),
+    TEST(test_recv_stops_after_descriptors),
+    TEST(test_send_full_nonblocking),
+    TEST(test_send_full_dontwait),
+    TEST(test_partial_send_carries_fds_first),
+    TEST(test_send_peer_closed_epipe),
+    TEST(test_recv_eof),
+    TEST(test_close_all),
+    TEST(test_decode_one_box),
+    TEST(test_decode_empty_box),
+    TEST(test_decode_boxes_and_partial),
+    TEST(test_decode_byte_by_byte),
+    TEST(test_decode_empty_feeds),
+    TEST(test_decode_pending),
+    TEST(test_decode_big_value),
+    TEST(test_decode_key_too_long),
+    TEST(test_decode_key_too_long_held),
+    TEST(test_decode_box_too_large_complete),
+    TEST(test_decode_box_too_large_announced),
+    TEST(test_decode_key_too_long_past_limit),
+    TEST(test_decode_reset),
+    TEST(test_encode_sample),
+    TEST(test_encode_limits),
+    TEST(test_encode_bad_layouts),
+    TEST(test_encode_no_room),
+    TEST(test_random_round_trips),
+};
+
+int main(int argc, char **argv)
+{
+    size_t ntests = sizeof tests / sizeof tests[0];
+    int passed = 0, failed = 0;
+    struct rlimit lim;
+
+    /* Room for 253 descriptors sent and 253 received at once. */
+    if (getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur < 1024 && lim.rlim_max > lim.rlim_cur) {
+        lim.rlim_cur = lim.rlim_max < 1024 ? lim.rlim_max : 1024;
+        setrlimit(RLIMIT_NOFILE, &lim);
+    }
+
+    for (size_t i = 0; i < ntests; i++) {
+        if (argc > 1) {
+            int wanted = 0;
+            for (int a = 1; a < argc; a++)
+                wanted |= strcmp(argv[a], tests[i].name) == 0;
+            if (!wanted)
+                continue;
+        }
+        if (run_test(&tests[i]))
+            passed++;
+        else
+            failed++;
+    }
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+}
