@@ -57,8 +57,9 @@ def main(argv=None):
     print("\nTargets")
     for v in verdicts:
         print(
-            "  [%s] %-14s %-10s %-52s measured %.2fx"
-            % ("met" if v["met"] else "MISSED", v["scenario"], v["param"], v["target"], v["measured"])
+            "  [%s] %-16s %-14s %-52s measured %.3g%s"
+            % ("met" if v["met"] else "MISSED", v["scenario"], v["param"], v["target"],
+               v["measured"], v["unit"])
         )
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json, "w") as f:

@@ -164,7 +164,10 @@ class _BatchingMixin:
             fileno = _fileno(fileno)
         self._descriptorQueue.append((self._bytesWritten, fileno))
         self._maybePauseProducer()
-        self.startWriting()
+        if not self._reading:
+            # Inside doRead, the flush at its end sends it with the bytes
+            # that name it, without registering for writability.
+            self.startWriting()
 
     def _isSendBufferFull(self):
         return (
