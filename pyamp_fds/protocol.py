@@ -319,16 +319,60 @@ class _AlreadyParsed:
         return getattr(self._command, name)
 
 
-def _isPlainCommand(commandType):
+class _CommandPlan:
     """
-    Whether C{callRemote} may skip making an instance of C{commandType}: its
-    construction, argument checking and sending are Twisted's own.
+    How L{AMP} serves and calls one command type, worked out once: which of
+    Twisted's steps the command leaves as they are (those run inline, as
+    Twisted runs them) and which it overrides (those are called).
+
+    @ivar arguments: the argument spec, or L{None} if the command overrides
+        C{parseArguments}.
+    @ivar response: the response spec, or L{None} if the command overrides
+        C{makeResponse}.
+    @ivar directCall: whether C{callRemote} may skip making an instance of
+        the command: its construction, argument checking and sending are
+        Twisted's own.
     """
-    return (
-        commandType.__init__ is amp.Command.__init__
-        and commandType._doCommand is amp.Command._doCommand
-        and commandType.makeArguments.__func__ is amp.Command.makeArguments.__func__
-    )
+
+    def __init__(self, command):
+        self.command = command
+        self.arguments = self.response = None
+        if _inherits(command, "parseArguments") and _inherits(command, "makeArguments"):
+            self.arguments = _spec(command, "arguments")
+        if _inherits(command, "makeResponse") and _inherits(command, "parseResponse"):
+            self.response = _spec(command, "response")
+        self.directCall = (
+            self.arguments is not None
+            and command.__init__ is amp.Command.__init__
+            and command._doCommand is amp.Command._doCommand
+        )
+
+    def parseResponse(self, box, proto):
+        if self.response is not None:
+            return self.response.toObjects(box, proto)
+        return self.command.parseResponse(box, proto)
+
+    def remoteError(self, error):
+        """
+        What C{Command._doCommand}'s errback makes of a L{amp.RemoteAmpError}:
+        the command's own exception for that code.
+        """
+        errorType = self.command.reverseErrors.get(error.errorCode, amp.UnknownRemoteError)
+        return errorType(error.description)
+
+
+def _inherits(command, name):
+    return getattr(command, name).__func__ is getattr(amp.Command, name).__func__
+
+
+_plans = {}
+
+
+def _plan(command):
+    plan = _plans.get(command)
+    if plan is None:
+        plan = _plans[command] = _CommandPlan(command)
+    return plan
 
 
 class AMP(_Accelerated, amp.AMP):
@@ -338,10 +382,18 @@ class AMP(_Accelerated, amp.AMP):
     Commands answered synchronously (a responder that returns a dict) are
     answered without Twisted's C{Deferred} chain; anything else (an
     exception, a L{Deferred}, a result that does not serialize) runs through
-    Twisted's own chain from that point, so the outcome is the same.
+    Twisted's own chain from that point, so the outcome is the same.  Calls
+    made with C{callRemote} have their answers parsed before their
+    L{Deferred} fires, rather than by callbacks in front of the caller's:
+    the caller sees the same results and errors.
     """
 
     _prepared = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # The plans of calls waiting for an answer, by tag.
+        self._waitingPlans = {}
 
     # Serving
 
@@ -352,36 +404,36 @@ class AMP(_Accelerated, amp.AMP):
         if entry is None:
             return super()._commandReceived(box)
         command, responderFunc = entry
+        plan = _plan(command)
         try:
-            if command.parseArguments.__func__ is amp.Command.parseArguments.__func__:
-                kw = _spec(command, "arguments").toObjects(box, self)
+            if plan.arguments is not None:
+                kw = plan.arguments.toObjects(box, self)
             else:
                 kw = command.parseArguments(box, self)
         except BaseException:
             return self._answerByTwisted(box, fail())
-        responder = MethodType(responderFunc, self)
         try:
-            result = responder(**kw)
+            result = responderFunc(self, **kw)
         except BaseException:
             result = fail()
         if not isinstance(result, Deferred):
             try:
-                if command.makeResponse.__func__ is amp.Command.makeResponse.__func__:
-                    answer = _spec(command, "response").toStrings(
-                        result, command.responseType(), self
-                    )
+                if plan.response is not None:
+                    answer = plan.response.toStrings(result, command.responseType(), self)
                 else:
                     answer = command.makeResponse(result, self)
             except BaseException:
                 result = fail(
                     amp.BadLocalReturn(
-                        "%r returned %r and %r could not serialize it" % (responder, result, command),
+                        "%r returned %r and %r could not serialize it"
+                        % (MethodType(responderFunc, self), result, command),
                         Failure(),
                     )
                 )
             else:
-                if amp.ASK in box:
-                    answer[amp.ANSWER] = box[amp.ASK]
+                ask = box.get(amp.ASK)
+                if ask is not None:
+                    answer[amp.ANSWER] = ask
                     try:
                         self._safeEmit(answer)
                     except BaseException:
@@ -406,9 +458,10 @@ class AMP(_Accelerated, amp.AMP):
     # Calling
 
     def callRemote(self, commandType, *a, **kw):
-        if a or not _isPlainCommand(commandType):
+        plan = _plan(commandType)
+        if a or not plan.directCall:
             return super().callRemote(commandType, *a, **kw)
-        spec = _spec(commandType, "arguments")
+        spec = plan.arguments
         forgotten = [name for name in spec.required if name not in kw]
         if forgotten:
             return fail(
@@ -419,18 +472,44 @@ class AMP(_Accelerated, amp.AMP):
         for name in kw:
             if name not in spec.allowed:
                 raise amp.InvalidSignature(f"{name} is not a valid argument")
-        d = self._sendBoxCommand(
-            commandType.commandName,
-            spec.toStrings(kw, commandType.commandType(), self),
-            commandType.requiresAnswer,
-        )
-        if commandType.requiresAnswer:
-            if commandType.parseResponse.__func__ is amp.Command.parseResponse.__func__:
-                d.addCallback(_spec(commandType, "response").toObjects, self)
-            else:
-                d.addCallback(commandType.parseResponse, self)
-            d.addErrback(_massageError, commandType)
+        box = spec.toStrings(kw, commandType.commandType(), self)
+        requiresAnswer = commandType.requiresAnswer
+        d = self._sendBoxCommand(commandType.commandName, box, requiresAnswer)
+        if requiresAnswer and self._failAllReason is None:
+            self._waitingPlans[box[amp.ASK]] = plan
         return d
+
+    def _answerReceived(self, box):
+        plan = self._waitingPlans.pop(box[amp.ANSWER], None)
+        if plan is None:
+            return super()._answerReceived(box)
+        question = self._outstandingRequests.pop(box[amp.ANSWER])
+        question.addErrback(self.unhandledError)
+        try:
+            result = plan.parseResponse(box, self)
+        except BaseException:
+            question.errback(Failure())
+        else:
+            question.callback(result)
+
+    def _errorReceived(self, box):
+        plan = self._waitingPlans.pop(box[amp.ERROR], None)
+        if plan is None:
+            return super()._errorReceived(box)
+        # Twisted's own, with the conversion its callRemote chains in front.
+        question = self._outstandingRequests.pop(box[amp.ERROR])
+        question.addErrback(self.unhandledError)
+        code = box[amp.ERROR_CODE]
+        description = box[amp.ERROR_DESCRIPTION].decode("utf-8", "replace")
+        if code in amp.PROTOCOL_ERRORS:
+            error = amp.PROTOCOL_ERRORS[code](code, description)
+        else:
+            error = plan.remoteError(amp.RemoteAmpError(code, description))
+        question.errback(Failure(error))
+
+    def failAllOutgoing(self, reason):
+        self._waitingPlans.clear()
+        super().failAllOutgoing(reason)
 
 
 class _ArgumentSpec:
@@ -503,14 +582,6 @@ def _spec(commandType, which):
     if spec is None:
         spec = _specs[key] = _ArgumentSpec(getattr(commandType, which))
     return spec
-
-
-def _massageError(error, commandType):
-    # Twisted's Command._doCommand does this for every call.
-    error.trap(amp.RemoteAmpError)
-    remote = error.value
-    errorType = commandType.reverseErrors.get(remote.errorCode, amp.UnknownRemoteError)
-    return Failure(errorType(remote.description))
 
 
 class Descriptor(amp.Descriptor):

@@ -123,6 +123,60 @@ def makeResponder(base):
     return Responder
 
 
+class OopsError(Exception):
+    pass
+
+
+class Oops(amp.Command):
+    arguments = []
+    response = []
+    errors = {OopsError: b"OOPS"}
+
+
+class Unexpected(amp.Command):
+    arguments = []
+    response = []
+
+
+class WrongAnswer(amp.Command):
+    arguments = []
+    response = [(b"n", amp.Integer())]
+
+
+class Forget(amp.Command):
+    arguments = []
+    requiresAnswer = False
+
+
+class ErrorResponder(amp.AMP):
+    """
+    Fails in each way a responder can, and answers what the caller's
+    command cannot parse.
+    """
+
+    @Hello.responder
+    def hello(self, text):
+        return {"text": text}
+
+    @Oops.responder
+    def oops(self):
+        raise OopsError("declared")
+
+    @Unexpected.responder
+    def unexpected(self):
+        raise RuntimeError("not declared")
+
+    @amp.Command.responder.__get__(
+        type("WrongAnswer", (amp.Command,), {"arguments": [], "response": [(b"n", amp.String())]})
+    )
+    def wrongAnswer(self):
+        return {"n": b"not a number"}
+
+    @Forget.responder
+    def forget(self):
+        return {}
+
+
 FastResponder = makeResponder(pyamp_fds.AMP)
 StockResponder = makeResponder(amp.AMP)
 
@@ -495,6 +549,44 @@ class AMPBehaviourTests(ReactorTestCase):
         server, client = self.connect(FastResponder(), pyamp_fds.AMP())
         Unknown = type("Unknown", (amp.Command,), {"arguments": [], "response": []})
         yield self.assertFailure(client.callRemote(Unknown), amp.UnhandledCommand)
+
+    @defer.inlineCallbacks
+    def test_answersAndErrorsAsStock(self):
+        """
+        Answers, declared and undeclared errors, answers that do not parse,
+        and commands without answers reach a L{pyamp_fds.AMP} caller exactly
+        as they reach a stock one.
+        """
+
+        def outcome(d):
+            if d is None:
+                return defer.succeed(None)
+            return d.addCallbacks(
+                lambda result: ("answer", result),
+                lambda f: (f.type, str(f.value)),
+            )
+
+        seen = {}
+        for clientCls in (amp.AMP, pyamp_fds.AMP):
+            results = seen[clientCls] = []
+            for command in (Hello, Oops, Unexpected, WrongAnswer, Forget):
+                # An undeclared error ends the connection: one each.
+                server, client = self.connect(ErrorResponder(), clientCls())
+                kw = {"text": "x"} if command is Hello else {}
+                results.append((yield outcome(client.callRemote(command, **kw))))
+                results.append((yield outcome(client.callRemote(Hello, text="again"))))
+        self.flushLoggedErrors(RuntimeError)
+        self.assertEqual(seen[amp.AMP], seen[pyamp_fds.AMP])
+        self.assertEqual(
+            [r and r[0] for r in seen[pyamp_fds.AMP]],
+            [
+                "answer", "answer",
+                OopsError, "answer",
+                amp.UnknownRemoteError, error.ConnectionLost,
+                ValueError, "answer",
+                None, "answer",
+            ],
+        )
 
     def test_tooLongRaisedByCallRemote(self):
         """
