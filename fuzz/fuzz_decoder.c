@@ -1,14 +1,21 @@
 /*
- * libFuzzer harness for the AMP box decoder (csrc/ampbox.c).
+ * libFuzzer harness for the AMP box decoder and encoder (csrc/ampbox.c).
  *
  * Input: byte 0 picks max_box_size, byte 1 the largest chunk, bytes 2..5 seed
- * the chunk sizes; the rest is the stream.  The stream is decoded twice, in
- * chunks (empty ones included) and in one feed, and everything each feed
- * reports is checked against the source and against ampbox.h: spans, field
- * counts, box ends, the struct format, the held bytes, the error and where it
- * is.  Both decodings must agree with each other and with a plain reference
- * decoder, and paf_encode of the decoded boxes must give back the exact bytes
- * they were decoded from.
+ * the chunk sizes; the rest is the stream, used twice.
+ *
+ * Decoded as it is, in chunks (empty ones included) and in one feed,
+ * everything each feed reports is checked against the source and against
+ * ampbox.h: spans, field counts, box ends, the struct format, the held bytes,
+ * the error and where it is.  Both decodings must agree with each other and
+ * with a plain reference decoder, and paf_encode of the decoded boxes must give
+ * back the exact bytes they were decoded from.
+ *
+ * Read as a list of lengths (see read_lengths), it is handed to paf_encode,
+ * which must refuse exactly the lists ampbox.h says it refuses, at the entry
+ * it names; what it accepts must decode, by the same checks, to the very keys
+ * and values it was given.  Random valid boxes rarely come out of the first
+ * direction, and bad lengths never do.
  */
 #include "ampbox.h"
 
@@ -37,6 +44,7 @@ struct bytes {
     size_t len, cap;
 };
 
+/* Appends n bytes from data, or n bytes for the caller to fill when data is NULL. */
 static void put(struct bytes *b, const void *data, size_t n)
 {
     if (b->len + n > b->cap) {
@@ -47,7 +55,7 @@ static void put(struct bytes *b, const void *data, size_t n)
         REQUIRE(b->p != NULL);
         b->cap = cap;
     }
-    if (n > 0)
+    if (n > 0 && data != NULL)
         memcpy(b->p + b->len, data, n);
     b->len += n;
 }
@@ -291,14 +299,212 @@ static void decode(const uint8_t *stream, size_t n, size_t max, size_t max_chunk
     paf_decoder_free(d);
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *input, size_t size)
+/*
+ * Decodes the stream in chunks, in one feed and with the reference decoder,
+ * checks they agree and that encoding the boxes gives the stream back.
+ * Leaves the outcome of the one-feed decoding in *whole.
+ */
+static void check_decoding(const uint8_t *stream, size_t n, size_t max, size_t max_chunk,
+                           uint64_t seed, struct outcome *whole)
 {
-    struct outcome chunked = { 0 }, whole = { 0 }, ref = { 0 };
-    const uint8_t *stream;
-    size_t n, max, max_chunk, nlens, bad = 0;
-    uint64_t seed;
+    struct outcome chunked = { 0 }, ref = { 0 };
+    size_t nlens, bad = 0;
     uint8_t *encoded;
     ssize_t written;
+
+    decode(stream, n, max, max_chunk, seed, &chunked);
+    decode(stream, n, max, SIZE_MAX, 0, whole);
+    reference(stream, n, max, &ref);
+
+    /* However the stream was cut, the same boxes and the same failure. */
+    REQUIRE(chunked.error == ref.error && whole->error == ref.error);
+    REQUIRE(ref.error == PAF_DECODE_OK ||
+            (chunked.error_at == ref.error_at && whole->error_at == ref.error_at));
+    REQUIRE(chunked.nboxes == ref.nboxes && whole->nboxes == ref.nboxes);
+    REQUIRE(chunked.consumed == ref.consumed && whole->consumed == ref.consumed);
+    REQUIRE(chunked.boxes.len == whole->boxes.len &&
+            (whole->boxes.len == 0 ||
+             memcmp(chunked.boxes.p, whole->boxes.p, whole->boxes.len) == 0));
+    REQUIRE(whole->boxes.len == whole->consumed &&
+            (whole->consumed == 0 || memcmp(whole->boxes.p, stream, whole->consumed) == 0));
+
+    /* Encoding the decoded boxes gives back the bytes they came from. */
+    nlens = whole->lens.len / sizeof(int32_t);
+    REQUIRE(whole->data.len + 2 * nlens == whole->consumed);
+    encoded = malloc(whole->consumed + 1);
+    REQUIRE(encoded != NULL);
+    written = paf_encode(whole->data.p, whole->data.len, (const int32_t *)(void *)whole->lens.p,
+                         nlens, encoded, whole->consumed, &bad);
+    REQUIRE(written >= 0 && (size_t)written == whole->consumed);
+    REQUIRE(written == 0 || memcmp(encoded, stream, whole->consumed) == 0);
+    if (whole->consumed > 0) {
+        /* One byte short of room is refused, with nothing else wrong. */
+        REQUIRE(paf_encode(whole->data.p, whole->data.len, (const int32_t *)(void *)whole->lens.p,
+                           nlens, encoded, whole->consumed - 1, &bad) == -PAF_ENCODE_NO_ROOM);
+    }
+    free(encoded);
+
+    outcome_free(&chunked);
+    outcome_free(&ref);
+}
+
+/* Caps the keys and values one input asks for (room for a value of the
+ * largest size and a little more), to keep executions quick. */
+#define ENCODE_DATA_MAX (PAF_AMP_MAX_VALUE_LENGTH + 1024)
+
+/*
+ * Reads the stream as paf_encode lengths: a byte under 0xf0 is that length
+ * (keys, and the zero that ends a box); 0xf0..0xfb and two bytes, any length
+ * a value may have; 0xfc and a byte, a value just too long; 0xfd and a byte,
+ * a key just too long or nearly; 0xfe and four bytes, any int32_t at all;
+ * 0xff, one byte of data no length accounts for.  Every length that could be
+ * valid gets that many bytes of data, drawn from seed.
+ */
+static void read_lengths(const uint8_t *p, size_t n, uint64_t seed, struct bytes *lens,
+                         struct bytes *data)
+{
+    size_t i = 0;
+
+    while (i < n) {
+        uint8_t c = p[i++];
+        int64_t len;
+
+        if (c < 0xf0) {
+            len = c;
+        } else if (c < 0xfc) {
+            if (n - i < 2)
+                break;
+            len = u16_at(p + i);
+            i += 2;
+        } else if (c == 0xfc) {
+            if (n - i < 1)
+                break;
+            len = (int64_t)PAF_AMP_MAX_VALUE_LENGTH + 1 + p[i++];
+        } else if (c == 0xfd) {
+            if (n - i < 1)
+                break;
+            len = (int64_t)PAF_AMP_MAX_KEY_LENGTH - 8 + p[i++];
+        } else if (c == 0xfe) {
+            if (n - i < 4)
+                break;
+            len = (int32_t)((uint32_t)p[i] << 24 | (uint32_t)p[i + 1] << 16 |
+                            (uint32_t)p[i + 2] << 8 | p[i + 3]);
+            i += 4;
+        } else {
+            uint8_t stray = (uint8_t)next(&seed);
+
+            if (data->len < ENCODE_DATA_MAX)
+                put(data, &stray, 1);
+            continue;
+        }
+        if (len >= 0 && len <= PAF_AMP_MAX_VALUE_LENGTH) {
+            size_t at = data->len;
+
+            if (at + (size_t)len > ENCODE_DATA_MAX)
+                break;
+            put(data, NULL, (size_t)len);
+            for (size_t j = 0; j < (size_t)len; j += 8) {
+                uint64_t word = next(&seed);
+
+                memcpy(data->p + at + j, &word, (size_t)len - j < 8 ? (size_t)len - j : 8);
+            }
+        }
+        {
+            int32_t l = (int32_t)len;
+            put(lens, &l, sizeof l);
+        }
+    }
+}
+
+/*
+ * What ampbox.h says paf_encode must answer: 0, or the error with *bad the
+ * entry it names.  Each entry is checked in turn (a negative length, then a
+ * key or value too long, then data too short for it), then the layout as a
+ * whole.
+ */
+static int expected_encode(const int32_t *lens, size_t nlens, size_t data_len, size_t *bad)
+{
+    size_t in = 0;
+    int is_key = 1, box_open = 0;
+
+    for (size_t i = 0; i < nlens; i++) {
+        *bad = i;
+        if (lens[i] < 0)
+            return PAF_ENCODE_BAD_LAYOUT;
+        if (is_key && lens[i] > PAF_AMP_MAX_KEY_LENGTH)
+            return PAF_ENCODE_KEY_TOO_LONG;
+        if (!is_key && lens[i] > PAF_AMP_MAX_VALUE_LENGTH)
+            return PAF_ENCODE_VALUE_TOO_LONG;
+        if ((size_t)lens[i] > data_len - in)
+            return PAF_ENCODE_BAD_LAYOUT;
+        in += (size_t)lens[i];
+        if (!is_key) {
+            is_key = 1;
+        } else if (lens[i] > 0) {
+            box_open = 1;
+            is_key = 0;
+        } else {
+            box_open = 0;
+        }
+    }
+    *bad = nlens;
+    return box_open || in != data_len ? PAF_ENCODE_BAD_LAYOUT : 0;
+}
+
+/* Encodes what the stream asks for, then decodes it back. */
+static void check_encoding(const uint8_t *stream, size_t n, size_t max, size_t max_chunk,
+                           uint64_t seed)
+{
+    struct bytes lens = { 0 }, data = { 0 };
+    struct outcome whole = { 0 };
+    size_t nlens, need, bad = SIZE_MAX, expected_bad = SIZE_MAX;
+    int expected;
+    uint8_t *encoded;
+    ssize_t written;
+
+    read_lengths(stream, n, seed, &lens, &data);
+    nlens = lens.len / sizeof(int32_t);
+    need = data.len + 2 * nlens;
+    expected = expected_encode((const int32_t *)(void *)lens.p, nlens, data.len, &expected_bad);
+
+    /* Exactly the room ampbox.h promises is enough, so ASan sees any byte
+     * written past it. */
+    encoded = malloc(need ? need : 1);
+    REQUIRE(encoded != NULL);
+    written = paf_encode(data.p, data.len, (const int32_t *)(void *)lens.p, nlens, encoded, need,
+                         &bad);
+    if (expected != 0) {
+        REQUIRE(written == -expected && bad == expected_bad);
+        goto out;
+    }
+    REQUIRE(written >= 0 && (size_t)written == need);
+
+    /* What was encoded decodes to the same keys and values in the same
+     * boxes, as far as max_box_size lets it.  Checking a feed costs as much
+     * as the bytes held, so a big stream goes in a dozen chunks or so, not
+     * byte by byte. */
+    if (max_chunk < need / 8)
+        max_chunk = need / 8;
+    check_decoding(encoded, need, max, max_chunk, seed, &whole);
+    REQUIRE(whole.error == PAF_DECODE_OK || whole.error == PAF_DECODE_BOX_TOO_LARGE);
+    REQUIRE(whole.data.len <= data.len && whole.lens.len <= lens.len);
+    REQUIRE(whole.data.len == 0 || memcmp(whole.data.p, data.p, whole.data.len) == 0);
+    REQUIRE(whole.lens.len == 0 || memcmp(whole.lens.p, lens.p, whole.lens.len) == 0);
+    if (whole.error == PAF_DECODE_OK)
+        REQUIRE(whole.consumed == need && whole.data.len == data.len &&
+                whole.lens.len == lens.len);
+    outcome_free(&whole);
+out:
+    free(encoded);
+    free(lens.p);
+    free(data.p);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *input, size_t size)
+{
+    struct outcome whole = { 0 };
+    size_t max, max_chunk;
+    uint64_t seed;
 
     if (size < 6)
         return 0;
@@ -306,42 +512,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *input, size_t size)
     max_chunk = max_chunks[input[1] % COUNT(max_chunks)];
     seed = (uint64_t)input[2] | (uint64_t)input[3] << 8 | (uint64_t)input[4] << 16 |
            (uint64_t)input[5] << 24;
-    stream = input + 6;
-    n = size - 6;
 
-    decode(stream, n, max, max_chunk, seed, &chunked);
-    decode(stream, n, max, SIZE_MAX, 0, &whole);
-    reference(stream, n, max, &ref);
-
-    /* However the stream was cut, the same boxes and the same failure. */
-    REQUIRE(chunked.error == ref.error && whole.error == ref.error);
-    REQUIRE(ref.error == PAF_DECODE_OK ||
-            (chunked.error_at == ref.error_at && whole.error_at == ref.error_at));
-    REQUIRE(chunked.nboxes == ref.nboxes && whole.nboxes == ref.nboxes);
-    REQUIRE(chunked.consumed == ref.consumed && whole.consumed == ref.consumed);
-    REQUIRE(chunked.boxes.len == whole.boxes.len &&
-            (whole.boxes.len == 0 || memcmp(chunked.boxes.p, whole.boxes.p, whole.boxes.len) == 0));
-    REQUIRE(whole.boxes.len == whole.consumed &&
-            (whole.consumed == 0 || memcmp(whole.boxes.p, stream, whole.consumed) == 0));
-
-    /* Encoding the decoded boxes gives back the bytes they came from. */
-    nlens = whole.lens.len / sizeof(int32_t);
-    REQUIRE(whole.data.len + 2 * nlens == whole.consumed);
-    encoded = malloc(whole.consumed + 1);
-    REQUIRE(encoded != NULL);
-    written = paf_encode(whole.data.p, whole.data.len, (const int32_t *)(void *)whole.lens.p, nlens,
-                         encoded, whole.consumed, &bad);
-    REQUIRE(written >= 0 && (size_t)written == whole.consumed);
-    REQUIRE(written == 0 || memcmp(encoded, stream, whole.consumed) == 0);
-    if (whole.consumed > 0) {
-        /* One byte short of room is refused, with nothing else wrong. */
-        REQUIRE(paf_encode(whole.data.p, whole.data.len, (const int32_t *)(void *)whole.lens.p,
-                           nlens, encoded, whole.consumed - 1, &bad) == -PAF_ENCODE_NO_ROOM);
-    }
-    free(encoded);
-
-    outcome_free(&chunked);
+    check_decoding(input + 6, size - 6, max, max_chunk, seed, &whole);
     outcome_free(&whole);
-    outcome_free(&ref);
+    check_encoding(input + 6, size - 6, max, max_chunk, seed);
     return 0;
 }

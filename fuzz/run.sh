@@ -1,7 +1,7 @@
 #!/bin/sh
-# Builds the AMP box decoder fuzzer (libFuzzer, ASan, UBSan) and runs it for
-# FUZZ_SECONDS (60 by default) on a copy of fuzz/corpus in fuzz/build/corpus,
-# so that what it learns never lands in the repository.  Exits non-zero when
+# Builds the AMP box decoder and encoder fuzzer (libFuzzer, ASan, UBSan) and
+# runs it for FUZZ_SECONDS (60 by default) on a copy of fuzz/corpus in
+# fuzz/build/corpus, so that what it learns never lands in the repository.  Exits non-zero when
 # it finds a crash; the input that caused it is left in fuzz/build/.
 #
 # Needs clang with its libFuzzer runtime; when they are missing and apt-get is
@@ -56,9 +56,10 @@ status=0
     -artifact_prefix="$build/" ${FUZZ_ARGS:-} "$build/corpus" > "$log" 2>&1 || status=$?
 
 execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
+rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -n 1)
 if [ "$status" != 0 ]; then
     tail -n 60 "$log" >&2
     echo "fuzz_decoder: FAILED (status $status) after ${execs:-?} executions; log in $log" >&2
     exit 1
 fi
-echo "fuzz_decoder: ${execs:-?} executions in ${seconds}s, no crash ($(ls "$build/corpus" | wc -l) inputs in $build/corpus)"
+echo "fuzz_decoder: ${execs:-?} executions in ${seconds}s (${rate:-?}/s), no crash ($(ls "$build/corpus" | wc -l) inputs in $build/corpus)"
