@@ -13,12 +13,17 @@ writes plain data with send(); everything pyamp_fds does is sendmsg/recvmsg).
 
 import json
 import os
+import resource
 import socket
 import sys
 import time
 
 
 def main(kind, calls, window, connections):
+    # Every call in flight holds a descriptor in the client until sent, and
+    # 64 connections with 256 calls each is more than a default soft limit.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(connections)]
     reportRead, reportWrite = os.pipe()
     pid = os.fork()
