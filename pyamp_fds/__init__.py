@@ -11,6 +11,7 @@ Change two imports and keep the rest of a Twisted AMP program as it is::
 from pyamp_fds.codec import BoxDecoder, encode_box, encode_boxes
 from pyamp_fds.errors import (
     BoxTooLarge,
+    DescriptorListTooLong,
     DescriptorProtocolError,
     DescriptorsTruncated,
     DescriptorsUnsupported,
@@ -26,7 +27,7 @@ from pyamp_fds.fdio import (
     recv_with_fds,
     send_with_fds,
 )
-from pyamp_fds.protocol import AMP, BinaryBoxProtocol, Descriptor
+from pyamp_fds.protocol import AMP, BinaryBoxProtocol, Descriptor, DescriptorList
 
 __version__ = "0.1.0"
 
@@ -34,9 +35,11 @@ __all__ = [
     "AMP",
     "BinaryBoxProtocol",
     "Descriptor",
+    "DescriptorList",
     "MAX_FDS_PER_MESSAGE",
     "BoxDecoder",
     "BoxTooLarge",
+    "DescriptorListTooLong",
     "DescriptorProtocolError",
     "DescriptorsTruncated",
     "DescriptorsUnsupported",

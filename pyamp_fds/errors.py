@@ -14,6 +14,7 @@ __all__ = [
     "UnknownDescriptor",
     "InvalidDescriptorOrdinal",
     "TooManyUnclaimedDescriptors",
+    "DescriptorListTooLong",
     "DescriptorsUnsupported",
 ]
 
@@ -105,6 +106,14 @@ class TooManyUnclaimedDescriptors(DescriptorProtocolError):
     """
     The peer sent more descriptors than any box claimed, past the
     connection's limit (C{maxUnclaimedDescriptors}).
+    """
+
+
+class DescriptorListTooLong(DescriptorProtocolError, ValueError):
+    """
+    A L{pyamp_fds.DescriptorList} longer than its C{maxDescriptors}.  When
+    sending, it is raised before any descriptor is duplicated or queued;
+    when received, it is a protocol error that closes the connection.
     """
 
 

@@ -37,6 +37,7 @@ from pyamp_fds.codec import (
 )
 from pyamp_fds.errors import (
     BoxTooLarge,
+    DescriptorListTooLong,
     DescriptorsUnsupported,
     FramingError,
     InvalidDescriptorOrdinal,
@@ -44,10 +45,10 @@ from pyamp_fds.errors import (
     TooManyUnclaimedDescriptors,
     UnknownDescriptor,
 )
-from pyamp_fds.fdio import close_all
+from pyamp_fds.fdio import MAX_FDS_PER_MESSAGE, close_all
 from pyamp_fds.transport import isBatching
 
-__all__ = ["AMP", "BinaryBoxProtocol", "Descriptor"]
+__all__ = ["AMP", "BinaryBoxProtocol", "Descriptor", "DescriptorList"]
 
 _log = Logger()
 
@@ -62,10 +63,12 @@ class _Accelerated:
 
     @ivar maxUnclaimedDescriptors: how many descriptors the peer may have
         sent that no box has claimed yet; past it, the connection is closed.
+        A L{DescriptorList}'s descriptors all arrive before its box, so this
+        leaves room for one of the longest by default (4096) and more.
     @ivar maxBoxSize: the largest box accepted from the peer, in bytes.
     """
 
-    maxUnclaimedDescriptors = 1024
+    maxUnclaimedDescriptors = 8192
     maxBoxSize = DEFAULT_MAX_BOX_SIZE
     #: While dispatching a long run of boxes from one read, send what they
     #: produced every this many boxes: the peer starts on the first answers
@@ -627,3 +630,162 @@ class Descriptor(amp.Descriptor):
                 proto._protocolError(error)
             raise error
         return proto._getDescriptor(int(inString))
+
+
+class DescriptorList(amp.Argument):
+    """
+    An argument whose value is a list of descriptors (ints or objects with
+    C{fileno()}), empty lists included.  Received values are lists of ints,
+    owned by the receiver.
+
+    Ownership is as for L{Descriptor}: by default duplicates are sent and the
+    caller may close its own descriptors as soon as C{callRemote} (or the
+    responder) returns; with C{transfer=True} the descriptors themselves are
+    handed over and closed once sent, or when the connection is lost first.
+
+    The descriptors of one list are queued together, so their ordinals on
+    the connection are consecutive and the box carries only the first and
+    the count: C{b"START:COUNT"} in decimal.  The kernel needs one byte of
+    data for every C{sendmsg} that carries descriptors, 253 at most, so the
+    value is padded with spaces to at least one byte per 253 descriptors:
+    however small the rest of the box, every group of descriptors then has a
+    byte of its box to travel with, and all of them arrive before the box
+    is complete.  The receiver checks the value strictly (it must be exactly
+    what this class writes for that start and count); a malformed value, a
+    list longer than the receiver's C{maxDescriptors}, or an ordinal not
+    received or already claimed closes the connection as L{Descriptor}'s
+    faults do, with every descriptor it held.
+
+    Why not C{amp.ListOf(amp.Descriptor())}: C{ListOf} serializes its
+    elements with their C{toString}, which is not given the protocol, but a
+    descriptor's value is an ordinal only the connection can give (and the
+    descriptor must be queued on its transport), so L{amp.Descriptor} works
+    only through C{toStringProto}; C{ListOf} can neither number nor send
+    descriptors, nor claim them on receipt.
+
+    Sending needs a pyamp_fds transport (L{pyamp_fds.transport.Server} or
+    L{pyamp_fds.transport.Client}): Twisted's own sends one byte per
+    descriptor and loses the connection when a box has fewer bytes than it
+    has descriptors queued, which a list of any length would soon do, so it
+    is refused there with L{DescriptorsUnsupported}, before anything is
+    queued.  Any protocol receives them, over any UNIX transport.
+
+    A receiving L{AMP} holds at most C{maxUnclaimedDescriptors} descriptors
+    that no box has claimed yet, and a list's descriptors all arrive before
+    its box: that limit must leave room for the longest list expected.
+
+    @ivar maxDescriptors: the longest list sent or accepted; a longer one is
+        refused when sending with L{DescriptorListTooLong} before any
+        descriptor is duplicated or queued, and is a protocol error when
+        received.
+    @ivar transfer: whether sent descriptors are handed over.
+    """
+
+    def __init__(self, optional=False, transfer=False, maxDescriptors=4096):
+        amp.Argument.__init__(self, optional)
+        if not 0 <= maxDescriptors <= _MAX_LIST_LENGTH:
+            raise ValueError(
+                "maxDescriptors must be between 0 and %d" % (_MAX_LIST_LENGTH,)
+            )
+        self.transfer = transfer
+        self.maxDescriptors = maxDescriptors
+
+    def toStringProto(self, inObject, proto):
+        descriptors = list(inObject)
+        count = len(descriptors)
+        if count > self.maxDescriptors:
+            raise DescriptorListTooLong(
+                "%d descriptors in one DescriptorList, more than its maxDescriptors (%d)"
+                % (count, self.maxDescriptors)
+            )
+        transport = proto.transport
+        if transport is None:
+            raise ConnectionLost()
+        if not isBatching(transport):
+            raise DescriptorsUnsupported(
+                "DescriptorList needs a pyamp_fds transport to send, not %r" % (transport,)
+            )
+        filenos = [_fileno(d) for d in descriptors]
+        transport.sendFileDescriptors(filenos, self.transfer)
+        if isinstance(proto, _Accelerated):
+            start = proto._sent
+            proto._sent = start + count
+        else:
+            # A stock protocol counts its ordinals one at a time.
+            counter = proto._sendingDescriptorCounter
+            start = counter() if count else 0
+            for _ in range(count - 1):
+                counter()
+        return _encodeRange(start, count)
+
+    def fromStringProto(self, inString, proto):
+        start, count = _decodeRange(inString)
+        if start is None:
+            error = InvalidDescriptorOrdinal(
+                "DescriptorList value %r is not START:COUNT" % (inString[:40],)
+            )
+        elif count > self.maxDescriptors:
+            error = DescriptorListTooLong(
+                "the peer sent a DescriptorList of %d descriptors, more than its "
+                "maxDescriptors (%d)" % (count, self.maxDescriptors)
+            )
+        else:
+            return _claimRange(proto, start, count)
+        if isinstance(proto, _Accelerated):
+            proto._protocolError(error)
+        raise error
+
+
+# A value holds at most 65535 bytes, so a padded one can stand for this many.
+_MAX_LIST_LENGTH = MAX_FDS_PER_MESSAGE * MAX_VALUE_LENGTH
+
+
+def _encodeRange(start, count):
+    value = b"%d:%d" % (start, count)
+    short = -(-count // MAX_FDS_PER_MESSAGE) - len(value)
+    if short > 0:
+        value += b" " * short
+    return value
+
+
+def _decodeRange(value):
+    """
+    Return C{(start, count)} for a value L{_encodeRange} wrote, or
+    C{(None, None)} for anything else.
+    """
+    value = bytes(value)
+    head, colon, tail = value.rstrip(b" ").partition(b":")
+    # Bounded lengths: int() of a long digit string is slow, and refused.
+    if not (colon and head.isdigit() and tail.isdigit() and len(head) <= 20 and len(tail) <= 10):
+        return None, None
+    start, count = int(head), int(tail)
+    if count > _MAX_LIST_LENGTH or _encodeRange(start, count) != value:
+        return None, None
+    return start, count
+
+
+def _claimRange(proto, start, count):
+    """
+    Claim ordinals C{start} to C{start + count - 1} for one box: all of
+    them, or none (a missing one is a protocol error, as for L{Descriptor}).
+    """
+    ordinals = range(start, start + count)
+    if isinstance(proto, _Accelerated):
+        held = proto._descriptors
+        if not all(map(held.__contains__, ordinals)):
+            for ordinal in ordinals:
+                if ordinal not in held:
+                    # Raises, and closes every descriptor held.
+                    proto._claimDescriptor(ordinal)
+        descriptors = list(map(held.pop, ordinals))
+        proto._claimedInBox.extend(descriptors)
+        return descriptors
+    # A stock protocol: its own claim raises as for its own Descriptor.
+    claimed = []
+    try:
+        for ordinal in ordinals:
+            claimed.append(proto._getDescriptor(ordinal))
+    except BaseException:
+        close_all(claimed)
+        raise
+    return claimed

@@ -19,7 +19,7 @@ The wire is the same as Twisted's, so either end may be stock Twisted.
 import errno
 import fcntl
 from collections import deque
-from itertools import islice
+from itertools import islice, repeat
 
 from twisted.internet import error, interfaces, main, unix
 from twisted.logger import Logger
@@ -167,6 +167,30 @@ class _BatchingMixin:
         if not self._reading:
             # Inside doRead, the flush at its end sends it with the bytes
             # that name it, without registering for writability.
+            self.startWriting()
+
+    def sendFileDescriptors(self, filenos, transfer=False):
+        """
+        Queue several descriptors at once, all or none: as many calls to
+        L{sendFileDescriptor}, except that if one cannot be duplicated, the
+        duplicates already made are closed and nothing is queued.
+
+        @param filenos: a sequence of descriptors (ints).
+        """
+        if not transfer:
+            duplicates = []
+            try:
+                for fileno in filenos:
+                    duplicates.append(fcntl.fcntl(fileno, fcntl.F_DUPFD_CLOEXEC, 0))
+            except BaseException:
+                close_all(duplicates)
+                raise
+            filenos = duplicates
+        if not filenos:
+            return
+        self._descriptorQueue.extend(zip(repeat(self._bytesWritten), filenos))
+        self._maybePauseProducer()
+        if not self._reading:
             self.startWriting()
 
     def _isSendBufferFull(self):
