@@ -31,18 +31,35 @@ bench: $(INSTALLED) benchmarks/c_fdloop
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
 
 # The C core's own tests, built with ASan and UBSan, then the Python tests of
-# the native layer against a sanitized build of the extension.
+# the native layer, transports and protocol against a sanitized build of the
+# extension.  That build lives in a copy of the package and tests inside its own
+# venv, so .venv and the extension in the checkout are never touched.
+SANITIZE_VENV := .venv-sanitize
+SANITIZE_PY := $(SANITIZE_VENV)/bin/python
+SANITIZE_TREE := $(SANITIZE_VENV)/tree
+SANITIZE_TESTS ?= $(sort tests/test_fdio.py tests/test_codec.py tests/test_protocol.py \
+	tests/test_interop.py $(wildcard tests/test_*.py))
+
 tests/c/build/test_native: tests/c/test_native.c $(NATIVE_SOURCES)
 	mkdir -p tests/c/build
 	$(CC) -g -O1 $(CWARN) $(SANITIZERS) -Icsrc -o $@ tests/c/test_native.c csrc/*.c
 
-sanitize: $(INSTALLED) tests/c/build/test_native
+$(SANITIZE_PY):
+	$(PYTHON) -m venv $(SANITIZE_VENV)
+	$(SANITIZE_PY) -m pip install -q --upgrade pip
+
+sanitize: tests/c/build/test_native $(SANITIZE_PY)
 	tests/c/build/test_native
-	PYAMP_FDS_CFLAGS="$(SANITIZERS) -g -O1" PYAMP_FDS_LDFLAGS="$(SANITIZERS)" \
-		$(PY) -m pip install -q -e .
-	ASAN_OPTIONS=detect_leaks=0 LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
-		$(PY) -m pytest -q -p no:cacheprovider tests/test_fdio.py tests/test_codec.py; \
-		status=$$?; rm -f $(INSTALLED); exit $$status
+	rm -rf $(SANITIZE_TREE)
+	mkdir -p $(SANITIZE_TREE)
+	cp -R pyproject.toml setup.py README.md csrc pyamp_fds tests $(SANITIZE_TREE)/
+	rm -rf $(SANITIZE_TREE)/pyamp_fds/_native.* $(SANITIZE_TREE)/tests/c/build
+	find $(SANITIZE_TREE) -name __pycache__ -prune -exec rm -rf {} +
+	cd $(SANITIZE_TREE) && PYAMP_FDS_CFLAGS="$(SANITIZERS) -g -O1" PYAMP_FDS_LDFLAGS="$(SANITIZERS)" \
+		../bin/python -m pip install -q -e '.[test]'
+	cd $(SANITIZE_TREE) && ASAN_OPTIONS=detect_leaks=0 \
+		LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
+		../bin/python -m pytest -q -p no:cacheprovider $(SANITIZE_TESTS)
 
 # The box decoder under libFuzzer with ASan and UBSan (clang), for
 # FUZZ_SECONDS; see fuzz/run.sh.
@@ -50,5 +67,5 @@ fuzz:
 	FUZZ_SECONDS=$(FUZZ_SECONDS) sh fuzz/run.sh
 
 clean:
-	rm -rf $(VENV) build *.egg-info pyamp_fds/_native.* pyamp_fds/__pycache__ \
+	rm -rf $(VENV) $(SANITIZE_VENV) build *.egg-info pyamp_fds/_native.* pyamp_fds/__pycache__ \
 		tests/c/build fuzz/build benchmarks/c_fdloop benchmarks/results .pytest_cache .hypothesis
