@@ -1,0 +1,173 @@
+"""
+Tests for L{pyamp_fds.transport}: how queued descriptors and written bytes
+are grouped into C{sendmsg} calls, seen from a plain socket on the other end.
+"""
+
+import os
+import socket
+
+from twisted.internet import defer, protocol
+
+from pyamp_fds import fdio
+from pyamp_fds.transport import isBatching
+from tests.reactorhelpers import ReactorTestCase, settle
+
+
+def identity(fd):
+    st = os.fstat(fd)
+    return (st.st_dev, st.st_ino)
+
+
+def readAll(sock, until):
+    """
+    Read from C{sock} until C{until} bytes have arrived, recording which
+    descriptors came with which read.
+
+    @return: a list of C{(bytes, descriptors)}, one per C{recvmsg}.
+    """
+    reads, total = [], 0
+    sock.setblocking(True)
+    sock.settimeout(10)
+    while total < until:
+        data, fds, flags = fdio.recv_with_fds(sock, 1 << 20)
+        if not data:
+            break
+        reads.append((data, fds))
+        total += len(data)
+    return reads
+
+
+class TransportTests(ReactorTestCase):
+    """
+    The batching transport sends bytes and descriptors together, each
+    descriptor no later than the bytes written after it was queued.
+    """
+
+    def setUp(self):
+        self.files = []
+        return super().setUp()
+
+    def openFiles(self, count):
+        """
+        C{count} descriptors, each for a file of its own; closed when the
+        test ends.
+        """
+        fds = []
+        for _ in range(count):
+            r, w = os.pipe()
+            os.close(w)
+            fds.append(r)
+        self.addCleanup(fdio.close_all, fds)
+        return fds
+
+    def connectRaw(self):
+        proto = protocol.Protocol()
+        peer = self.rawPeer(proto)
+        self.assertTrue(isBatching(proto.transport))
+        return proto.transport, peer
+
+    @defer.inlineCallbacks
+    def test_moreThanOneMessageOfDescriptors(self):
+        """
+        Descriptors queued before a write beyond the 253 one message may
+        carry are split into groups, each with at least one byte, all of
+        them before the end of those bytes, in order: two C{sendmsg} calls
+        for 300.
+        """
+        transport, peer = self.connectRaw()
+        fds = self.openFiles(300)
+        for fd in fds:
+            transport.sendFileDescriptor(fd)
+        transport.write(b"0123456789")
+        yield settle()
+        reads = readAll(peer, 10)
+        self.assertEqual(b"".join(data for data, _ in reads), b"0123456789")
+        received = [fd for _, got in reads for fd in got]
+        try:
+            self.assertEqual([identity(fd) for fd in received], [identity(fd) for fd in fds])
+            # The first group went with a single byte, so that the second
+            # still had bytes of the same write to travel with.
+            self.assertEqual([(len(d), len(f)) for d, f in reads], [(1, 253), (9, 47)])
+            self.assertEqual(transport.sendmsgCalls, 2)
+        finally:
+            fdio.close_all(received)
+
+    @defer.inlineCallbacks
+    def test_descriptorsNoLaterThanTheirBytes(self):
+        """
+        A descriptor travels no later than the bytes written after it was
+        queued (earlier is allowed: descriptors keep their order, so the
+        ordinals still match), and all of them in one C{sendmsg} when they
+        fit.
+        """
+        transport, peer = self.connectRaw()
+        first, second = self.openFiles(2)
+        transport.sendFileDescriptor(first)
+        transport.write(b"a" * 100)
+        transport.sendFileDescriptor(second)
+        transport.write(b"b" * 100)
+        yield settle()
+        reads = readAll(peer, 200)
+        received = [fd for _, got in reads for fd in got]
+        try:
+            self.assertEqual([identity(fd) for fd in received], [identity(first), identity(second)])
+            offset, arrivals = 0, []
+            for data, got in reads:
+                arrivals.extend([offset] * len(got))
+                offset += len(data)
+            self.assertLessEqual(arrivals[0], 99)
+            self.assertLessEqual(arrivals[1], 199)
+            self.assertEqual(transport.sendmsgCalls, 1)
+        finally:
+            fdio.close_all(received)
+
+    @defer.inlineCallbacks
+    def test_partialWrites(self):
+        """
+        When the socket takes only part of the bytes, the descriptors that
+        went with the first of them are never sent again, and the rest
+        follow once the peer reads: every byte once, every descriptor once.
+        """
+        transport, peer = self.connectRaw()
+        transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        fds = self.openFiles(20)
+        payload = bytes(range(256)) * 4000
+        chunk = len(payload) // len(fds)
+        for i, fd in enumerate(fds):
+            transport.sendFileDescriptor(fd)
+            transport.write(payload[i * chunk : (i + 1) * chunk])
+        yield settle()
+        # The peer has not read: most of it is still waiting.
+        self.assertTrue(transport.dataBuffer or transport._tempDataLen)
+        peer.setblocking(False)
+        reads, received, total = [], [], 0
+        try:
+            while total < len(payload):
+                try:
+                    data, got, flags = fdio.recv_with_fds(peer, 1 << 20)
+                except BlockingIOError:
+                    yield settle(0.005)
+                    continue
+                reads.append(data)
+                received.extend(got)
+                total += len(data)
+            self.assertEqual(b"".join(reads), payload)
+            self.assertEqual([identity(fd) for fd in received], [identity(fd) for fd in fds])
+        finally:
+            fdio.close_all(received)
+
+    @defer.inlineCallbacks
+    def test_queuedDescriptorsClosedWhenLost(self):
+        """
+        Duplicates queued but never sent are closed when the connection is
+        lost; the caller's own descriptors stay open.
+        """
+        transport, peer = self.connectRaw()
+        fds = self.openFiles(3)
+        for fd in fds:
+            transport.sendFileDescriptor(fd)
+        peer.close()
+        transport.loseConnection()
+        yield settle()
+        for fd in fds:
+            os.fstat(fd)
