@@ -188,6 +188,13 @@ class _BatchingMixin:
             filenos = duplicates
         if not filenos:
             return
+        if self._writeHooks:
+            # Encode the boxes already sent first, so these descriptors are
+            # placed after them: then each box travels in a message of its
+            # own with its own descriptors, and the peer can act on the first
+            # while the next is still on its way (otherwise every group would
+            # go ahead of every box, and both ends would take turns).
+            self._runWriteHooks()
         self._descriptorQueue.extend(zip(repeat(self._bytesWritten), filenos))
         self._maybePauseProducer()
         if not self._reading:

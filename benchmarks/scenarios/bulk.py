@@ -1,0 +1,60 @@
+"""
+Many descriptors per command between two processes, the responder closing
+them: pyamp_fds's DescriptorList of 253 (a few calls in flight) against stock
+Twisted, which has only amp.Descriptor and so sends one per command
+(pipelined, 256 in flight), and the plain C loop sending 253 per sendmsg.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+from benchmarks.harness import Scenario, Target
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PER_CALL = 253
+TOTAL = PER_CALL * 800
+WINDOW = 4
+SYSCALLS = "sendmsg+recvmsg per descriptor"
+
+
+def _run(command):
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    result = json.loads(out)
+    return (
+        result["descriptors"],
+        result["seconds"],
+        {SYSCALLS: (result["sendmsg"] + result["recvmsg"]) / result["descriptors"]},
+    )
+
+
+def cLoop(param):
+    return _run([os.path.join(HERE, "c_fdloop"), str(TOTAL), str(PER_CALL)])
+
+
+def pyampFds(param):
+    return _run([sys.executable, os.path.join(HERE, "bulk_peer.py"), "pyamp_fds",
+                 str(TOTAL), str(PER_CALL), str(WINDOW)])
+
+
+def twisted(param):
+    return _run([sys.executable, os.path.join(HERE, "bulk_peer.py"), "stock",
+                 str(TOTAL // 10), "1", "256"])
+
+
+SCENARIOS = [
+    Scenario(
+        name="bulk",
+        title="253 descriptors per AMP command between two processes, responder closing them",
+        unit="descriptors/s",
+        params=["253 per call"],
+        implementations={"c-loop": cLoop, "pyamp_fds": pyampFds, "twisted": twisted},
+        anchor="c-loop",
+        targets=[
+            Target("pyamp_fds", "c-loop", 0.5),
+            Target("pyamp_fds", "twisted", 10.0),
+        ],
+        extras=[SYSCALLS],
+    ),
+]
