@@ -16,15 +16,21 @@ How it fits together:
   - Each worker is started with one end of a C{socketpair} as its
     descriptor 3; both ends run L{pyamp_fds.AMP} over it
     (L{pyamp_fds.endpoints.adoptStreamConnection}).
-  - Each accepted socket goes to a worker in a L{Serve} command whose
-    argument is a L{pyamp_fds.Descriptor} with C{transfer=True}: the
-    library closes the broker's copy once it has been sent, so the broker
-    holds no descriptor after handing it over.  Many commands are in
-    flight on each channel at once, and pyamp_fds sends all those queued
-    in one reactor turn, with their descriptors, in one C{sendmsg}.
-  - A worker answers L{Serve} when it has closed that connection, so the
-    calls a worker has not answered are its load: the broker picks the
-    worker with the fewest, taking turns among equals.
+  - The connections accepted in one turn of the reactor are shared out
+    among the workers, and each worker's share goes in one L{Serve}
+    command whose argument is a L{pyamp_fds.DescriptorList} with
+    C{transfer=True}: the library closes the broker's copies once they have
+    been sent, so the broker holds no descriptor after handing it over.
+    Many commands are in flight on each channel at once, and pyamp_fds
+    sends all those queued in one reactor turn, with their descriptors, in
+    one C{sendmsg}.  (One L{pyamp_fds.Descriptor} argument per connection
+    works the same way; one command for many connections costs both ends
+    less Python per connection.)
+  - L{Serve} asks for no answer: instead, every few milliseconds, a
+    worker tells the broker how many connections it has closed since the
+    last time (L{Finished}), one box for many connections.  Connections
+    handed over and not yet reported finished are a worker's load: the
+    broker picks the worker with the least, taking turns among equals.
   - A worker that dies takes its connections with it (the kernel closes the
     descriptors still queued for it, pyamp_fds those not yet sent); the
     broker stops choosing it and starts a replacement.
@@ -69,7 +75,7 @@ from twisted.logger import (
 from twisted.protocols import amp
 from zope.interface import implementer
 
-from pyamp_fds import AMP, Descriptor
+from pyamp_fds import AMP, DescriptorList
 from pyamp_fds.endpoints import adoptStreamConnection
 
 _log = Logger()
@@ -153,14 +159,13 @@ class HTTPConnection:
     Every C{recv} and C{send} passes C{MSG_DONTWAIT}, so the socket is used
     as it was accepted, with no C{fcntl} to make it non-blocking first.
 
-    @ivar finished: a L{defer.Deferred} that fires with L{None} once the
-        socket is closed.
+    @ivar whenClosed: called with no arguments once the socket is closed.
     """
 
-    def __init__(self, reactor, sock, responses):
+    def __init__(self, reactor, sock, responses, whenClosed=lambda: None):
         self.reactor = reactor
         self.socket = sock
-        self.finished = defer.Deferred()
+        self.whenClosed = whenClosed
         self._keepAlive, self._closing = responses
         self._received = b""
         self._unsent = b""
@@ -246,7 +251,7 @@ class HTTPConnection:
 
     def close(self):
         """
-        Close the socket, once; L{finished} fires.
+        Close the socket, once, and call L{whenClosed}.
         """
         if self.socket is None:
             return
@@ -255,7 +260,7 @@ class HTTPConnection:
             self.reactor.removeWriter(self)
         self.socket.close()
         self.socket = None
-        self.finished.callback(None)
+        self.whenClosed()
 
 
 # Accepting.
@@ -289,21 +294,21 @@ def listeningSocket(port, reusePort=False, reserveOnly=False):
 class Acceptor:
     """
     Accepts every pending connection on a listening socket each time the
-    reactor finds it readable, and gives each one to C{onConnection} as a
-    socket object (close-on-exec: a worker started later never inherits a
+    reactor finds it readable, and gives them to C{onConnections} as a list
+    of descriptors, close-on-exec (a worker started later never inherits a
     client's connection, which would keep it open after we close it).
     """
 
     #: Accept at most this many connections in one turn of the reactor, so
     #: that the other descriptors get their turn under a flood.
-    maxPerTurn = 1000
+    maxPerTurn = 250
     #: After running out of descriptors, stop accepting for this long.
     pauseOnExhaustion = 0.1
 
-    def __init__(self, reactor, sock, onConnection):
+    def __init__(self, reactor, sock, onConnections):
         self.reactor = reactor
         self.socket = sock
-        self.onConnection = onConnection
+        self.onConnections = onConnections
         self._paused = None
 
     def startAccepting(self):
@@ -327,26 +332,33 @@ class Acceptor:
         return "Acceptor"
 
     def doRead(self):
-        accept = self.socket.accept
-        onConnection = self.onConnection
-        for _ in range(self.maxPerTurn):
-            try:
-                connection, address = accept()
-            except BlockingIOError:
-                return None
-            except OSError as e:
-                if e.errno == errno.ECONNABORTED:
-                    continue
-                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    # The listener stays readable: retrying at once would spin.
-                    _log.warn("accept: {error}; pausing", error=e)
-                    self.reactor.removeReader(self)
-                    self._paused = self.reactor.callLater(
-                        self.pauseOnExhaustion, self.startAccepting
-                    )
-                    return None
-                raise
-            onConnection(connection)
+        # socket.accept() without the socket object it builds around each
+        # descriptor (and the getsockname() that costs): the broker only
+        # passes descriptors on.
+        accept = self.socket._accept
+        accepted = []
+        try:
+            for _ in range(self.maxPerTurn):
+                try:
+                    fd, address = accept()
+                except BlockingIOError:
+                    break
+                except OSError as e:
+                    if e.errno == errno.ECONNABORTED:
+                        continue
+                    if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                        # The listener stays readable: retrying at once would spin.
+                        _log.warn("accept: {error}; pausing", error=e)
+                        self.reactor.removeReader(self)
+                        self._paused = self.reactor.callLater(
+                            self.pauseOnExhaustion, self.startAccepting
+                        )
+                        break
+                    raise
+                accepted.append(fd)
+        finally:
+            if accepted:
+                self.onConnections(accepted)
         return None
 
     def connectionLost(self, reason):
@@ -358,14 +370,26 @@ class Acceptor:
 
 class Serve(amp.Command):
     """
-    Serve this accepted connection; answer once it is closed.
+    Broker to worker: serve these accepted connections.
 
-    The broker's copy of the descriptor is closed by pyamp_fds once sent
-    (C{transfer=True}); the worker owns the one it receives.
+    The broker's copies of the descriptors are closed by pyamp_fds once
+    sent (C{transfer=True}); the worker owns those it receives.
     """
 
-    arguments = [(b"connection", Descriptor(transfer=True))]
-    response = []
+    arguments = [
+        (b"connections", DescriptorList(transfer=True, maxDescriptors=Acceptor.maxPerTurn))
+    ]
+    requiresAnswer = False
+
+
+class Finished(amp.Command):
+    """
+    Worker to broker: this many of the connections handed over have been
+    closed since the last report.
+    """
+
+    arguments = [(b"count", amp.Integer())]
+    requiresAnswer = False
 
 
 # The worker.
@@ -375,26 +399,51 @@ class WorkerChannel(AMP):
     """
     A worker's end of its channel to the broker.  When the broker goes, so
     does the worker.
+
+    @ivar reportDelay: how long after closing a connection the worker tells
+        the broker, in seconds: every connection closed meanwhile goes in
+        the same report.  Reports are a cost to both ends; a broker that
+        learns of a closed connection a few milliseconds late still shares
+        connections out evenly.
     """
+
+    reportDelay = 0.005
 
     def __init__(self, reactor, responses):
         AMP.__init__(self)
         self.reactor = reactor
         self.responses = responses
+        self._closed = 0
 
     @Serve.responder
-    def serve(self, connection):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, fileno=connection)
-        served = HTTPConnection(self.reactor, sock, self.responses)
-        served.start()
-        if served.socket is None:
-            return {}
-        return served.finished.addCallback(lambda _: {})
+    def serve(self, connections):
+        for fd in connections:
+            HTTPConnection(self.reactor, tcpSocket(fd), self.responses, self._connectionClosed).start()
+        return {}
+
+    def _connectionClosed(self):
+        self._closed += 1
+        if self._closed == 1:
+            self.reactor.callLater(self.reportDelay, self._report)
+
+    def _report(self):
+        count, self._closed = self._closed, 0
+        if self.transport is not None:
+            self.callRemote(Finished, count=count)
 
     def connectionLost(self, reason):
         AMP.connectionLost(self, reason)
         if self.reactor.running:
             self.reactor.stop()
+
+
+def tcpSocket(fd):
+    """
+    A socket object for the accepted TCP connection C{fd}.
+    """
+    # Naming family, type and protocol spares the getsockopt calls that
+    # would ask the socket for them.
+    return socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, fd)
 
 
 def responsesOfThisWorker():
@@ -418,8 +467,9 @@ def runBaselineWorker(reactor, port):
     """
     responses = responsesOfThisWorker()
 
-    def serve(sock):
-        HTTPConnection(reactor, sock, responses).start()
+    def serve(connections):
+        for fd in connections:
+            HTTPConnection(reactor, tcpSocket(fd), responses).start()
 
     acceptor = Acceptor(reactor, listeningSocket(port, reusePort=True), serve)
     acceptor.startAccepting()
@@ -527,7 +577,8 @@ class BrokerChannel(AMP):
     """
     The broker's end of one worker's channel.
 
-    @ivar load: connections handed over that the worker has not finished.
+    @ivar load: connections handed over that the worker has not reported
+        closed.
     """
 
     def __init__(self, broker):
@@ -535,16 +586,18 @@ class BrokerChannel(AMP):
         self.broker = broker
         self.load = 0
 
-    def handOver(self, fd):
+    def handOver(self, fds):
         """
-        Send C{fd} to the worker, which owns it from now on.
+        Send the connections C{fds} to the worker, which owns them from now
+        on.
         """
-        self.load += 1
-        self.callRemote(Serve, connection=fd).addBoth(self._finished)
+        self.load += len(fds)
+        self.callRemote(Serve, connections=fds)
 
-    def _finished(self, result):
-        # An error means the channel is gone, and the connection with it.
-        self.load -= 1
+    @Finished.responder
+    def finished(self, count):
+        self.load -= count
+        return {}
 
     def connectionLost(self, reason):
         self.broker.channelLost(self)
@@ -589,29 +642,33 @@ class Broker(WorkerPool):
         # is of no use any more.
         channel.process.signal("KILL" if not self.stopping else "TERM")
 
-    def leastLoaded(self):
+    def handOver(self, fds):
         """
-        The channel with the fewest connections in hand, taking turns among
-        equals; L{None} if no worker is running.
+        Share the connections C{fds} out among the workers, each to the one
+        with the fewest connections in hand at that moment (taking turns
+        among equals), then send each worker its share in one command.
         """
         channels = self.channels
         if not channels:
-            return None
-        self._turn = turn = (self._turn + 1) % len(channels)
-        best = None
-        for channel in channels[turn:] + channels[:turn]:
-            if best is None or channel.load < best.load:
-                best = channel
-        return best
-
-    def handOver(self, connection):
-        fd = connection.detach()
-        channel = self.leastLoaded()
-        if channel is None:
-            # No worker to serve it (all are restarting): refuse it.
-            os.close(fd)
+            # No worker to serve them (all are restarting): refuse them.
+            for fd in fds:
+                os.close(fd)
             return
-        channel.handOver(fd)
+        loads = [channel.load for channel in channels]
+        shares = [[] for _ in channels]
+        count = len(channels)
+        for fd in fds:
+            self._turn = turn = (self._turn + 1) % count
+            best = turn
+            for i in range(turn + 1, turn + count):
+                i %= count
+                if loads[i] < loads[best]:
+                    best = i
+            loads[best] += 1
+            shares[best].append(fd)
+        for channel, share in zip(channels, shares):
+            if share:
+                channel.handOver(share)
 
     def stop(self):
         self.acceptor.stopAccepting()
