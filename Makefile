@@ -27,8 +27,17 @@ test: $(INSTALLED)
 benchmarks/c_fdloop: benchmarks/c_fdloop.c
 	$(CC) -O2 $(CWARN) -o $@ $<
 
-bench: $(INSTALLED) benchmarks/c_fdloop
+bench: $(INSTALLED) benchmarks/c_fdloop bench-tools
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
+
+# wrk, from the system's packages, for the broker scenario: installed when
+# missing if we are root; otherwise that scenario says it was skipped.
+.PHONY: bench-tools
+bench-tools:
+	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } || \
+		echo "could not install wrk (needs root and apt-get): the broker scenario will be skipped"
 
 # The C core's own tests, built with ASan and UBSan, then the Python tests of
 # the native layer, transports and protocol against a sanitized build of the
