@@ -6,7 +6,8 @@ L{encode_boxes}, byte-identical to L{twisted.protocols.amp.AmpBox.serialize}.
 
 from collections import deque
 from itertools import islice, repeat
-from struct import Struct, pack
+from array import array
+from struct import Struct, unpack_from
 
 from twisted.protocols.amp import TooLong
 
@@ -31,6 +32,12 @@ MAX_VALUE_LENGTH = lib.PAF_AMP_MAX_VALUE_LENGTH
 DEFAULT_MAX_BOX_SIZE = 16 * 1024 * 1024
 
 _uninitialized = ffi.new_allocator(should_clear_after_alloc=False)
+
+# The struct module keeps the last hundred formats it compiled.  The format
+# of one ordinary box (a few fields) recurs in steady traffic and is worth
+# keeping there; a whole read's is long, hardly ever recurs, and a hundred of
+# those would hold megabytes: those are compiled for the one use.
+_CACHED_FORMAT_LENGTH = 160
 
 
 class BoxDecoder:
@@ -79,15 +86,25 @@ class BoxDecoder:
         return boxes
 
     def _build(self, source, decoder, nboxes):
-        # All of this runs in C inside CPython: one struct unpack cuts every
-        # key and value out of the source, and the map pipeline fills each box
-        # without a Python-level loop.  zip pulls a key from the first islice,
-        # then a value from the second, both over the one iterator: n pairs in
-        # wire order.  The box type's __init__ is skipped: AmpBox's only
-        # converts str keys, and these are bytes.
-        parts = iter(Struct(ffi.buffer(decoder.format, decoder.format_len)[:]).unpack_from(source))
-        fields = ffi.unpack(decoder.box_fields, nboxes)
+        # One struct unpack cuts every key and value out of the source.  The
+        # box type's __init__ is skipped: AmpBox's only converts str keys,
+        # and these are bytes.
+        format = ffi.buffer(decoder.format, decoder.format_len)[:]
+        if len(format) <= _CACHED_FORMAT_LENGTH:
+            parts = unpack_from(format, source)
+        else:
+            parts = Struct(format).unpack_from(source)
         boxType = self.boxType
+        if nboxes == 1:
+            pairs = iter(parts)
+            box = boxType.__new__(boxType)
+            box.update(zip(pairs, pairs))
+            return [box]
+        parts = iter(parts)
+        # The rest runs in C inside CPython: zip pulls a key from the first
+        # islice, then a value from the second, both over the one iterator:
+        # n pairs in wire order, with no Python-level loop.
+        fields = ffi.unpack(decoder.box_fields, nboxes)
         boxes = list(map(boxType.__new__, repeat(boxType, nboxes)))
         deque(
             map(
@@ -189,16 +206,16 @@ def encode_boxes(boxes):
     except TypeError:
         raise _typeError(parts) from None
     count = len(parts)
-    lens = pack("%di" % (count,), *map(len, parts))
+    lens = array("i", map(len, parts))
     size = len(data) + 2 * count
-    out = _uninitialized("uint8_t[]", size)
+    out = _uninitialized("char[]", size)
     bad = ffi.new("size_t *")
     written = lib.paf_encode(
         data, len(data), ffi.from_buffer("int32_t[]", lens), count, out, size, bad
     )
     if written < 0:
         raise _encodeError(-written, parts, bad[0])
-    return ffi.buffer(out, written)[:]
+    return ffi.unpack(out, written)
 
 
 def _typeError(parts):
