@@ -627,7 +627,7 @@ class Broker(WorkerPool):
             process = WorkerPool.startWorker(self, {CHANNEL_FD: theirs.fileno()})
         finally:
             theirs.close()
-        channel = BrokerChannel(self)
+        channel = process.channel = BrokerChannel(self)
         channel.process = process
         try:
             adoptStreamConnection(self.reactor, ours.fileno(), _factoryFor(channel))
@@ -641,6 +641,15 @@ class Broker(WorkerPool):
         # A worker that lost its channel stops by itself; one that does not
         # is of no use any more.
         channel.process.signal("KILL" if not self.stopping else "TERM")
+
+    def workerEnded(self, process):
+        # Its channel may not have seen the end of the stream yet: choose it
+        # no more from now on.
+        channel = process.channel
+        if channel in self.channels:
+            self.channels.remove(channel)
+            channel.transport.loseConnection()
+        WorkerPool.workerEnded(self, process)
 
     def handOver(self, fds):
         """

@@ -1,0 +1,336 @@
+"""
+Tests for L{pyamp_fds.examples.broker}: the broker run as its users run it,
+in its own processes on a free port of 127.0.0.1, loaded with requests,
+losing a worker, and stopped with SIGTERM; every process must end with the
+descriptors it started with.
+"""
+
+import http.client
+import os
+import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+import unittest
+
+import pytest
+
+from pyamp_fds.examples.broker import keepsAlive, makeResponses
+from tests.fdcheck import assertNoNewDescriptors, openDescriptors
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMEOUT = 15
+
+BODY = re.compile(rb"Hello from worker (\d+)\n")
+
+
+class Server:
+    """
+    The broker (or the baseline) in a child process, with its status lines.
+    """
+
+    def __init__(self, *arguments):
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "pyamp_fds.examples.broker", "--port", "0", "--report-fds"]
+            + list(arguments),
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+        )
+        self.lines = []
+        self._pending = b""
+        self.port = int(self.waitFor("listening")[3].rpartition(":")[2])
+
+    def waitFor(self, event, role=None, pid=None, after=0):
+        """
+        Read status lines until one (from line C{after} on) reports C{event}.
+
+        @return: that line's words.
+        """
+        deadline = time.monotonic() + TIMEOUT
+        index = after
+        while True:
+            for index in range(index, len(self.lines)):
+                words = self.lines[index]
+                if (
+                    words[2:3] == [event]
+                    and role in (None, words[0])
+                    and pid in (None, int(words[1]))
+                ):
+                    return words
+            index = len(self.lines)
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.process.stdout], [], [], left)[0]:
+                raise AssertionError("no %r line within %ds: %r" % (event, TIMEOUT, self.lines))
+            if not self._read():
+                raise AssertionError("the server exited before any %r line: %r" % (event, self.lines))
+
+    def _read(self):
+        data = os.read(self.process.stdout.fileno(), 65536)
+        self._pending += data
+        *complete, self._pending = self._pending.split(b"\n")
+        self.lines.extend(line.decode().split() for line in complete)
+        return bool(data)
+
+    def readyWorkers(self):
+        return [int(words[1]) for words in self.lines if words[2:3] == ["ready"]]
+
+    def waitForWorkers(self, count):
+        while len(self.readyWorkers()) < count:
+            self.waitFor("ready", after=len(self.lines))
+        return self.readyWorkers()
+
+    def stop(self):
+        """
+        SIGTERM the server and read everything it says until it exits.
+
+        @return: its exit status.
+        """
+        self.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            if select.select([self.process.stdout], [], [], deadline - time.monotonic())[0]:
+                if not self._read():
+                    break
+        status = self.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        self.process.stdout.close()
+        return status
+
+    def kill(self):
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process.stdout.close()
+
+    def descriptorReports(self):
+        """
+        C{{pid: {"start": [...], "end": [...]}}} from the C{--report-fds} lines.
+        """
+        reports = {}
+        for words in self.lines:
+            if words[2:3] == ["fds"]:
+                reports.setdefault(int(words[1]), {})[words[3]] = words[4] if len(words) > 4 else ""
+        return reports
+
+
+def requestOnNewConnection(port):
+    """
+    One request asking the server to close the connection after it.
+
+    @return: the status line, headers and body, once the server has closed
+        the connection.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        received = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    return head.split(b"\r\n"), body
+
+
+def servedBy(body):
+    """
+    The worker that answered with C{body}.
+    """
+    match = BODY.fullmatch(body)
+    assert match is not None, body
+    return int(match.group(1))
+
+
+def checkClosingResponse(port):
+    """
+    Make a request on a new connection, check its answer, and return the
+    worker that gave it.
+    """
+    lines, body = requestOnNewConnection(port)
+    assert lines[0] == b"HTTP/1.1 200 OK"
+    assert b"Connection: close" in lines
+    assert b"Content-Length: %d" % (len(body),) in lines
+    return servedBy(body)
+
+
+def openDescriptorsOf(pid):
+    return len(os.listdir("/proc/%d/fd" % (pid,)))
+
+
+def gone(pid):
+    deadline = time.monotonic() + TIMEOUT
+    while os.path.exists("/proc/%d" % (pid,)):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+class KeepsAliveTests(unittest.TestCase):
+    """
+    Tests for L{keepsAlive}: when a connection stays open after a request.
+    """
+
+    def test_http11(self):
+        """
+        HTTP/1.1 keeps the connection unless the client says it closes.
+        """
+        assert keepsAlive(b"GET / HTTP/1.1\r\nHost: x")
+        assert not keepsAlive(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close")
+        assert not keepsAlive(b"GET / HTTP/1.1\r\nconnection:  Upgrade, CLOSE ")
+
+    def test_http10(self):
+        """
+        HTTP/1.0 closes the connection unless the client asks to keep it.
+        """
+        assert not keepsAlive(b"GET / HTTP/1.0\r\nHost: x")
+        assert keepsAlive(b"GET / HTTP/1.0\r\nConnection: Keep-Alive")
+
+    def test_body(self):
+        """
+        A request with a body is answered with the connection closing: the
+        server reads no bodies, and must not take one for a request.
+        """
+        assert not keepsAlive(b"POST / HTTP/1.1\r\nContent-Length: 5")
+        assert not keepsAlive(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked")
+        assert keepsAlive(b"POST / HTTP/1.1\r\nContent-Length: 0")
+
+    def test_responses(self):
+        """
+        Both responses carry the body with its length; the closing one says
+        so.
+        """
+        keepAlive, closing = makeResponses(b"hello\n")
+        assert keepAlive == (
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 6\r\n\r\nhello\n"
+        )
+        assert closing == (
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 6\r\n"
+            b"Connection: close\r\n\r\nhello\n"
+        )
+
+
+class BrokerTests(unittest.TestCase):
+    """
+    The broker and its workers, in their own processes.
+    """
+
+    def setUp(self):
+        before = openDescriptors()
+        self.addCleanup(assertNoNewDescriptors, before)
+
+    def server(self, *arguments):
+        """
+        Start the broker with C{arguments}; it is killed when the test ends
+        if the test has not stopped it.
+        """
+        started = Server(*arguments)
+
+        def cleanUp():
+            if not started.process.stdout.closed:
+                started.kill()
+
+        self.addCleanup(cleanUp)
+        return started
+
+    def test_serveLoseAWorkerAndStop(self):
+        """
+        The broker serves requests on new and kept-alive connections through
+        both workers without holding any connection itself; when a worker is
+        killed, requests go to the other and to a replacement; on SIGTERM it
+        stops accepting, stops its workers and exits 0, and every process
+        ends with the descriptors it started with.
+        """
+        broker = self.server("--workers", "2")
+        first, second = workers = broker.waitForWorkers(2)
+        brokerPid = broker.process.pid
+        atRest = openDescriptorsOf(brokerPid)
+
+        served = [checkClosingResponse(broker.port) for _ in range(100)]
+        assert set(served) == set(workers)
+
+        connections = [http.client.HTTPConnection("127.0.0.1", broker.port, timeout=TIMEOUT)
+                       for _ in range(4)]
+        try:
+            for _ in range(25):
+                for connection in connections:
+                    connection.request("GET", "/")
+                    response = connection.getresponse()
+                    assert response.status == 200
+                    assert response.getheader("Connection") is None
+                    served.append(servedBy(response.read()))
+        finally:
+            for connection in connections:
+                connection.close()
+        assert len(served) == 200
+        assert set(served) == set(workers)
+
+        # Pipelined requests on one connection, answered in order; the last
+        # asks for the connection to be closed.
+        with socket.create_connection(("127.0.0.1", broker.port), timeout=TIMEOUT) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\n\r\n" * 2 + b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+            received = b""
+            while chunk := sock.recv(65536):
+                received += chunk
+        assert received.count(b"HTTP/1.1 200 OK\r\n") == 3
+        assert received.count(b"Connection: close\r\n") == 1
+
+        # Every connection was handed over: the broker holds none of them.
+        deadline = time.monotonic() + TIMEOUT
+        while openDescriptorsOf(brokerPid) != atRest and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert openDescriptorsOf(brokerPid) == atRest
+
+        os.kill(first, signal.SIGKILL)
+        lost = broker.waitFor("lost-worker", role="broker")
+        assert int(lost[3]) == first
+        for _ in range(30):
+            checkClosingResponse(broker.port)
+
+        replacement = broker.waitForWorkers(3)[2]
+        assert replacement not in workers
+        served = [checkClosingResponse(broker.port) for _ in range(30)]
+        assert set(served) == {second, replacement}
+
+        assert broker.stop() == 0
+        assert broker.waitFor("stopped", role="broker")
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", broker.port), timeout=TIMEOUT).close()
+
+        reports = broker.descriptorReports()
+        assert set(reports) == {brokerPid, second, replacement}
+        for pid, report in reports.items():
+            assert report["start"] == report["end"], (pid, report)
+        for pid in (second, replacement):
+            assert gone(pid)
+
+    def test_baseline(self):
+        """
+        With C{--baseline} the workers share the port with C{SO_REUSEPORT}
+        and serve the same responses; SIGTERM stops them all, cleanly.
+        """
+        baseline = self.server("--workers", "2", "--baseline")
+        workers = baseline.waitForWorkers(2)
+        served = [checkClosingResponse(baseline.port) for _ in range(40)]
+        assert set(served) <= set(workers)
+
+        connection = http.client.HTTPConnection("127.0.0.1", baseline.port, timeout=TIMEOUT)
+        try:
+            for _ in range(20):
+                connection.request("GET", "/")
+                response = connection.getresponse()
+                assert response.status == 200
+                served.append(servedBy(response.read()))
+        finally:
+            connection.close()
+
+        assert baseline.stop() == 0
+        reports = baseline.descriptorReports()
+        assert set(reports) == {baseline.process.pid} | set(workers)
+        for pid, report in reports.items():
+            assert report["start"] == report["end"], (pid, report)
+        for pid in workers:
+            assert gone(pid)
