@@ -22,13 +22,27 @@ __all__ = [
 ]
 
 
-def listenUNIX(reactor, address, factory, backlog=50, mode=0o600, wantPID=0):
+def listenUNIX(
+    reactor,
+    address,
+    factory,
+    backlog=50,
+    mode=0o600,
+    wantPID=0,
+    allowedUIDs=None,
+    allowedGIDs=None,
+):
     """
     Listen on a UNIX socket, like C{reactor.listenUNIX}.
 
+    @param allowedUIDs: if given, the user ids that may connect.
+    @param allowedGIDs: if given, the group ids that may connect.  With
+        both, a peer whose user or group is allowed may connect.  Others are
+        disconnected at once, before a protocol is built; see L{Port}.
+
     @return: the listening port (L{IListeningPort}).
     """
-    port = Port(address, factory, backlog, mode, reactor, wantPID)
+    port = Port(address, factory, backlog, mode, reactor, wantPID, allowedUIDs, allowedGIDs)
     port.startListening()
     return port
 
@@ -68,11 +82,24 @@ def adoptStreamConnection(reactor, fileDescriptor, factory):
 
 class UNIXServerEndpoint(endpoints.UNIXServerEndpoint):
     """
-    A UNIX socket server endpoint producing batching transports.
+    A UNIX socket server endpoint producing batching transports, admitting
+    every peer the socket file's mode lets in, or only the users and groups
+    given (see L{listenUNIX}).
     """
 
-    def __init__(self, reactor, address, backlog=50, mode=0o600, wantPID=0):
+    def __init__(
+        self,
+        reactor,
+        address,
+        backlog=50,
+        mode=0o600,
+        wantPID=0,
+        allowedUIDs=None,
+        allowedGIDs=None,
+    ):
         endpoints.UNIXServerEndpoint.__init__(self, reactor, address, backlog, mode, wantPID)
+        self._allowedUIDs = allowedUIDs
+        self._allowedGIDs = allowedGIDs
 
     def listen(self, protocolFactory):
         return defer.execute(
@@ -83,6 +110,8 @@ class UNIXServerEndpoint(endpoints.UNIXServerEndpoint):
             backlog=self._backlog,
             mode=self._mode,
             wantPID=self._wantPID,
+            allowedUIDs=self._allowedUIDs,
+            allowedGIDs=self._allowedGIDs,
         )
 
 

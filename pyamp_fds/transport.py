@@ -18,18 +18,21 @@ The wire is the same as Twisted's, so either end may be stock Twisted.
 
 import errno
 import fcntl
-from collections import deque
+import socket
+import struct
+from collections import deque, namedtuple
 from itertools import islice, repeat
 
-from twisted.internet import error, interfaces, main, unix
+from twisted.internet import error, interfaces, main, tcp, unix
 from twisted.logger import Logger
+from twisted.python import log
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from pyamp_fds.errors import DescriptorsTruncated
 from pyamp_fds.fdio import MAX_FDS_PER_MESSAGE, Receiver, close_all, send_with_fds
 
-__all__ = ["Server", "Client", "Port", "Connector", "isBatching"]
+__all__ = ["Server", "Client", "Port", "Connector", "PeerCredentials", "isBatching"]
 
 _log = Logger()
 
@@ -46,6 +49,24 @@ def _fileno(descriptor):
     return descriptor if isinstance(descriptor, int) else descriptor.fileno()
 
 
+class PeerCredentials(namedtuple("PeerCredentials", "pid uid gid")):
+    """
+    The process at the other end of a UNIX socket connection, as the kernel
+    recorded it (C{SO_PEERCRED}) when that process connected, listened, or
+    made the socket pair: its process id, effective user id and effective
+    group id (not its supplementary groups).
+    """
+
+
+_UCRED = struct.Struct("3i")
+
+
+def _readPeerCredentials(skt):
+    return PeerCredentials._make(
+        _UCRED.unpack(skt.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+    )
+
+
 class _BatchingMixin:
     """
     The descriptor path shared by L{Server} and L{Client}.
@@ -60,6 +81,7 @@ class _BatchingMixin:
     maxQueuedDescriptors = MAX_FDS_PER_MESSAGE
     sendmsgCalls = 0
     recvmsgCalls = 0
+    _peerCredentials = None
     _backOffDelay = 0
     _backOffCall = None
     _reading = False
@@ -72,6 +94,27 @@ class _BatchingMixin:
         self._bytesSent = 0
         self._writeHooks = []
         self._receiver = Receiver(self.bufferSize)
+
+    def getPeerCredentials(self):
+        """
+        The peer's process id, user id and group id, read from the socket
+        (C{SO_PEERCRED}) on the first call and kept: they are those of when
+        the peer connected, or listened, and do not change.
+
+        @rtype: L{PeerCredentials}
+        @raise OSError: C{ENOTCONN}, the connection was lost before they
+            were first asked for.
+        """
+        credentials = self._peerCredentials
+        if credentials is None:
+            skt = getattr(self, "socket", None)
+            if skt is None:
+                raise OSError(
+                    errno.ENOTCONN,
+                    "the connection is closed: its peer's credentials were not read while open",
+                )
+            credentials = self._peerCredentials = _readPeerCredentials(skt)
+        return credentials
 
     # Writing
 
@@ -367,10 +410,88 @@ class Client(_BatchingMixin, unix.Client):
 
 class Port(unix.Port):
     """
-    A listening UNIX socket whose connections are L{Server}s.
+    A listening UNIX socket whose connections are L{Server}s, optionally
+    admitting only some users or groups.
+
+    A connection from a peer that is not admitted is closed as soon as it is
+    accepted, before any protocol is built for it or anything is read from
+    it, and logged with the peer's credentials.
+
+    @ivar allowedUIDs: the user ids admitted, or L{None}.
+    @ivar allowedGIDs: the group ids admitted, or L{None}.  When both are
+        given, a peer is admitted if its user id is in C{allowedUIDs} or its
+        group id is in C{allowedGIDs}; when neither is, every peer the socket
+        file's mode lets in is admitted.  The group is the peer's effective
+        group: supplementary groups are not seen.
     """
 
     transport = Server
+
+    def __init__(
+        self,
+        fileName,
+        factory,
+        backlog=50,
+        mode=0o666,
+        reactor=None,
+        wantPID=0,
+        allowedUIDs=None,
+        allowedGIDs=None,
+    ):
+        unix.Port.__init__(self, fileName, factory, backlog, mode, reactor, wantPID)
+        self.allowedUIDs = None if allowedUIDs is None else frozenset(allowedUIDs)
+        self.allowedGIDs = None if allowedGIDs is None else frozenset(allowedGIDs)
+
+    def admits(self, credentials):
+        """
+        Whether a peer with these L{PeerCredentials} may connect.
+        """
+        uids, gids = self.allowedUIDs, self.allowedGIDs
+        if uids is None and gids is None:
+            return True
+        return (uids is not None and credentials.uid in uids) or (
+            gids is not None and credentials.gid in gids
+        )
+
+    def doRead(self):
+        if self.allowedUIDs is None and self.allowedGIDs is None:
+            return super().doRead()
+        # Twisted's tcp.Port.doRead, with the peer checked before its
+        # protocol is built: there is no hook between accept() and
+        # buildProtocol() that sees the socket.
+        try:
+            with tcp._BuffersLogs(self._logger.namespace, self._logger.observer) as logger:
+                accepted = 0
+                clients = tcp._accept(logger, range(self.numberAccepts), self.socket, tcp._reservedFD)
+                for accepted, (skt, addr) in enumerate(clients, 1):
+                    try:
+                        credentials = _readPeerCredentials(skt)
+                    except OSError:
+                        credentials = None
+                    if credentials is None or not self.admits(credentials):
+                        skt.close()
+                        logger.warn(
+                            "{port}: refused a connection from {credentials}: not an "
+                            "allowed user or group",
+                            port=self,
+                            credentials=credentials,
+                        )
+                        continue
+                    protocol = self.factory.buildProtocol(self._buildAddr(addr))
+                    if protocol is None:
+                        skt.close()
+                        continue
+                    session = self.sessionno
+                    self.sessionno = session + 1
+                    transport = self.transport(skt, protocol, addr, self, session, self.reactor)
+                    transport._peerCredentials = credentials
+                    protocol.makeConnection(transport)
+            if accepted == self.numberAccepts:
+                self.numberAccepts += 20
+            else:
+                self.numberAccepts = max(1, accepted)
+        except BaseException:
+            log.deferr()
 
 
 class Connector(unix.Connector):
