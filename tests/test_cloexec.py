@@ -95,11 +95,16 @@ class CloseOnExecTests(ReactorTestCase):
         server, client = self.connect(Keeper(), Keeper())
         answers = []
         sentPipes = []
+        received = []
+        # Closed whatever the outcome, before the leak check.
+        self.addCleanup(
+            lambda: [os.close(fd) for fd in received + sentPipes + server.sent + client.sent]
+        )
         for _ in range(5):
             a, b = freshPipe(), freshPipe()
             sentPipes.extend((a, b))
             answers.append((yield client.callRemote(Keep, a=a, b=b)))
-        received = server.kept + [fd for answer in answers for fd in (answer["c"], answer["d"])]
+        received.extend(server.kept + [fd for answer in answers for fd in (answer["c"], answer["d"])])
         self.assertEqual(len(received), 20)
 
         # A sender whose peer does not read keeps duplicates in its queue.
@@ -114,7 +119,8 @@ class CloseOnExecTests(ReactorTestCase):
         for _ in range(100):
             for _ in range(10):
                 a, b = freshPipe(), freshPipe()
-                stalledCalls.append(stalled.callRemote(Keep, a=a, b=b))
+                # They fail when the test disconnects: never answered.
+                stalledCalls.append(stalled.callRemote(Keep, a=a, b=b).addErrback(lambda f: None))
                 os.close(a)
                 os.close(b)
             yield settle(0)
@@ -141,8 +147,3 @@ class CloseOnExecTests(ReactorTestCase):
         # The check can see inheritance when there is some.
         self.assertIn(controlTarget, inherited)
         self.assertEqual(sorted(set(libraryTargets) & inherited), [])
-
-        for fd in received + sentPipes + server.sent + client.sent:
-            os.close(fd)
-        for d in stalledCalls:
-            d.addErrback(lambda f: None)
