@@ -66,7 +66,9 @@ class Server:
             if left <= 0 or not select.select([self.process.stdout], [], [], left)[0]:
                 raise AssertionError("no %r line within %ds: %r" % (event, TIMEOUT, self.lines))
             if not self._read():
-                raise AssertionError("the server exited before any %r line: %r" % (event, self.lines))
+                raise AssertionError(
+                    "the server exited before any %r line: %r" % (event, self.lines)
+                )
 
     def _read(self):
         data = os.read(self.process.stdout.fileno(), 65536)
@@ -112,7 +114,8 @@ class Server:
         reports = {}
         for words in self.lines:
             if words[2:3] == ["fds"]:
-                reports.setdefault(int(words[1]), {})[words[3]] = words[4] if len(words) > 4 else ""
+                listed = words[4] if len(words) > 4 else ""
+                reports.setdefault(int(words[1]), {})[words[3]] = listed
         return reports
 
 
@@ -268,15 +271,21 @@ class BrokerTests(unittest.TestCase):
         assert len(served) == 200
         assert set(served) == set(workers)
 
-        # Pipelined requests on one connection, answered in order; the last
+        # Pipelined requests on one connection, more answers than the socket
+        # buffers hold while the client is not reading; the last request
         # asks for the connection to be closed.
-        with socket.create_connection(("127.0.0.1", broker.port), timeout=TIMEOUT) as sock:
-            sock.sendall(b"GET / HTTP/1.1\r\n\r\n" * 2 + b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.settimeout(TIMEOUT)
+            sock.connect(("127.0.0.1", broker.port))
+            sock.sendall(
+                b"GET / HTTP/1.1\r\n\r\n" * 60000 + b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n"
+            )
             received = b""
             while chunk := sock.recv(65536):
                 received += chunk
-        assert received.count(b"HTTP/1.1 200 OK\r\n") == 3
-        assert received.count(b"Connection: close\r\n") == 1
+        assert received.count(b"HTTP/1.1 200 OK\r\n") == 60001
+        assert received.endswith(b"Connection: close\r\n\r\n" + BODY.search(received).group(0))
 
         # Every connection was handed over: the broker holds none of them.
         deadline = time.monotonic() + TIMEOUT

@@ -96,7 +96,11 @@ def say(role, *words):
     the lines of the broker and its workers, which share it, never mix.
     """
     line = " ".join([role, str(os.getpid())] + [str(w) for w in words]) + "\n"
-    os.write(1, line.encode())
+    try:
+        os.write(1, line.encode())
+    except OSError:
+        # Nobody reads them any more: that is no reason to stop serving.
+        pass
 
 
 def openDescriptors():
@@ -170,7 +174,8 @@ class HTTPConnection:
         self._received = b""
         self._unsent = b""
         self._closeWhenSent = False
-        self._registered = False
+        self._reading = False
+        self._writing = False
 
     def start(self):
         """
@@ -179,8 +184,8 @@ class HTTPConnection:
         to be closed is served without the reactor.
         """
         self.doRead()
-        if self.socket is not None and not self._registered:
-            self._registered = True
+        if self.socket is not None:
+            self._reading = True
             self.reactor.addReader(self)
 
     def fileno(self):
@@ -239,10 +244,13 @@ class HTTPConnection:
             return
         self._unsent = self._unsent[sent:]
         if self._unsent:
-            self.reactor.addWriter(self)
+            if not self._writing:
+                self._writing = True
+                self.reactor.addWriter(self)
         elif self._closeWhenSent:
             self.close()
-        else:
+        elif self._writing:
+            self._writing = False
             self.reactor.removeWriter(self)
 
     def connectionLost(self, reason):
@@ -255,8 +263,9 @@ class HTTPConnection:
         """
         if self.socket is None:
             return
-        if self._registered:
+        if self._reading:
             self.reactor.removeReader(self)
+        if self._writing:
             self.reactor.removeWriter(self)
         self.socket.close()
         self.socket = None
@@ -418,7 +427,10 @@ class WorkerChannel(AMP):
     @Serve.responder
     def serve(self, connections):
         for fd in connections:
-            HTTPConnection(self.reactor, tcpSocket(fd), self.responses, self._connectionClosed).start()
+            connection = HTTPConnection(
+                self.reactor, tcpSocket(fd), self.responses, self._connectionClosed
+            )
+            connection.start()
         return {}
 
     def _connectionClosed(self):
@@ -520,7 +532,13 @@ class WorkerPool:
     """
     Keeps C{size} worker processes running, replacing any that dies, and
     stops them all at shutdown.
+
+    @ivar restartInterval: a worker that dies is replaced at once if it ran
+        this long, in seconds, and this long after it started otherwise:
+        a worker that cannot start is not restarted in a tight loop.
     """
+
+    restartInterval = 1.0
 
     def __init__(self, reactor, size, workerArguments):
         self.reactor = reactor
@@ -528,6 +546,7 @@ class WorkerPool:
         self.workerArguments = workerArguments
         self.processes = []
         self.stopping = False
+        self._restarts = []
 
     def start(self):
         for _ in range(self.size):
@@ -536,6 +555,7 @@ class WorkerPool:
 
     def startWorker(self, childFDs=None):
         process = WorkerProcess(self)
+        process.started = self.reactor.seconds()
         fds = {0: 0, 1: 1, 2: 2}
         fds.update(childFDs or {})
         self.reactor.spawnProcess(
@@ -552,7 +572,11 @@ class WorkerPool:
         self.processes.remove(process)
         if not self.stopping:
             say("broker", "lost-worker", process.pid)
-            self.startWorker()
+            ranFor = self.reactor.seconds() - process.started
+            self._restarts = [call for call in self._restarts if call.active()]
+            self._restarts.append(
+                self.reactor.callLater(max(0, self.restartInterval - ranFor), self.startWorker)
+            )
 
     def stop(self):
         """
@@ -562,6 +586,9 @@ class WorkerPool:
         @return: a L{defer.Deferred} that fires once all have exited.
         """
         self.stopping = True
+        for call in self._restarts:
+            if call.active():
+                call.cancel()
         processes = list(self.processes)
         for process in processes:
             process.signal("TERM")
@@ -611,7 +638,10 @@ class Broker(WorkerPool):
 
     def __init__(self, reactor, size, listener, reportFDs):
         WorkerPool.__init__(
-            self, reactor, size, ["--worker", str(CHANNEL_FD)] + (["--report-fds"] if reportFDs else [])
+            self,
+            reactor,
+            size,
+            ["--worker", str(CHANNEL_FD)] + (["--report-fds"] if reportFDs else []),
         )
         self.channels = []
         self._turn = 0
@@ -625,6 +655,9 @@ class Broker(WorkerPool):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             process = WorkerPool.startWorker(self, {CHANNEL_FD: theirs.fileno()})
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
         channel = process.channel = BrokerChannel(self)
