@@ -167,7 +167,13 @@ class _BatchingMixin:
         socket when nothing older is buffered, so that neither a trip
         through the reactor nor registering for writability is needed.
         """
-        if self._tempDataLen or len(self.dataBuffer) > self.offset or len(self._writeHooks) != 1:
+        if (
+            self.TLS
+            or self._tempDataLen
+            or len(self.dataBuffer) > self.offset
+            or len(self._writeHooks) != 1
+        ):
+            # After startTLS the bytes must go through the TLS layer.
             result = self.doWrite()
         else:
             data = self._writeHooks.pop()()
@@ -349,6 +355,10 @@ class _BatchingMixin:
 
     def _descriptorsReceived(self, fds):
         protocol = self.protocol
+        if self.TLS:
+            # They arrive beside the TLS records: they are for the protocol
+            # the TLS layer decrypts for.
+            protocol = protocol.wrappedProtocol
         batch = getattr(protocol, "fileDescriptorsReceived", None)
         if batch is not None:
             batch(fds)
