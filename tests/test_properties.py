@@ -48,20 +48,24 @@ class Pass(amp.Command):
         (b"fdC", pyamp_fds.Descriptor(optional=True)),
         (b"fdD", amp.Descriptor(optional=True)),
         (b"fdH", pyamp_fds.Descriptor(optional=True, transfer=True)),
+        (b"fdL", pyamp_fds.DescriptorList(optional=True)),
         (b"ids", amp.ListOf(amp.String())),
         (b"want", amp.ListOf(amp.Unicode())),
+        (b"wantList", amp.Integer(optional=True)),
         (b"later", amp.Boolean()),
     ]
     response = [
         (b"fdX", pyamp_fds.Descriptor(optional=True)),
         (b"fdY", amp.Descriptor(optional=True)),
         (b"fdZ", pyamp_fds.Descriptor(optional=True, transfer=True)),
+        (b"fdM", pyamp_fds.DescriptorList(optional=True)),
         (b"ids", amp.ListOf(amp.String())),
         (b"got", amp.ListOf(amp.String())),
     ]
 
 
-#: Arguments handed over (C{transfer=True}) need a pyamp_fds transport.
+#: Arguments handed over (C{transfer=True}), and lists, need a pyamp_fds
+#: transport to be sent.
 TRANSFERRED = {"fdH", "fdZ"}
 ARGUMENTS = ["fdA", "fdB", "fdC", "fdD", "fdH"]
 RESULTS = ["fdX", "fdY", "fdZ"]
@@ -97,9 +101,10 @@ class Exchanger(amp.CommandLocator):
         self.keep = []
         self.later = []
 
-    def sendables(self, names):
+    def sendables(self, names, listName, listLength):
         """
-        Open a fresh pipe for each name; return the argument values and
+        Open a fresh pipe for each name, and a list of C{listLength} under
+        C{listName} unless it is L{None}; return the argument values and
         their identities.
         """
         values = {}
@@ -110,31 +115,33 @@ class Exchanger(amp.CommandLocator):
             ids.append(identity(name, fd))
             if name not in TRANSFERRED:
                 self.keep.append(fd)
+        if listLength is not None:
+            values[listName] = [freshPipe() for _ in range(listLength)]
+            ids.extend(identity("%s%d" % (listName, i), fd) for i, fd in enumerate(values[listName]))
+            self.keep.extend(values[listName])
         return values, ids
 
-    def call(self, names, want, later):
+    def call(self, names, want, later, listLength=None, wantList=None):
         """
         Call L{Pass} on the peer; the L{Deferred} fires with a list of
         mismatches (empty when every descriptor both ways was the right
         file).
         """
-        values, ids = self.sendables(names)
-        d = self.callRemote(Pass, ids=ids, want=want, later=later, **values)
+        values, ids = self.sendables(names, "fdL", listLength)
+        d = self.callRemote(Pass, ids=ids, want=want, wantList=wantList, later=later, **values)
         if self.batching:
             # pyamp_fds sent duplicates: ours may go at once.
-            for name in names:
+            for name, value in values.items():
                 if name not in TRANSFERRED:
-                    self.keep.remove(values[name])
-                    os.close(values[name])
+                    for fd in value if name == "fdL" else [value]:
+                        self.keep.remove(fd)
+                        os.close(fd)
 
         def check(answer):
             mismatches = []
             if sorted(answer["got"]) != sorted(ids):
                 mismatches.append(("sent", sorted(ids), sorted(answer["got"])))
-            received = [identity(name, answer[name]) for name in RESULTS if answer[name] is not None]
-            for name in RESULTS:
-                if answer[name] is not None:
-                    os.close(answer[name])
+            received = receivedIdentities(answer, RESULTS, "fdM")
             if sorted(received) != sorted(answer["ids"]):
                 mismatches.append(("answered", sorted(answer["ids"]), sorted(received)))
             return mismatches
@@ -142,15 +149,11 @@ class Exchanger(amp.CommandLocator):
         return d.addCallback(check)
 
     @Pass.responder
-    def passed(self, ids, want, later, **fds):
-        got = []
-        for name, fd in fds.items():
-            if fd is not None:
-                got.append(identity(name, fd))
-                os.close(fd)
+    def passed(self, ids, want, wantList, later, **fds):
+        got = receivedIdentities(fds, ARGUMENTS, "fdL")
 
         def answer():
-            values, answerIds = self.sendables(want)
+            values, answerIds = self.sendables(want, "fdM", wantList)
             return dict(values, ids=answerIds, got=got)
 
         if later:
@@ -159,6 +162,22 @@ class Exchanger(amp.CommandLocator):
             self.later.append(d)
             return d
         return answer()
+
+
+def receivedIdentities(values, names, listName):
+    """
+    The identities of the descriptors received in C{values} under C{names}
+    and in the list under C{listName}; close them.
+    """
+    found = []
+    for name in names:
+        if values[name] is not None:
+            found.append(identity(name, values[name]))
+            os.close(values[name])
+    for i, fd in enumerate(values[listName] or ()):
+        found.append(identity("%s%d" % (listName, i), fd))
+        os.close(fd)
+    return found
 
 
 class FastExchanger(Exchanger, pyamp_fds.AMP):
@@ -223,7 +242,13 @@ class FakeStream:
             if valueEnd > len(data):
                 return
             if bytes(data[offset + 2 : keyEnd]).startswith(DESCRIPTOR_PREFIX):
-                self._named.append(int(data[keyEnd + 2 : valueEnd]))
+                value = bytes(data[keyEnd + 2 : valueEnd])
+                if b":" in value:
+                    # A DescriptorList: START:COUNT.
+                    start, count = map(int, value.split(b":"))
+                    self._named.extend(range(start, start + count))
+                else:
+                    self._named.append(int(value))
             self._parsed = valueEnd
 
     def _attach(self, boxEnd):
@@ -344,6 +369,12 @@ class FakeBatchingTransport(FakeUNIXTransport, _BatchingMixin):
             fd = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 0)
         self.stream.queue(fd)
 
+    def sendFileDescriptors(self, fds, transfer=False):
+        # As the real transport does: the boxes already sent go first.
+        self.flush()
+        for fd in fds:
+            self.sendFileDescriptor(fd, transfer)
+
     def addWriteHook(self, hook):
         self.hooks.append(hook)
 
@@ -452,12 +483,15 @@ class Connection:
 def callStep(batching):
     names = ARGUMENTS if batching else [n for n in ARGUMENTS if n not in TRANSFERRED]
     results = RESULTS if batching else [n for n in RESULTS if n not in TRANSFERRED]
+    lists = st.none() | st.integers(0, 8) if batching else st.none()
     return st.tuples(
         st.just("call"),
         st.integers(0, 1),
         st.lists(st.sampled_from(names), unique=True),
         st.lists(st.sampled_from(results), unique=True),
         st.booleans(),
+        lists,
+        lists,
     )
 
 
@@ -495,8 +529,7 @@ class FakeSocketProperties:
         for step in data.draw(steps(batching), label="steps"):
             kind, side = step[0], step[1]
             if kind == "call":
-                names, want, later = step[2:]
-                d = connection.protocols[side].call(names, want, later)
+                d = connection.protocols[side].call(*step[2:])
                 d.addBoth(outcomes.append)
             elif kind == "read":
                 connection.read(side, step[2])
@@ -517,7 +550,7 @@ class FakeSocketProperties:
 
 
 propertySettings = settings(
-    max_examples=75,
+    max_examples=150,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -534,7 +567,8 @@ class BatchingTransportPropertyTests(FakeSocketProperties, SynchronousTestCase):
     def test_everyDescriptorMatched(self, data):
         """
         Random calls both ways with zero to five descriptors in each command
-        and zero to three in each answer, answered at once or later, with
+        and zero to three in each answer, and lists of zero to eight in
+        either, answered at once or later, with
         the stream read in random pieces and each descriptor arriving with
         any byte the kernel allows: every call is answered, every descriptor
         is the file it was sent as, and none is left open.
@@ -628,18 +662,25 @@ class RealSocketMixTests(ReactorTestCase):
                 caller = rng.choice((server, client))
                 names = rng.sample(ARGUMENTS, rng.randint(0, len(ARGUMENTS)))
                 want = rng.sample(RESULTS, rng.randint(0, len(RESULTS)))
-                calls.append(caller.call(names, want, rng.random() < 0.2))
+                lists = [randomListLength(rng), randomListLength(rng)]
+                calls.append(caller.call(names, want, rng.random() < 0.2, *lists))
             for proto in (server, client):
                 # Answers held back go out in the next burst's reads.
                 for d in proto.later[: rng.randint(0, len(proto.later))]:
                     proto.later.remove(d)
                     d.callback(None)
             yield settle(rng.choice([0, 0.001, 0.01]))
-        while server.later or client.later:
+        # Calls still on their way may yet be held back: answer until every
+        # call has its answer.
+        for _ in range(3000):
+            if all(d.called for d in calls):
+                break
             for proto in (server, client):
                 while proto.later:
                     proto.later.pop().callback(None)
             yield settle(0.01)
+        else:
+            self.fail("seed %d: calls never answered" % (seed,))
         mismatches = yield defer.gatherResults(calls)
         self.assertEqual([m for m in mismatches if m], [], "seed %d" % (seed,))
         self.assertEqual(server._descriptors, {})
@@ -653,9 +694,22 @@ class RealSocketMixTests(ReactorTestCase):
     def test_randomMixes(self):
         """
         Several seeded mixes of calls both ways, bursts of up to 120 calls
-        with up to five descriptors each (so that queued descriptors exceed
-        one C{sendmsg}'s 253), answers now or later: every descriptor is
-        matched to its file and none leaks.
+        with up to five descriptors each and now and then lists of hundreds
+        (so that queued descriptors exceed one C{sendmsg}'s 253), answers
+        now or later, against a pyamp_fds or a stock AMP client: every
+        descriptor is matched to its file and none leaks.
         """
         for seed in range(6):
-            yield self.mix(seed)
+            yield self.mix(seed, stockClient=seed % 2 == 1)
+
+
+def randomListLength(rng):
+    """
+    No list, a short one, or now and then one longer than a C{sendmsg} takes.
+    """
+    roll = rng.random()
+    if roll < 0.6:
+        return None
+    if roll < 0.97:
+        return rng.randint(0, 5)
+    return rng.randint(200, 600)
