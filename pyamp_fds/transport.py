@@ -385,6 +385,11 @@ class _BatchingMixin:
             close_all([fd for position, fd in queue])
             queue.clear()
         self._writeHooks = []
+        # The receive buffers go now rather than when the collector breaks
+        # this transport's cycle with its protocol: under connection churn
+        # each dead transport would hold its 64 KiB until then, and the heap
+        # keeps growing to make room for them.
+        self._receiver = None
         super().connectionLost(reason)
 
 
