@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import unittest
 
@@ -271,20 +272,30 @@ class BrokerTests(unittest.TestCase):
         assert len(served) == 200
         assert set(served) == set(workers)
 
-        # Pipelined requests on one connection, more answers than the socket
-        # buffers hold while the client is not reading; the last request
-        # asks for the connection to be closed.
+        # Pipelined requests on one connection, twice as many answers as the
+        # largest send buffer holds, sent before the client reads any, so
+        # that the worker must wait for writability and stop reading for a
+        # while; the last request asks for the connection to be closed.
+        with open("/proc/sys/net/ipv4/tcp_wmem") as f:
+            largestSendBuffer = int(f.read().split()[2])
+        count = 2 * largestSendBuffer // len(makeResponses(b"Hello from worker 1\n")[0])
         with socket.socket() as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             sock.settimeout(TIMEOUT)
             sock.connect(("127.0.0.1", broker.port))
-            sock.sendall(
-                b"GET / HTTP/1.1\r\n\r\n" * 60000 + b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n"
+            requests = b"GET / HTTP/1.1\r\n\r\n" * count
+            sender = threading.Thread(
+                target=sock.sendall,
+                args=(requests + b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n",),
             )
-            received = b""
+            sender.start()
+            time.sleep(0.2)
+            chunks = []
             while chunk := sock.recv(65536):
-                received += chunk
-        assert received.count(b"HTTP/1.1 200 OK\r\n") == 60001
+                chunks.append(chunk)
+            sender.join()
+        received = b"".join(chunks)
+        assert received.count(b"HTTP/1.1 200 OK\r\n") == count + 1
         assert received.endswith(b"Connection: close\r\n\r\n" + BODY.search(received).group(0))
 
         # Every connection was handed over: the broker holds none of them.
@@ -293,9 +304,28 @@ class BrokerTests(unittest.TestCase):
             time.sleep(0.01)
         assert openDescriptorsOf(brokerPid) == atRest
 
+        # Connections open on each worker when the first is killed: its own
+        # go with it, the other's are untouched.
+        held = {}
+        self.addCleanup(lambda: [c.close() for cs in held.values() for c in cs])
+        for _ in range(10):
+            connection = http.client.HTTPConnection("127.0.0.1", broker.port, timeout=TIMEOUT)
+            connection.request("GET", "/")
+            held.setdefault(servedBy(connection.getresponse().read()), []).append(connection)
+            if set(held) == set(workers):
+                break
+        assert set(held) == set(workers)
+
         os.kill(first, signal.SIGKILL)
         lost = broker.waitFor("lost-worker", role="broker")
         assert int(lost[3]) == first
+        with pytest.raises((http.client.HTTPException, ConnectionError)):
+            held[first][0].request("GET", "/")
+            held[first][0].getresponse()
+        held[second][0].request("GET", "/")
+        assert servedBy(held[second][0].getresponse().read()) == second
+        for connection in held[first] + held[second]:
+            connection.close()
         for _ in range(30):
             checkClosingResponse(broker.port)
 

@@ -86,6 +86,10 @@ CHANNEL_FD = 3
 #: A request head longer than this is refused (the connection is closed).
 MAX_HEAD = 64 * 1024
 
+#: While more bytes than this wait to be sent on a connection, its requests
+#: are not read.
+MAX_UNSENT = 1024 * 1024
+
 #: How long the broker waits for its workers to stop before killing them.
 STOP_TIMEOUT = 5.0
 
@@ -162,6 +166,8 @@ class HTTPConnection:
 
     Every C{recv} and C{send} passes C{MSG_DONTWAIT}, so the socket is used
     as it was accepted, with no C{fcntl} to make it non-blocking first.
+    While more than L{MAX_UNSENT} bytes of answers wait for a client that
+    does not read them, no more requests are read.
 
     @ivar whenClosed: called with no arguments once the socket is closed.
     """
@@ -172,7 +178,7 @@ class HTTPConnection:
         self.whenClosed = whenClosed
         self._keepAlive, self._closing = responses
         self._received = b""
-        self._unsent = b""
+        self._unsent = bytearray()
         self._closeWhenSent = False
         self._reading = False
         self._writing = False
@@ -185,8 +191,7 @@ class HTTPConnection:
         """
         self.doRead()
         if self.socket is not None:
-            self._reading = True
-            self.reactor.addReader(self)
+            self._watch()
 
     def fileno(self):
         return self.socket.fileno() if self.socket is not None else -1
@@ -209,20 +214,21 @@ class HTTPConnection:
             return None
         received = self._received + data
         answers = []
+        start = 0
         while True:
-            end = received.find(b"\r\n\r\n")
+            end = received.find(b"\r\n\r\n", start)
             if end < 0:
                 break
-            head, received = received[:end], received[end + 4 :]
+            head, start = received[start:end], end + 4
             if keepsAlive(head):
                 answers.append(self._keepAlive)
             else:
                 answers.append(self._closing)
                 self._closeWhenSent = True
-                received = b""
+                start = len(received)
                 break
-        self._received = received
-        if len(received) > MAX_HEAD:
+        self._received = received[start:]
+        if len(self._received) > MAX_HEAD:
             self.close()
             return None
         if answers:
@@ -242,16 +248,32 @@ class HTTPConnection:
         except OSError:
             self.close()
             return
-        self._unsent = self._unsent[sent:]
-        if self._unsent:
-            if not self._writing:
-                self._writing = True
-                self.reactor.addWriter(self)
-        elif self._closeWhenSent:
+        del self._unsent[:sent]
+        if self._closeWhenSent and not self._unsent:
             self.close()
-        elif self._writing:
-            self._writing = False
-            self.reactor.removeWriter(self)
+        elif self._reading or self._writing or self._unsent:
+            # Registered already, or must be: keep the registrations right.
+            # (A connection served whole in start() is never registered.)
+            self._watch()
+
+    def _watch(self):
+        """
+        Read unless too much is waiting to be sent; write while anything is.
+        """
+        reading = len(self._unsent) <= MAX_UNSENT
+        if reading != self._reading:
+            self._reading = reading
+            if reading:
+                self.reactor.addReader(self)
+            else:
+                self.reactor.removeReader(self)
+        writing = bool(self._unsent)
+        if writing != self._writing:
+            self._writing = writing
+            if writing:
+                self.reactor.addWriter(self)
+            else:
+                self.reactor.removeWriter(self)
 
     def connectionLost(self, reason):
         # The reactor ends every connection this way when it shuts down.
