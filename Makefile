@@ -7,9 +7,10 @@ NATIVE_SOURCES := $(wildcard csrc/*.c csrc/*.h csrc/*.cdef) csrc/build_native.py
 CWARN := -std=gnu99 -Wall -Wextra -Werror
 SANITIZERS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 BENCH_ARGS ?=
+SOAK_ARGS ?=
 FUZZ_SECONDS ?= 60
 
-.PHONY: all test bench sanitize fuzz clean
+.PHONY: all test bench soak sanitize fuzz clean
 
 all: $(INSTALLED)
 
@@ -38,6 +39,12 @@ bench-tools:
 		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } || \
 		echo "could not install wrk (needs root and apt-get): the broker scenario will be skipped"
+
+# A million descriptors through one connection, then 10,000 connections
+# dropped with descriptors in flight: memory and descriptors of both ends
+# over time (benchmarks/results/soak.json and soak.png).  Minutes; not in CI.
+soak: $(INSTALLED)
+	$(PY) benchmarks/soak.py $(SOAK_ARGS)
 
 # The C core's own tests, built with ASan and UBSan, then the Python tests of
 # the native layer, transports and protocol against a sanitized build of the
