@@ -68,9 +68,10 @@ sanitize: tests/c/build/test_native $(SANITIZE_PY)
 	tests/c/build/test_native
 	rm -rf $(SANITIZE_TREE)
 	mkdir -p $(SANITIZE_TREE)
-	cp -R pyproject.toml setup.py README.md csrc pyamp_fds tests $(SANITIZE_TREE)/
-	rm -rf $(SANITIZE_TREE)/pyamp_fds/_native.* $(SANITIZE_TREE)/tests/c/build
-	find $(SANITIZE_TREE) -name __pycache__ -prune -exec rm -rf {} +
+	tar -cf - --exclude=./.git --exclude='./.venv*' --exclude=./build --exclude='*.egg-info' \
+		--exclude=__pycache__ --exclude='_native.*' --exclude=./fuzz/build \
+		--exclude=./tests/c/build --exclude=./benchmarks/results --exclude=.hypothesis \
+		--exclude=.pytest_cache . | tar -xf - -C $(SANITIZE_TREE)
 	cd $(SANITIZE_TREE) && PYAMP_FDS_CFLAGS="$(SANITIZERS) -g -O1" PYAMP_FDS_LDFLAGS="$(SANITIZERS)" \
 		../bin/python -m pip install -q -e '.[test]'
 	cd $(SANITIZE_TREE) && ASAN_OPTIONS=detect_leaks=0 \
