@@ -3,19 +3,32 @@
 UNIX socket endpoints, listeners and connectors whose connections use
 pyamp_fds's batching transports.
 
-They are used as Twisted's are; the one difference is the safer default
-mode of a listening socket, C{0o600} (Twisted's is C{0o666}).
+They are used as Twisted's are; the differences are the safer default mode
+of a listening socket, C{0o600} (Twisted's is C{0o666}), and the optional
+user and group allow-lists of listening sockets.  In endpoint strings they
+are C{fdunix:}, with the keywords of Twisted's C{unix:}::
+
+    serverFromString(reactor, "fdunix:/run/broker.sock:mode=660:allowedGIDs=100,101")
+    clientFromString(reactor, "fdunix:path=/run/broker.sock:timeout=5")
 """
 
 import socket
 
 from twisted.internet import defer, endpoints
+from twisted.internet.interfaces import (
+    IStreamClientEndpointStringParserWithReactor,
+    IStreamServerEndpointStringParser,
+)
+from twisted.plugin import IPlugin
+from zope.interface import implementer
 
 from pyamp_fds.transport import Connector, Port, Server
 
 __all__ = [
     "UNIXServerEndpoint",
     "UNIXClientEndpoint",
+    "UNIXServerParser",
+    "UNIXClientParser",
     "listenUNIX",
     "connectUNIX",
     "adoptStreamConnection",
@@ -133,3 +146,71 @@ class UNIXClientEndpoint(endpoints.UNIXClientEndpoint):
             return wrapping._onConnection
         except BaseException:
             return defer.fail()
+
+
+def _flag(value):
+    return bool(int(value))
+
+
+def _ids(value):
+    ids = [int(part) for part in value.split(",") if part.strip()]
+    if not ids:
+        # Admitting nobody is never what an empty value means to say.
+        raise ValueError("an allow-list needs at least one id, not %r" % (value,))
+    return ids
+
+
+@implementer(IPlugin, IStreamServerEndpointStringParser)
+class UNIXServerParser:
+    """
+    Parses C{fdunix:} server endpoint strings into L{UNIXServerEndpoint}s.
+
+    The keywords are those of Twisted's C{unix:}: C{address} (or the first
+    positional argument), C{backlog}, C{mode} (octal, default C{600}),
+    C{lockfile} (C{0} or C{1}; C{wantPID} is taken too), and the
+    comma-separated id lists C{allowedUIDs} and C{allowedGIDs}.
+    """
+
+    prefix = "fdunix"
+
+    def parseStreamServer(
+        self,
+        reactor,
+        address,
+        backlog="50",
+        mode="600",
+        lockfile="0",
+        wantPID=None,
+        allowedUIDs=None,
+        allowedGIDs=None,
+    ):
+        return UNIXServerEndpoint(
+            reactor,
+            address,
+            backlog=int(backlog),
+            mode=int(mode, 8),
+            wantPID=_flag(lockfile if wantPID is None else wantPID),
+            allowedUIDs=None if allowedUIDs is None else _ids(allowedUIDs),
+            allowedGIDs=None if allowedGIDs is None else _ids(allowedGIDs),
+        )
+
+
+@implementer(IPlugin, IStreamClientEndpointStringParserWithReactor)
+class UNIXClientParser:
+    """
+    Parses C{fdunix:} client endpoint strings into L{UNIXClientEndpoint}s.
+
+    The keywords are those of Twisted's C{unix:}: C{path} (or the first
+    positional argument), C{timeout} (seconds), and C{lockfile} (C{0} or
+    C{1}; C{checkPID} is taken too).
+    """
+
+    prefix = "fdunix"
+
+    def parseStreamClient(self, reactor, path, timeout="30", lockfile="0", checkPID=None):
+        return UNIXClientEndpoint(
+            reactor,
+            path,
+            timeout=int(timeout),
+            checkPID=_flag(lockfile if checkPID is None else checkPID),
+        )

@@ -1,0 +1,197 @@
+"""
+Tests for the C{fdunix:} endpoint strings: the parsers in
+L{pyamp_fds.endpoints}, found by Twisted through the plugin in
+C{twisted/plugins/pyamp_fds_endpoints.py}.
+"""
+
+import os
+import shutil
+import stat
+import tempfile
+
+from twisted.internet import defer, protocol, reactor
+from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.protocols import amp
+
+import pyamp_fds
+from pyamp_fds.endpoints import UNIXClientEndpoint, UNIXServerEndpoint
+from pyamp_fds.transport import isBatching
+from tests.reactorhelpers import ReactorTestCase, watchLost
+
+
+class Take(amp.Command):
+    arguments = [(b"fd", pyamp_fds.Descriptor())]
+    response = [(b"inode", amp.Integer())]
+
+
+class Taker(pyamp_fds.AMP):
+    @Take.responder
+    def take(self, fd):
+        inode = os.fstat(fd).st_ino
+        os.close(fd)
+        return {"inode": inode}
+
+
+class ServerStringTests(ReactorTestCase):
+    """
+    C{serverFromString(reactor, "fdunix:...")}.
+    """
+
+    def test_everyKeyword(self):
+        """
+        Every keyword of Twisted's C{unix:} is understood, and the allow-lists.
+        """
+        endpoint = serverFromString(
+            reactor,
+            "fdunix:address=/run/broker.sock:backlog=7:mode=640:lockfile=1:"
+            "allowedUIDs=1000,1001:allowedGIDs=100",
+        )
+        self.assertIsInstance(endpoint, UNIXServerEndpoint)
+        self.assertEqual(endpoint._address, "/run/broker.sock")
+        self.assertEqual(endpoint._backlog, 7)
+        self.assertEqual(endpoint._mode, 0o640)
+        self.assertIs(endpoint._wantPID, True)
+        self.assertEqual(endpoint._allowedUIDs, [1000, 1001])
+        self.assertEqual(endpoint._allowedGIDs, [100])
+
+    def test_defaults(self):
+        """
+        The address may come first without its name; the mode is C{0o600}
+        unless given, no lock file is used, and every peer is admitted.
+        """
+        endpoint = serverFromString(reactor, "fdunix:/run/broker.sock")
+        self.assertIsInstance(endpoint, UNIXServerEndpoint)
+        self.assertEqual(endpoint._address, "/run/broker.sock")
+        self.assertEqual(endpoint._backlog, 50)
+        self.assertEqual(endpoint._mode, 0o600)
+        self.assertIs(endpoint._wantPID, False)
+        self.assertIsNone(endpoint._allowedUIDs)
+        self.assertIsNone(endpoint._allowedGIDs)
+
+    def test_wantPID(self):
+        """
+        C{wantPID} is taken as well as C{lockfile}.
+        """
+        endpoint = serverFromString(reactor, "fdunix:/run/broker.sock:wantPID=1")
+        self.assertIs(endpoint._wantPID, True)
+
+    def test_escapedColon(self):
+        """
+        A colon in the path is escaped, as for Twisted's C{unix:}.
+        """
+        endpoint = serverFromString(reactor, r"fdunix:/run/a\:b.sock:mode=600")
+        self.assertEqual(endpoint._address, "/run/a:b.sock")
+
+    def test_emptyAllowList(self):
+        """
+        An empty allow-list is refused rather than taken to admit nobody.
+        """
+        self.assertRaises(ValueError, serverFromString, reactor, "fdunix:/run/b.sock:allowedUIDs=")
+        self.assertRaises(ValueError, serverFromString, reactor, "fdunix:/run/b.sock:allowedGIDs=,")
+
+    def test_badValues(self):
+        """
+        A mode that is not octal, or an id that is not a number, is refused.
+        """
+        self.assertRaises(ValueError, serverFromString, reactor, "fdunix:/run/b.sock:mode=9")
+        self.assertRaises(ValueError, serverFromString, reactor, "fdunix:/run/b.sock:allowedUIDs=root")
+
+    def test_unknownKeyword(self):
+        """
+        A keyword Twisted's C{unix:} does not know is refused.
+        """
+        self.assertRaises(TypeError, serverFromString, reactor, "fdunix:/run/b.sock:colour=blue")
+
+
+class ClientStringTests(ReactorTestCase):
+    """
+    C{clientFromString(reactor, "fdunix:...")}.
+    """
+
+    def test_everyKeyword(self):
+        """
+        C{path}, C{timeout} and C{lockfile} are understood.
+        """
+        endpoint = clientFromString(reactor, "fdunix:path=/run/broker.sock:timeout=9:lockfile=1")
+        self.assertIsInstance(endpoint, UNIXClientEndpoint)
+        self.assertEqual(endpoint._path, "/run/broker.sock")
+        self.assertEqual(endpoint._timeout, 9)
+        self.assertIs(endpoint._checkPID, True)
+
+    def test_defaults(self):
+        """
+        The path may come first without its name; the timeout is 30 seconds
+        and no lock file is checked.
+        """
+        endpoint = clientFromString(reactor, "fdunix:/run/broker.sock")
+        self.assertIsInstance(endpoint, UNIXClientEndpoint)
+        self.assertEqual(endpoint._path, "/run/broker.sock")
+        self.assertEqual(endpoint._timeout, 30)
+        self.assertIs(endpoint._checkPID, False)
+
+    def test_checkPID(self):
+        """
+        C{checkPID} is taken as well as C{lockfile}.
+        """
+        endpoint = clientFromString(reactor, "fdunix:/run/broker.sock:checkPID=1")
+        self.assertIs(endpoint._checkPID, True)
+
+    def test_unknownKeyword(self):
+        """
+        A keyword Twisted's C{unix:} does not know is refused.
+        """
+        self.assertRaises(TypeError, clientFromString, reactor, "fdunix:/run/b.sock:mode=600")
+
+
+class RealTests(ReactorTestCase):
+    """
+    Endpoints from strings, listening and connecting for real.
+    """
+
+    @defer.inlineCallbacks
+    def test_exchangeDescriptor(self):
+        """
+        A server and a client made from strings connect over pyamp_fds's
+        transports and pass a descriptor; the socket file has the mode
+        given, and the lock file is made and removed.
+        """
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        path = os.path.join(directory, "broker.sock")
+        built = []
+
+        def build(addr):
+            proto = Taker()
+            built.append(proto)
+            self._lost.append(watchLost(proto))
+            return proto
+
+        factory = protocol.Factory()
+        factory.buildProtocol = build
+        server = serverFromString(
+            reactor,
+            "fdunix:%s:mode=640:backlog=5:lockfile=1:allowedUIDs=%d" % (path, os.getuid()),
+        )
+        port = yield server.listen(factory)
+        self.addCleanup(port.stopListening)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o640)
+        self.assertTrue(os.path.lexists(path + ".lock"))
+
+        client = yield clientFromString(reactor, "fdunix:path=%s:timeout=5" % (path,)).connect(
+            protocol.Factory.forProtocol(pyamp_fds.AMP)
+        )
+        self._lost.append(watchLost(client))
+        self.addCleanup(self._disconnect, client)
+        self.assertTrue(isBatching(client.transport))
+        fd = os.open(os.devnull, os.O_RDONLY)
+        try:
+            result = yield client.callRemote(Take, fd=fd)
+            self.assertEqual(result["inode"], os.fstat(fd).st_ino)
+        finally:
+            os.close(fd)
+        [proto] = built
+        self.assertTrue(isBatching(proto.transport))
+
+        yield self._disconnect(client)
+        yield port.stopListening()
+        self.assertFalse(os.path.lexists(path + ".lock"))
