@@ -62,6 +62,11 @@ class Take(amp.Command):
     response = [(b"n", amp.Integer()), (b"id", amp.Unicode())]
 
 
+class TakeList(amp.Command):
+    arguments = [(b"fds", pyamp_fds.DescriptorList(transfer=True))]
+    response = [(b"ids", amp.ListOf(amp.Unicode()))]
+
+
 class Hello(amp.Command):
     arguments = []
     response = []
@@ -82,6 +87,14 @@ class Taker(pyamp_fds.AMP):
         found = identity(fd)
         os.close(fd)
         return {"n": n, "id": found}
+
+    @TakeList.responder
+    def takeList(self, fds):
+        self.taken += len(fds)
+        found = [identity(fd) for fd in fds]
+        for fd in fds:
+            os.close(fd)
+        return {"ids": found}
 
     @Hello.responder
     def hello(self):
@@ -176,11 +189,36 @@ def dropPrivileges():
     return None
 
 
+#: Descriptors in each list that L{inflightChild} hands over: more than one
+#: C{sendmsg} takes, so the limit may strike between groups of one box.
+LIST_LENGTH = 260
+
+
+def callSingles(proto, calls, expected):
+    for _ in range(10):
+        fd, found = freshPipe()
+        expected.append(found)
+        calls.append(
+            proto.callRemote(Take, fd=fd, n=len(calls)).addCallback(lambda a: [a["id"]])
+        )
+        os.close(fd)
+
+
+def callList(proto, calls, expected):
+    fds = []
+    for _ in range(LIST_LENGTH):
+        fd, found = freshPipe()
+        fds.append(fd)
+        expected.append(found)
+    # Handed over: the transport closes them once sent.
+    calls.append(proto.callRemote(TakeList, fds=fds).addCallback(lambda a: a["ids"]))
+
+
 @defer.inlineCallbacks
-def inflightChild(proto):
+def inflightChild(proto, makeCalls):
     """
-    Call L{Take} in rounds of ten until the transport has had to back off,
-    then wait for every answer.
+    Call in rounds until the transport has had to back off, then wait for
+    every answer.
     """
     transport = proto.transport
     backOffs = []
@@ -196,21 +234,21 @@ def inflightChild(proto):
     rounds = 0
     while not backOffs and rounds < 100:
         rounds += 1
-        for _ in range(10):
-            fd, found = freshPipe()
-            expected.append(found)
-            calls.append(proto.callRemote(Take, fd=fd, n=len(calls)))
-            os.close(fd)
+        makeCalls(proto, calls, expected)
         yield task.deferLater(reactor, 0.01, lambda: None)
-    report("backedOff", backOffs=len(backOffs), calls=len(calls))
+    report("backedOff", backOffs=len(backOffs), sent=len(expected))
     answers = yield defer.gatherResults(calls)
-    matched = sum(a["id"] == e for a, e in zip(answers, expected))
-    report("answered", matched=matched, calls=len(calls), backOffs=len(backOffs))
+    received = [found for answer in answers for found in answer]
+    matched = sum(a == e for a, e in zip(received, expected))
+    report("answered", matched=matched, sent=len(expected), backOffs=len(backOffs))
     proto.transport.loseConnection()
 
 
-def inflightMain(sockfd):
-    resource.setrlimit(resource.RLIMIT_NOFILE, (countDescriptors() + 40,) * 2)
+def inflightMain(sockfd, makeCalls):
+    # Room for what one round holds at once, which is also how many
+    # descriptors may be in flight before the kernel refuses more.
+    room = 40 if makeCalls is callSingles else LIST_LENGTH + 40
+    resource.setrlimit(resource.RLIMIT_NOFILE, (countDescriptors() + room,) * 2)
     why = dropPrivileges()
     if why is not None:
         report("privileged", why=why)
@@ -219,7 +257,7 @@ def inflightMain(sockfd):
 
     def made():
         report("made", uid=os.getuid())
-        inflightChild(proto).addErrback(lambda f: (report("failed", why=str(f.value)), proto.transport.loseConnection()))
+        inflightChild(proto, makeCalls).addErrback(lambda f: (report("failed", why=str(f.value)), proto.transport.loseConnection()))
 
     runChild(proto, sockfd, made)
 
@@ -339,17 +377,10 @@ class SenderInflightLimitTests(ReactorTestCase):
     """
 
     @defer.inlineCallbacks
-    def test_backsOffAndDelivers(self):
-        """
-        A sender without privileges whose descriptors in flight exceed its
-        C{RLIMIT_NOFILE}, to a peer that does not read, gets
-        C{ETOOMANYREFS}: its transport backs off instead of losing the
-        connection, and once the peer reads, every call is delivered with
-        the right descriptor and both ends are balanced.
-        """
+    def backOffAndDeliver(self, role):
         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.addCleanup(a.close)
-        child = ChildProcess(self, "inflight", b)
+        child = ChildProcess(self, role, b)
         b.close()
         made = yield child.waitFor("made", orElse=["privileged"])
         if made["event"] == "privileged":
@@ -364,13 +395,32 @@ class SenderInflightLimitTests(ReactorTestCase):
         lost = watchLost(server)
         adopt(a, server)
         answered = yield child.waitFor("answered")
-        self.assertEqual(answered["matched"], answered["calls"])
-        self.assertEqual(server.taken, answered["calls"])
+        self.assertEqual(answered["matched"], answered["sent"])
+        self.assertEqual(server.taken, answered["sent"])
         yield lost
         childLost = yield child.waitFor("lost")
         self.assertEqual(childLost["reason"], "ConnectionDone")
         self.assertEqual(childLost["fds"], made["fds"] - 1)
         self.assertEqual(server._descriptors, {})
+
+    def test_backsOffAndDelivers(self):
+        """
+        A sender without privileges whose descriptors in flight exceed its
+        C{RLIMIT_NOFILE}, to a peer that does not read, gets
+        C{ETOOMANYREFS}: its transport backs off instead of losing the
+        connection, and once the peer reads, every call is delivered with
+        the right descriptor and both ends are balanced.
+        """
+        return self.backOffAndDeliver("inflight")
+
+    def test_backsOffBetweenGroupsOfOneBox(self):
+        """
+        The same with lists of 260 descriptors handed over, more than one
+        C{sendmsg} takes: the limit strikes between the groups of one box,
+        and the rest of that box's descriptors still arrive with it, in
+        order, and are closed once sent.
+        """
+        return self.backOffAndDeliver("inflightLists")
 
 
 class UnclaimedFloodTests(ReactorTestCase):
@@ -729,6 +779,8 @@ if __name__ == "__main__":
     if role == "truncate":
         truncateChild(fd)
     elif role == "inflight":
-        inflightMain(fd)
+        inflightMain(fd, callSingles)
+    elif role == "inflightLists":
+        inflightMain(fd, callList)
     else:
         raise SystemExit("unknown role %r" % (role,))
