@@ -64,8 +64,8 @@ class Pass(amp.Command):
     ]
 
 
-#: Arguments handed over (C{transfer=True}), and lists, need a pyamp_fds
-#: transport to be sent.
+#: Arguments handed over (C{transfer=True}) need a pyamp_fds transport, as
+#: lists (C{fdL}, C{fdM}) do.
 TRANSFERRED = {"fdH", "fdZ"}
 ARGUMENTS = ["fdA", "fdB", "fdC", "fdD", "fdH"]
 RESULTS = ["fdX", "fdY", "fdZ"]
@@ -586,7 +586,8 @@ class StockTransportPropertyTests(FakeSocketProperties, SynchronousTestCase):
     def test_everyDescriptorMatched(self, data):
         """
         As over a batching transport, without handing descriptors over
-        (Twisted's transport cannot say when one was sent).
+        (Twisted's transport cannot say when one was sent) and without lists
+        (it cannot send them).
         """
         self.exchange(data, batching=False)
 
