@@ -642,6 +642,11 @@ class DescriptorList(amp.Argument):
     caller may close its own descriptors as soon as C{callRemote} (or the
     responder) returns; with C{transfer=True} the descriptors themselves are
     handed over and closed once sent, or when the connection is lost first.
+    With C{duplicate=False}, the descriptors themselves are sent and left
+    open, Twisted's own rule: the caller must keep them open until they have
+    gone (for a command argument, until the call's L{Deferred} fires).  It
+    spares two system calls per descriptor (duplicating and closing), which
+    is most of the sender's cost.
 
     The descriptors of one list are queued together, so their ordinals on
     the connection are consecutive and the box carries only the first and
@@ -679,15 +684,17 @@ class DescriptorList(amp.Argument):
         descriptor is duplicated or queued, and is a protocol error when
         received.
     @ivar transfer: whether sent descriptors are handed over.
+    @ivar duplicate: whether duplicates are sent (unless C{transfer}).
     """
 
-    def __init__(self, optional=False, transfer=False, maxDescriptors=4096):
+    def __init__(self, optional=False, transfer=False, maxDescriptors=4096, duplicate=True):
         amp.Argument.__init__(self, optional)
         if not 0 <= maxDescriptors <= _MAX_LIST_LENGTH:
             raise ValueError(
                 "maxDescriptors must be between 0 and %d" % (_MAX_LIST_LENGTH,)
             )
         self.transfer = transfer
+        self.duplicate = duplicate
         self.maxDescriptors = maxDescriptors
 
     def toStringProto(self, inObject, proto):
@@ -706,7 +713,7 @@ class DescriptorList(amp.Argument):
                 "DescriptorList needs a pyamp_fds transport to send, not %r" % (transport,)
             )
         filenos = [_fileno(d) for d in descriptors]
-        transport.sendFileDescriptors(filenos, self.transfer)
+        transport.sendFileDescriptors(filenos, self.transfer, self.duplicate)
         if isinstance(proto, _Accelerated):
             start = proto._sent
             proto._sent = start + count

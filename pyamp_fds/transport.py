@@ -61,6 +61,19 @@ class PeerCredentials(namedtuple("PeerCredentials", "pid uid gid")):
 _UCRED = struct.Struct("3i")
 
 
+class _Lent(int):
+    """
+    A queued descriptor that is the caller's, not a duplicate: sent, but
+    never closed here.
+    """
+
+    __slots__ = ()
+
+
+def _owned(fds):
+    return [fd for fd in fds if type(fd) is not _Lent]
+
+
 def _readPeerCredentials(skt):
     return PeerCredentials._make(
         _UCRED.unpack(skt.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
@@ -85,6 +98,7 @@ class _BatchingMixin:
     _backOffDelay = 0
     _backOffCall = None
     _reading = False
+    _lending = False
 
     def _initBatching(self):
         # (stream position, descriptor): every queued descriptor is ours to
@@ -218,15 +232,21 @@ class _BatchingMixin:
             # that name it, without registering for writability.
             self.startWriting()
 
-    def sendFileDescriptors(self, filenos, transfer=False):
+    def sendFileDescriptors(self, filenos, transfer=False, duplicate=True):
         """
         Queue several descriptors at once, all or none: as many calls to
         L{sendFileDescriptor}, except that if one cannot be duplicated, the
         duplicates already made are closed and nothing is queued.
 
         @param filenos: a sequence of descriptors (ints).
+        @param duplicate: if false (and C{transfer} too), the descriptors
+            themselves are queued and left open: Twisted's own rule, the
+            caller must keep them open until they have been sent.
         """
-        if not transfer:
+        if not (transfer or duplicate):
+            self._lending = True
+            filenos = list(map(_Lent, filenos))
+        elif not transfer:
             duplicates = []
             try:
                 for fileno in filenos:
@@ -296,7 +316,7 @@ class _BatchingMixin:
                 # They went with the first byte: never again.
                 for _ in range(count):
                     queue.popleft()
-                close_all(fds)
+                close_all(_owned(fds) if self._lending else fds)
             total += sent
             self._bytesSent += sent
             if sent < length and not queue:
@@ -382,7 +402,7 @@ class _BatchingMixin:
             self._backOffCall = None
         queue = self._descriptorQueue
         if queue:
-            close_all([fd for position, fd in queue])
+            close_all(_owned([fd for position, fd in queue]))
             queue.clear()
         self._writeHooks = []
         # The receive buffers go now rather than when the collector breaks

@@ -69,6 +69,12 @@ class TakeMixed(amp.Command):
     response = [(b"n", amp.Integer())]
 
 
+class TakeLent(amp.Command):
+    commandName = b"TakeList"
+    arguments = [(b"fds", pyamp_fds.DescriptorList(duplicate=False)), (b"n", amp.Integer())]
+    response = [(b"n", amp.Integer())]
+
+
 class GiveList(amp.Command):
     arguments = [(b"n", amp.Integer())]
     response = [(b"fds", pyamp_fds.DescriptorList())]
@@ -345,6 +351,73 @@ class OwnershipTests(_Base):
             self.assertEqual(len(openDescriptors()), before + 300)
         finally:
             closeAll(result["fds"])
+
+    @defer.inlineCallbacks
+    def test_lent(self):
+        """
+        With C{duplicate=False}, the descriptors themselves are sent and
+        left open: no duplicate is made, and the caller's stay open and
+        usable once the call is answered.
+        """
+        self.roomFor(3 * 300)
+        server, client = self.connect(FastResponder(), pyamp_fds.AMP())
+        fds = newFiles(300)
+        try:
+            expected = [identity(fd) for fd in fds]
+            before = openDescriptors()
+            d = client.callRemote(TakeLent, fds=fds, n=1)
+            # Nothing was duplicated to queue them.
+            self.assertEqual(openDescriptors(), before)
+            yield d
+            self.assertEqual(server.taken, [expected])
+            self.assertEqual([identity(fd) for fd in fds], expected)
+            self.assertEqual(openDescriptors(), before)
+        finally:
+            closeAll(fds)
+
+    @defer.inlineCallbacks
+    def test_lentLostConnection(self):
+        """
+        Lent descriptors still queued when the connection is lost stay open:
+        they are the caller's.
+        """
+        client = pyamp_fds.AMP()
+        self.rawPeer(client)
+        fds = newFiles(5)
+        try:
+            client.callRemote(TakeLent, fds=fds, n=1).addErrback(lambda f: None)
+            self.assertEqual(len(client.transport._descriptorQueue), 5)
+            client.transport.abortConnection()
+            yield settle()
+            for fd in fds:
+                os.fstat(fd)
+        finally:
+            closeAll(fds)
+
+    @defer.inlineCallbacks
+    def test_lentAmongDuplicates(self):
+        """
+        Lent and duplicated descriptors queued together: only the
+        duplicates are closed once sent.
+        """
+        self.roomFor(3 * 600)
+        server, client = self.connect(FastResponder(), pyamp_fds.AMP())
+        lent, duplicated = newFiles(300), newFiles(300)
+        try:
+            before = openDescriptors()
+            calls = [
+                client.callRemote(TakeLent, fds=lent, n=1),
+                client.callRemote(TakeList, fds=duplicated, n=2),
+                client.callRemote(TakeLent, fds=lent[:3], n=3),
+            ]
+            yield defer.gatherResults(calls)
+            self.assertEqual(openDescriptors(), before)
+            self.assertEqual(
+                server.taken,
+                [[identity(fd) for fd in fds] for fds in (lent, duplicated, lent[:3])],
+            )
+        finally:
+            closeAll(lent + duplicated)
 
     @defer.inlineCallbacks
     def test_transferLostConnection(self):
