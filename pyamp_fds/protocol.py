@@ -712,7 +712,10 @@ class DescriptorList(amp.Argument):
             raise DescriptorsUnsupported(
                 "DescriptorList needs a pyamp_fds transport to send, not %r" % (transport,)
             )
-        filenos = [_fileno(d) for d in descriptors]
+        if set(map(type, descriptors)) <= _JUST_INTS:
+            filenos = descriptors
+        else:
+            filenos = [_fileno(d) for d in descriptors]
         transport.sendFileDescriptors(filenos, self.transfer, self.duplicate)
         if isinstance(proto, _Accelerated):
             start = proto._sent
@@ -745,6 +748,7 @@ class DescriptorList(amp.Argument):
 
 # A value holds at most 65535 bytes, so a padded one can stand for this many.
 _MAX_LIST_LENGTH = MAX_FDS_PER_MESSAGE * MAX_VALUE_LENGTH
+_JUST_INTS = frozenset([int])
 
 
 def _encodeRange(start, count):
