@@ -716,7 +716,10 @@ class DescriptorList(amp.Argument):
             filenos = descriptors
         else:
             filenos = [_fileno(d) for d in descriptors]
-        transport.sendFileDescriptors(filenos, self.transfer, self.duplicate)
+        if self.duplicate or self.transfer:
+            transport.sendFileDescriptors(filenos, self.transfer)
+        else:
+            transport.sendFileDescriptors(filenos, duplicate=False)
         if isinstance(proto, _Accelerated):
             start = proto._sent
             proto._sent = start + count
