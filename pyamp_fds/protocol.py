@@ -188,6 +188,13 @@ class _Accelerated:
     # Sending boxes
 
     def sendBox(self, box):
+        # A snapshot: later changes to the caller's box must not reach the wire.
+        self._sendOwnBox(box, dict)
+
+    def _sendOwnBox(self, box, snapshot=None):
+        """
+        L{sendBox} for a box nobody else holds, which needs no snapshot.
+        """
         if self._locked:
             raise amp.ProtocolSwitched(
                 "This connection has switched: no AMP traffic allowed."
@@ -200,8 +207,7 @@ class _Accelerated:
             self.transport.write(encode_box(box))
         else:
             _checkBox(box)
-            # A snapshot: later changes to the box must not reach the wire.
-            self._outgoing.append(dict(box))
+            self._outgoing.append(box if snapshot is None else snapshot(box))
             if len(self._outgoing) == 1:
                 self.transport.addWriteHook(self._encodeOutgoing)
 
@@ -364,6 +370,13 @@ class _CommandPlan:
         return errorType(error.description)
 
 
+def _newBox(boxType):
+    # AmpBox.__init__ only converts str keys: an empty one needs none of it.
+    if boxType is amp.AmpBox:
+        return amp.AmpBox.__new__(amp.AmpBox)
+    return boxType()
+
+
 def _inherits(command, name):
     return getattr(command, name).__func__ is getattr(amp.Command, name).__func__
 
@@ -422,7 +435,7 @@ class AMP(_Accelerated, amp.AMP):
         if not isinstance(result, Deferred):
             try:
                 if plan.response is not None:
-                    answer = plan.response.toStrings(result, command.responseType(), self)
+                    answer = plan.response.toStrings(result, _newBox(command.responseType), self)
                 else:
                     answer = command.makeResponse(result, self)
             except BaseException:
@@ -438,7 +451,15 @@ class AMP(_Accelerated, amp.AMP):
                 if ask is not None:
                     answer[amp.ANSWER] = ask
                     try:
-                        self._safeEmit(answer)
+                        if self.boxSender is self and type(answer) is amp.AmpBox:
+                            # Twisted's _safeEmit, for a plain box made here
+                            # (other boxes act when sent: protocol switches).
+                            try:
+                                self._sendOwnBox(answer)
+                            except (amp.ProtocolSwitched, ConnectionLost):
+                                pass
+                        else:
+                            self._safeEmit(answer)
                     except BaseException:
                         self.unhandledError(Failure())
                 return None
@@ -475,11 +496,25 @@ class AMP(_Accelerated, amp.AMP):
         for name in kw:
             if name not in spec.allowed:
                 raise amp.InvalidSignature(f"{name} is not a valid argument")
-        box = spec.toStrings(kw, commandType.commandType(), self)
+        box = spec.toStrings(kw, _newBox(commandType.commandType), self)
         requiresAnswer = commandType.requiresAnswer
-        d = self._sendBoxCommand(commandType.commandName, box, requiresAnswer)
-        if requiresAnswer and self._failAllReason is None:
-            self._waitingPlans[box[amp.ASK]] = plan
+        if self.boxSender is not self or type(box) is not amp.AmpBox:
+            d = self._sendBoxCommand(commandType.commandName, box, requiresAnswer)
+            if requiresAnswer and self._failAllReason is None:
+                self._waitingPlans[box[amp.ASK]] = plan
+            return d
+        # Twisted's _sendBoxCommand, for a box made here.
+        if self._failAllReason is not None:
+            return fail(self._failAllReason) if requiresAnswer else None
+        box[amp.COMMAND] = commandType.commandName
+        tag = self._nextTag()
+        if not requiresAnswer:
+            self._sendOwnBox(box)
+            return None
+        box[amp.ASK] = tag
+        self._sendOwnBox(box)
+        d = self._outstandingRequests[tag] = Deferred()
+        self._waitingPlans[tag] = plan
         return d
 
     def _answerReceived(self, box):
