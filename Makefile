@@ -28,7 +28,10 @@ test: $(INSTALLED)
 benchmarks/c_fdloop: benchmarks/c_fdloop.c
 	$(CC) -O2 $(CWARN) -o $@ $<
 
-bench: $(INSTALLED) benchmarks/c_fdloop bench-tools
+benchmarks/c_rpcloop: benchmarks/c_rpcloop.c
+	$(CC) -O2 $(CWARN) -o $@ $<
+
+bench: $(INSTALLED) benchmarks/c_fdloop benchmarks/c_rpcloop bench-tools
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
 
 # wrk, from the system's packages, for the broker scenario: installed when
@@ -85,4 +88,4 @@ fuzz:
 
 clean:
 	rm -rf $(VENV) $(SANITIZE_VENV) build *.egg-info pyamp_fds/_native.* pyamp_fds/__pycache__ \
-		tests/c/build fuzz/build benchmarks/c_fdloop benchmarks/results .pytest_cache .hypothesis
+		tests/c/build fuzz/build benchmarks/c_fdloop benchmarks/c_rpcloop benchmarks/results .pytest_cache .hypothesis

@@ -1,7 +1,8 @@
 """
 End to end through AMP between two processes, one descriptor per command,
 the responder closing it: stock Twisted against pyamp_fds, pipelined and one
-call at a time, and pyamp_fds over 64 connections at once.
+call at a time, with the same conversation in plain C (c_rpcloop: no Python,
+blocking calls) as the floor; and pyamp_fds over 64 connections at once.
 """
 
 import json
@@ -50,6 +51,18 @@ def shape(kind):
     return measure
 
 
+def cLoop(param):
+    calls, window, connections = SHAPES[param]
+    out = subprocess.run(
+        [os.path.join(HERE, "c_rpcloop"), str(calls), str(window)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    result = json.loads(out)
+    return result["descriptors"], result["seconds"]
+
+
 def spread(name):
     def measure(param):
         return _run("pyamp_fds", *SPREAD[name])
@@ -65,7 +78,11 @@ SCENARIOS = [
         title="AMP commands carrying one descriptor each, between two processes",
         unit="descriptors/s",
         params=list(SHAPES),
-        implementations={"twisted": shape("stock"), "pyamp_fds": shape("pyamp_fds")},
+        implementations={
+            "twisted": shape("stock"),
+            "pyamp_fds": shape("pyamp_fds"),
+            "c-loop": cLoop,
+        },
         anchor="twisted",
         targets=[
             Target("pyamp_fds", "twisted", 5.0, param="window 256"),
