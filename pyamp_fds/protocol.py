@@ -18,6 +18,7 @@ What changes:
     still waiting with a L{DescriptorProtocolError}.
 """
 
+import os
 from types import MethodType
 
 from twisted.internet.defer import Deferred, fail
@@ -222,6 +223,10 @@ class _Accelerated:
     # Descriptors
 
     def fileDescriptorReceived(self, descriptor):
+        # Only Twisted's own transports call this, one at a time, and they
+        # receive without MSG_CMSG_CLOEXEC: a child spawned before the box
+        # that names it is handled must not inherit it.
+        os.set_inheritable(descriptor, False)
         self.fileDescriptorsReceived((descriptor,))
 
     def fileDescriptorsReceived(self, descriptors):
@@ -259,6 +264,24 @@ class _Accelerated:
         self._descriptors.clear()
         self._claimedInBox = []
         close_all(held)
+
+    def _toStrings(self, spec, objects, box):
+        """
+        C{spec.toStrings}, taking back the descriptors its arguments queued
+        if a later argument fails: the box will not be sent, so neither may
+        they (the peer would hold them unclaimed; handed-over ones are ours
+        to close), and their ordinals are given again.
+        """
+        if not self._batching:
+            return spec.toStrings(objects, box, self)
+        sent, mark = self._sent, self.transport._descriptorMark()
+        try:
+            return spec.toStrings(objects, box, self)
+        except BaseException:
+            if self.transport is not None:
+                self.transport._withdrawDescriptors(mark)
+            self._sent = sent
+            raise
 
     def _sendDescriptor(self, descriptor, transfer):
         """
@@ -435,7 +458,7 @@ class AMP(_Accelerated, amp.AMP):
         if not isinstance(result, Deferred):
             try:
                 if plan.response is not None:
-                    answer = plan.response.toStrings(result, _newBox(command.responseType), self)
+                    answer = self._toStrings(plan.response, result, _newBox(command.responseType))
                 else:
                     answer = command.makeResponse(result, self)
             except BaseException:
@@ -496,7 +519,7 @@ class AMP(_Accelerated, amp.AMP):
         for name in kw:
             if name not in spec.allowed:
                 raise amp.InvalidSignature(f"{name} is not a valid argument")
-        box = spec.toStrings(kw, _newBox(commandType.commandType), self)
+        box = self._toStrings(spec, kw, _newBox(commandType.commandType))
         requiresAnswer = commandType.requiresAnswer
         if self.boxSender is not self or type(box) is not amp.AmpBox:
             d = self._sendBoxCommand(commandType.commandName, box, requiresAnswer)

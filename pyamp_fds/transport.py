@@ -17,7 +17,6 @@ The wire is the same as Twisted's, so either end may be stock Twisted.
 """
 
 import errno
-import fcntl
 import os
 import socket
 import struct
@@ -66,6 +65,16 @@ class _Lent(int):
     """
     A queued descriptor that is the caller's, not a duplicate: sent, but
     never closed here.
+    """
+
+    __slots__ = ()
+
+
+class _HandedOver(int):
+    """
+    A queued descriptor handed over by the caller: closed once sent, or
+    when the connection is lost first, but given back (left open) if the box
+    that names it is withdrawn before it was sent.
     """
 
     __slots__ = ()
@@ -221,11 +230,17 @@ class _BatchingMixin:
             the caller may close its own copy at once; if true, the
             descriptor itself is queued and this transport closes it once
             sent, or when the connection is lost first.
+        @raise ConnectionLost: the connection is gone; nothing was queued,
+            and the descriptor is still the caller's.
         """
+        if not self.connected:
+            raise error.ConnectionLost()
         if not transfer:
-            fileno = fcntl.fcntl(_fileno(fileno), fcntl.F_DUPFD_CLOEXEC, 0)
+            # os.dup makes a close-on-exec duplicate (F_DUPFD_CLOEXEC), at
+            # half the cost of calling fcntl.fcntl for it.
+            fileno = os.dup(_fileno(fileno))
         else:
-            fileno = _fileno(fileno)
+            fileno = _HandedOver(_fileno(fileno))
         self._descriptorQueue.append((self._bytesWritten, fileno))
         self._maybePauseProducer()
         if not self._reading:
@@ -243,11 +258,16 @@ class _BatchingMixin:
         @param duplicate: if false (and C{transfer} too), the descriptors
             themselves are queued and left open: Twisted's own rule, the
             caller must keep them open until they have been sent.
+        @raise ConnectionLost: as L{sendFileDescriptor}.
         """
-        if not (transfer or duplicate):
+        if not self.connected:
+            raise error.ConnectionLost()
+        if transfer:
+            filenos = list(map(_HandedOver, filenos))
+        elif not duplicate:
             self._lending = True
             filenos = list(map(_Lent, filenos))
-        elif not transfer:
+        else:
             duplicates = []
             try:
                 # os.dup makes close-on-exec duplicates (F_DUPFD_CLOEXEC), at
@@ -271,6 +291,23 @@ class _BatchingMixin:
         self._maybePauseProducer()
         if not self._reading:
             self.startWriting()
+
+    def _descriptorMark(self):
+        """
+        A mark for L{_withdrawDescriptors}: where the queue ends now.
+        """
+        return len(self._descriptorQueue)
+
+    def _withdrawDescriptors(self, mark):
+        """
+        Take back every descriptor queued since C{mark} was taken, none of
+        which has been sent yet: the box that named them will not be.  Our
+        duplicates are closed; handed-over and lent descriptors are the
+        caller's again (the call that named them failed: nothing was taken).
+        """
+        queue = self._descriptorQueue
+        withdrawn = [queue.pop()[1] for _ in range(len(queue) - mark)]
+        close_all([fd for fd in withdrawn if type(fd) is int])
 
     def _isSendBufferFull(self):
         return (

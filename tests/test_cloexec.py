@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 
-import pytest
 from twisted.internet import defer
 from twisted.protocols import amp
 
@@ -149,12 +148,6 @@ class CloseOnExecTests(ReactorTestCase):
         self.assertIn(controlTarget, inherited)
         self.assertEqual(sorted(set(libraryTargets) & inherited), [])
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="Twisted's own UNIX transport receives descriptors without "
-        "MSG_CMSG_CLOEXEC, and pyamp_fds.AMP.fileDescriptorReceived does not "
-        "set FD_CLOEXEC on what it is handed",
-    )
     @defer.inlineCallbacks
     def test_noneInheritedOverStockTransport(self):
         """

@@ -378,6 +378,12 @@ class FakeBatchingTransport(FakeUNIXTransport, _BatchingMixin):
     def addWriteHook(self, hook):
         self.hooks.append(hook)
 
+    def _descriptorMark(self):
+        return self.stream.queuedCount
+
+    def _withdrawDescriptors(self, mark):
+        raise AssertionError("every box these tests send serializes")
+
     def flush(self):
         """
         Run the write hooks: what the real transport does when the reactor

@@ -54,6 +54,24 @@ class GiveOwned(amp.Command):
     response = [(b"fd", pyamp_fds.Descriptor(transfer=True)), (b"inode", amp.Integer())]
 
 
+class HandOver(amp.Command):
+    arguments = [(b"fd", pyamp_fds.Descriptor(transfer=True)), (b"n", amp.Integer())]
+    response = [(b"n", amp.Integer())]
+
+
+class TakeThenList(amp.Command):
+    arguments = [(b"fd", pyamp_fds.Descriptor()), (b"more", pyamp_fds.DescriptorList(maxDescriptors=2))]
+    response = []
+
+
+class HandOverThenList(amp.Command):
+    arguments = [
+        (b"fd", pyamp_fds.Descriptor(transfer=True)),
+        (b"more", pyamp_fds.DescriptorList(maxDescriptors=2)),
+    ]
+    response = []
+
+
 class Hello(amp.Command):
     arguments = [(b"text", amp.Unicode())]
     response = [(b"text", amp.Unicode())]
@@ -290,6 +308,54 @@ class DescriptorTests(ReactorTestCase):
         yield settle()
         with self.assertRaises(OSError):
             os.fstat(fd)
+
+    @defer.inlineCallbacks
+    def test_sendAfterLoss(self):
+        """
+        A descriptor argument on a connection already lost (here from the
+        errback of a call that the loss failed) raises C{ConnectionLost}
+        and takes nothing: a handed-over descriptor is still the caller's,
+        and no duplicate is left open.
+        """
+        client = pyamp_fds.AMP()
+        peer = self.rawPeer(client)
+        fd = os.open("/dev/null", os.O_RDONLY)
+        self.addCleanup(os.close, fd)
+        raised = []
+
+        def callAgain(reason):
+            for transfer in (True, False):
+                try:
+                    client.callRemote(HandOver if transfer else Take, fd=fd, n=1)
+                except error.ConnectionLost as e:
+                    raised.append(e)
+
+        client.callRemote(Hello, text="x").addErrback(callAgain)
+        peer.close()
+        yield settle()
+        self.assertEqual(len(raised), 2)
+        os.fstat(fd)
+
+    @defer.inlineCallbacks
+    def test_withdrawnWhenALaterArgumentFails(self):
+        """
+        When an argument after a descriptor fails, the call raises and
+        nothing of it is sent: the duplicate is closed, a handed-over
+        descriptor is the caller's again, and the next call's descriptors
+        get the ordinals the failed call would have used, so the peer holds
+        nothing unclaimed.
+        """
+        server, client = self.connect(FastResponder(), pyamp_fds.AMP())
+        fd = os.open("/dev/null", os.O_RDONLY)
+        self.addCleanup(os.close, fd)
+        for command in (TakeThenList, HandOverThenList):
+            with self.assertRaises(pyamp_fds.DescriptorListTooLong):
+                client.callRemote(command, fd=fd, more=[fd, fd, fd])
+            os.fstat(fd)
+        answer = yield client.callRemote(Take, fd=fd, n=5)
+        self.assertEqual(answer, {"n": 5})
+        self.assertEqual(server.taken, [identity(fd)])
+        self.assertEqual(server._descriptors, {})
 
     @defer.inlineCallbacks
     def test_stockProtocolWithFastDescriptor(self):
