@@ -653,8 +653,11 @@ class Descriptor(amp.Descriptor):
     may close its descriptor as soon as C{callRemote} (or the responder)
     returns, since a duplicate is sent; with C{transfer=True} the descriptor
     itself is handed over and closed once sent, or when the connection is
-    lost first.  On Twisted's own transports, Twisted's rule holds (keep it
-    open until it has been sent) and C{transfer=True} is refused.
+    lost first.  A call that raises takes nothing: on a connection already
+    lost (L{ConnectionLost}), or when another argument of the same box
+    fails, a handed-over descriptor is still the caller's.  On Twisted's own
+    transports, Twisted's rule holds (keep it open until it has been sent)
+    and C{transfer=True} is refused.
 
     Values may be ints or objects with C{fileno()}.  Received values are
     ints, owned by the receiver.
