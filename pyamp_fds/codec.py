@@ -6,8 +6,7 @@ L{encode_boxes}, byte-identical to L{twisted.protocols.amp.AmpBox.serialize}.
 
 from collections import deque
 from itertools import islice, repeat
-from array import array
-from struct import Struct, unpack_from
+from struct import Struct, pack, unpack_from
 
 from twisted.protocols.amp import TooLong
 
@@ -206,16 +205,18 @@ def encode_boxes(boxes):
     except TypeError:
         raise _typeError(parts) from None
     count = len(parts)
-    lens = array("i", map(len, parts))
+    # pack with all the lengths as arguments is faster here than array's
+    # conversion of the map (measured: a fifth of the whole encode).
+    lens = pack("%di" % (count,), *map(len, parts))
     size = len(data) + 2 * count
-    out = _uninitialized("char[]", size)
+    out = _uninitialized("uint8_t[]", size)
     bad = ffi.new("size_t *")
     written = lib.paf_encode(
         data, len(data), ffi.from_buffer("int32_t[]", lens), count, out, size, bad
     )
     if written < 0:
         raise _encodeError(-written, parts, bad[0])
-    return ffi.unpack(out, written)
+    return ffi.buffer(out, written)[:]
 
 
 def _typeError(parts):
