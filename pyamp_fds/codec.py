@@ -99,20 +99,14 @@ class BoxDecoder:
             box = boxType.__new__(boxType)
             box.update(zip(pairs, pairs))
             return [box]
+        # The rest runs in C inside CPython: zip pairs the parts up, key
+        # then value, and each box takes its number of pairs from them in
+        # wire order, with no Python-level loop.
         parts = iter(parts)
-        # The rest runs in C inside CPython: zip pulls a key from the first
-        # islice, then a value from the second, both over the one iterator:
-        # n pairs in wire order, with no Python-level loop.
+        pairs = zip(parts, parts)
         fields = ffi.unpack(decoder.box_fields, nboxes)
         boxes = list(map(boxType.__new__, repeat(boxType, nboxes)))
-        deque(
-            map(
-                dict.update,
-                boxes,
-                map(zip, map(islice, repeat(parts), fields), map(islice, repeat(parts), fields)),
-            ),
-            0,
-        )
+        deque(map(dict.update, boxes, map(islice, repeat(pairs), fields)), 0)
         return boxes
 
     def remainder(self, index):
