@@ -57,22 +57,9 @@ def setUp(kind):
         import pyamp_fds
 
         return reactor, pyamp_fds.AMP, pyamp_fds.Descriptor, None
-    from twisted.internet import tcp
-    from twisted.python import sendmsg
+    from stockcalls import countStockCalls
 
-    counts = {"sendmsg": 0, "recvmsg": 0, "send": 0}
-
-    def counting(name, function):
-        def wrapper(*args, **kwargs):
-            counts[name] += 1
-            return function(*args, **kwargs)
-
-        return wrapper
-
-    sendmsg.sendmsg = counting("sendmsg", sendmsg.sendmsg)
-    sendmsg.recvmsg = counting("recvmsg", sendmsg.recvmsg)
-    tcp.Connection.writeSomeData = counting("send", tcp.Connection.writeSomeData)
-    return reactor, amp.AMP, amp.Descriptor, counts
+    return reactor, amp.AMP, amp.Descriptor, countStockCalls()
 
 
 def commandFor(descriptorType):

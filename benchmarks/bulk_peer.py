@@ -68,19 +68,9 @@ def setUp(kind):
 
         return reactor, pyamp_fds.AMP, Take, counted
 
-    from twisted.python import sendmsg
+    from stockcalls import countStockCalls
 
-    counts = {"sendmsg": 0, "recvmsg": 0}
-
-    def counting(name, function):
-        def wrapper(*args, **kwargs):
-            counts[name] += 1
-            return function(*args, **kwargs)
-
-        return wrapper
-
-    sendmsg.sendmsg = counting("sendmsg", sendmsg.sendmsg)
-    sendmsg.recvmsg = counting("recvmsg", sendmsg.recvmsg)
+    counts = countStockCalls()
 
     class Take(amp.Command):
         arguments = [(b"fds", amp.Descriptor())]

@@ -34,3 +34,12 @@ def assertNoNewDescriptors(before, after=None):
     closed = {fd: what for fd, what in before.items() if after.get(fd) != what}
     if opened or closed:
         raise DescriptorLeak("descriptors opened: %r; closed: %r" % (opened, closed))
+
+
+def identity(fd):
+    """
+    What C{fd} refers to: its device and inode, the same for every
+    descriptor of one open file, in this process or another.
+    """
+    st = os.fstat(fd)
+    return (st.st_dev, st.st_ino)

@@ -21,13 +21,8 @@ from pyamp_fds.errors import (
     InvalidDescriptorOrdinal,
     UnknownDescriptor,
 )
-from tests.fdcheck import openDescriptors
+from tests.fdcheck import identity, openDescriptors
 from tests.reactorhelpers import ReactorTestCase, settle, watchLost
-
-
-def identity(fd):
-    st = os.fstat(fd)
-    return (st.st_dev, st.st_ino)
 
 
 def newFiles(count):

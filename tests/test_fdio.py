@@ -14,6 +14,7 @@ import pytest
 
 from pyamp_fds import fdio
 from pyamp_fds.errors import DescriptorsTruncated
+from tests.fdcheck import identity
 
 pytestmark = pytest.mark.usefixtures("noLeaks")
 
@@ -44,11 +45,6 @@ def files(tmp_path):
     yield make
     for fd in opened:
         os.close(fd)
-
-
-def identity(fd):
-    st = os.fstat(fd)
-    return (st.st_dev, st.st_ino)
 
 
 def assertSameFiles(sent, received):

@@ -13,8 +13,9 @@ from twisted.protocols import amp
 
 import pyamp_fds
 from pyamp_fds import endpoints as fastEndpoints
+from tests.fdcheck import identity
 from tests.reactorhelpers import ReactorTestCase, watchLost
-from tests.test_protocol import Give, Hello, Take, identity, makeResponder
+from tests.test_protocol import Give, Hello, Take, makeResponder
 
 
 def selfSigned():

@@ -10,12 +10,8 @@ from twisted.internet import defer, protocol
 
 from pyamp_fds import fdio
 from pyamp_fds.transport import isBatching
+from tests.fdcheck import identity
 from tests.reactorhelpers import ReactorTestCase, settle
-
-
-def identity(fd):
-    st = os.fstat(fd)
-    return (st.st_dev, st.st_ino)
 
 
 def readAll(sock, until):
