@@ -1,8 +1,10 @@
 """
 End to end through AMP between two processes, one descriptor per command,
 the responder closing it: stock Twisted against pyamp_fds, pipelined and one
-call at a time, with the same conversation in plain C (c_rpcloop: no Python,
-blocking calls) as the floor; and pyamp_fds over 64 connections at once.
+call at a time, with two floors for the same conversation: Twisted protocols
+that only echo bytes (echo_peer: the reactor's own cost, no AMP, no
+descriptors) and plain C (c_rpcloop: no Python, blocking calls); and pyamp_fds
+over 64 connections at once.
 """
 
 import json
@@ -53,16 +55,19 @@ def shape(kind):
     return measure
 
 
+def _floor(command):
+    result = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+    return result["descriptors"], result["seconds"]
+
+
 def cLoop(param):
     calls, window, connections = SHAPES[param]
-    out = subprocess.run(
-        [os.path.join(HERE, "c_rpcloop"), str(calls), str(window)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    result = json.loads(out)
-    return result["descriptors"], result["seconds"]
+    return _floor([os.path.join(HERE, "c_rpcloop"), str(calls), str(window)])
+
+
+def twistedEcho(param):
+    calls, window, connections = SHAPES[param]
+    return _floor([sys.executable, os.path.join(HERE, "echo_peer.py"), str(calls), str(window)])
 
 
 def spread(name):
@@ -83,6 +88,7 @@ SCENARIOS = [
         implementations={
             "twisted": shape("stock"),
             "pyamp_fds": shape("pyamp_fds"),
+            "twisted-echo": twistedEcho,
             "c-loop": cLoop,
         },
         anchor="twisted",
