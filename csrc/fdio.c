@@ -2,6 +2,7 @@
 #include "fdio.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -21,6 +22,21 @@ void paf_close_all(const int *fds, int n)
 {
     for (int i = 0; i < n; i++)
         close(fds[i]);
+}
+
+int paf_dup_all(const int *fds, int n, int *out)
+{
+    for (int i = 0; i < n; i++) {
+        out[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, 0);
+        if (out[i] < 0) {
+            int saved = errno;
+
+            paf_close_all(out, i);
+            errno = saved;
+            return -1;
+        }
+    }
+    return 0;
 }
 
 ssize_t paf_sendmsg(int sockfd, const struct iovec *iov, int iovcnt,

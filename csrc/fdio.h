@@ -36,6 +36,13 @@ ssize_t paf_send(int sockfd, const void *buf, size_t len,
 ssize_t paf_recvmsg(int sockfd, void *buf, size_t len,
                     int *fds, int max_fds, int *nfds, int *msg_flags);
 
+/*
+ * Duplicates n descriptors into out, close-on-exec (F_DUPFD_CLOEXEC), in
+ * order.  Returns 0, or -1 with errno set and none left open: those made
+ * before the failure are closed again.
+ */
+int paf_dup_all(const int *fds, int n, int *out);
+
 /* Closes n descriptors, ignoring errors (EINTR on close must not be retried on Linux). */
 void paf_close_all(const int *fds, int n);
 

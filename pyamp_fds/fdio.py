@@ -20,6 +20,7 @@ __all__ = [
     "send_with_fds",
     "recv_with_fds",
     "recv_into_with_fds",
+    "duplicate_all",
     "close_all",
     "Receiver",
 ]
@@ -198,6 +199,24 @@ class Receiver:
         if count == 1:
             return data, array("i", (self._fds[0],))
         return data, array("i", ffi.buffer(self._fds, count * _INT_SIZE)[:])
+
+
+def duplicate_all(fds):
+    """
+    Duplicate every descriptor in C{fds} (ints), close-on-exec, in one C
+    call: all of them, or none.
+
+    @return: a list of the duplicates, in order, owned by the caller.
+    @raise OSError: one could not be duplicated (C{EMFILE}, C{EBADF}, ...);
+        those already made were closed again.
+    """
+    count = len(fds)
+    if not count:
+        return []
+    duplicates = ffi.new("int[]", count)
+    if lib.paf_dup_all(_fdArray(fds), count, duplicates) < 0:
+        raiseOSError()
+    return ffi.unpack(duplicates, count)
 
 
 def close_all(fds):

@@ -20,8 +20,8 @@ import errno
 import os
 import socket
 import struct
-from collections import deque, namedtuple
-from itertools import islice, repeat
+from collections import namedtuple
+from itertools import repeat
 
 from twisted.internet import error, interfaces, main, tcp, unix
 from twisted.logger import Logger
@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from pyamp_fds.errors import DescriptorsTruncated
-from pyamp_fds.fdio import MAX_FDS_PER_MESSAGE, Receiver, close_all, send_with_fds
+from pyamp_fds.fdio import MAX_FDS_PER_MESSAGE, Receiver, close_all, duplicate_all, send_with_fds
 
 __all__ = ["Server", "Client", "Port", "Connector", "PeerCredentials", "isBatching"]
 
@@ -111,9 +111,12 @@ class _BatchingMixin:
     _lending = False
 
     def _initBatching(self):
-        # (stream position, descriptor): every queued descriptor is ours to
-        # close, a duplicate or one handed over.
-        self._descriptorQueue = deque()
+        # The descriptors queued, in order (ours to close once sent: a
+        # duplicate or one handed over, unless lent), and for each the
+        # stream position of the bytes written after it was queued: it
+        # must travel no later than those.
+        self._queuedFds = []
+        self._queuedAt = []
         self._bytesWritten = 0
         self._bytesSent = 0
         self._writeHooks = []
@@ -241,7 +244,8 @@ class _BatchingMixin:
             fileno = os.dup(_fileno(fileno))
         else:
             fileno = _HandedOver(_fileno(fileno))
-        self._descriptorQueue.append((self._bytesWritten, fileno))
+        self._queuedFds.append(fileno)
+        self._queuedAt.append(self._bytesWritten)
         self._maybePauseProducer()
         if not self._reading:
             # Inside doRead, the flush at its end sends it with the bytes
@@ -268,16 +272,7 @@ class _BatchingMixin:
             self._lending = True
             filenos = list(map(_Lent, filenos))
         else:
-            duplicates = []
-            try:
-                # os.dup makes close-on-exec duplicates (F_DUPFD_CLOEXEC), at
-                # half the cost of fcntl.fcntl; extend keeps those made
-                # before a failure, to be closed.
-                duplicates.extend(map(os.dup, filenos))
-            except BaseException:
-                close_all(duplicates)
-                raise
-            filenos = duplicates
+            filenos = duplicate_all(filenos)
         if not filenos:
             return
         if self._writeHooks:
@@ -287,7 +282,8 @@ class _BatchingMixin:
             # while the next is still on its way (otherwise every group would
             # go ahead of every box, and both ends would take turns).
             self._runWriteHooks()
-        self._descriptorQueue.extend(zip(repeat(self._bytesWritten), filenos))
+        self._queuedFds.extend(filenos)
+        self._queuedAt.extend(repeat(self._bytesWritten, len(filenos)))
         self._maybePauseProducer()
         if not self._reading:
             self.startWriting()
@@ -296,7 +292,7 @@ class _BatchingMixin:
         """
         A mark for L{_withdrawDescriptors}: where the queue ends now.
         """
-        return len(self._descriptorQueue)
+        return len(self._queuedFds)
 
     def _withdrawDescriptors(self, mark):
         """
@@ -305,13 +301,13 @@ class _BatchingMixin:
         duplicates are closed; handed-over and lent descriptors are the
         caller's again (the call that named them failed: nothing was taken).
         """
-        queue = self._descriptorQueue
-        withdrawn = [queue.pop()[1] for _ in range(len(queue) - mark)]
+        withdrawn = self._queuedFds[mark:]
+        del self._queuedFds[mark:], self._queuedAt[mark:]
         close_all([fd for fd in withdrawn if type(fd) is int])
 
     def _isSendBufferFull(self):
         return (
-            len(self._descriptorQueue) > self.maxQueuedDescriptors
+            len(self._queuedFds) > self.maxQueuedDescriptors
             or super()._isSendBufferFull()
         )
 
@@ -323,19 +319,19 @@ class _BatchingMixin:
         """
         view = memoryview(data)
         size = len(view)
-        queue = self._descriptorQueue
+        queuedFds, queuedAt = self._queuedFds, self._queuedAt
         fileno = self.socket.fileno()
         total = 0
         while total < size:
             length = size - total
-            queued = len(queue)
+            queued = len(queuedFds)
             if queued:
                 count = min(queued, MAX_FDS_PER_MESSAGE)
-                fds = [fd for position, fd in islice(queue, count)]
+                fds = queuedFds[:count]
                 if queued > count:
                     # The next group must still find a byte of the box that
                     # names it: stop this message where that box may begin.
-                    nextPosition = queue[count][0]
+                    nextPosition = queuedAt[count]
                     length = min(length, max(1, nextPosition - self._bytesSent))
             else:
                 count = 0
@@ -354,12 +350,11 @@ class _BatchingMixin:
             self._backOffDelay = 0
             if count:
                 # They went with the first byte: never again.
-                for _ in range(count):
-                    queue.popleft()
+                del queuedFds[:count], queuedAt[:count]
                 close_all(_owned(fds) if self._lending else fds)
             total += sent
             self._bytesSent += sent
-            if sent < length and not queue:
+            if sent < length and not queuedFds:
                 break
         return total
 
@@ -440,10 +435,9 @@ class _BatchingMixin:
         if self._backOffCall is not None:
             self._backOffCall.cancel()
             self._backOffCall = None
-        queue = self._descriptorQueue
-        if queue:
-            close_all(_owned([fd for position, fd in queue]))
-            queue.clear()
+        if self._queuedFds:
+            close_all(_owned(self._queuedFds))
+            del self._queuedFds[:], self._queuedAt[:]
         self._writeHooks = []
         # The receive buffers go now rather than when the collector breaks
         # this transport's cycle with its protocol: under connection churn

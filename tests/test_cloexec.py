@@ -124,9 +124,9 @@ class CloseOnExecTests(ReactorTestCase):
                 os.close(a)
                 os.close(b)
             yield settle(0)
-            if stalled.transport._descriptorQueue:
+            if stalled.transport._queuedFds:
                 break
-        queued = [fd for _, fd in stalled.transport._descriptorQueue]
+        queued = list(stalled.transport._queuedFds)
         self.assertTrue(queued, "the peer's socket never filled")
 
         library = received + queued + [

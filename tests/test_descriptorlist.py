@@ -381,7 +381,7 @@ class OwnershipTests(_Base):
         fds = newFiles(5)
         try:
             client.callRemote(TakeLent, fds=fds, n=1).addErrback(lambda f: None)
-            self.assertEqual(len(client.transport._descriptorQueue), 5)
+            self.assertEqual(len(client.transport._queuedFds), 5)
             client.transport.abortConnection()
             yield settle()
             for fd in fds:
@@ -445,7 +445,7 @@ class LimitTests(_Base):
             client.callRemote(command, fds=fds, n=1)
         # Nothing duplicated, nothing queued, no ordinal spent.
         self.assertEqual(openDescriptors(), before)
-        self.assertEqual(len(client.transport._descriptorQueue), 0)
+        self.assertEqual(len(client.transport._queuedFds), 0)
         self.assertEqual(client._sent, sent)
         result = yield client.callRemote(Hello, text="still here")
         self.assertEqual(result, {"text": "still here"})
@@ -496,7 +496,7 @@ class LimitTests(_Base):
             with self.assertRaises(OSError):
                 client.callRemote(TakeList, fds=fds + [notOpen], n=1)
             self.assertEqual(openDescriptors(), before)
-            self.assertEqual(len(client.transport._descriptorQueue), 0)
+            self.assertEqual(len(client.transport._queuedFds), 0)
             yield client.callRemote(TakeList, fds=fds, n=1)
             self.assertEqual(server.taken, [[identity(fd) for fd in fds]])
         finally:

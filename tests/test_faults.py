@@ -599,7 +599,7 @@ class PausingProducer:
             self.expected.append(found)
             self.calls.append(self.proto.callRemote(Take, fd=fd, n=len(self.calls)))
             os.close(fd)
-            self.queued.append(len(transport._descriptorQueue))
+            self.queued.append(len(transport._queuedFds))
             self.held.append(countDescriptors() - self.base)
         if len(self.calls) == self.total:
             self.done.callback(None)
@@ -671,7 +671,7 @@ class StalledPeerTests(ReactorTestCase):
         self.assertGreaterEqual(producer.resumes, 1)
         self.assertEqual([x["id"] for x in answers], producer.expected)
         self.assertEqual(server.taken, producer.total)
-        self.assertEqual(len(client.transport._descriptorQueue), 0)
+        self.assertEqual(len(client.transport._queuedFds), 0)
 
 
 class KilledPeerTests(ReactorTestCase):
@@ -734,9 +734,9 @@ class KilledPeerTests(ReactorTestCase):
                 for fd in fds:
                     os.close(fd)
             yield settle(0)
-            if p.transport._descriptorQueue:
+            if p.transport._queuedFds:
                 break
-        self.assertTrue(p.transport._descriptorQueue, "the child's socket never filled")
+        self.assertTrue(p.transport._queuedFds, "the child's socket never filled")
         os.kill(child.pid, signal.SIGKILL)
         child.wait(timeout=30)
         p.transport.startReading()
@@ -745,7 +745,7 @@ class KilledPeerTests(ReactorTestCase):
         results = yield defer.DeferredList(calls, consumeErrors=True)
         self.assertEqual({ok for ok, _ in results}, {False})
         self.assertEqual(p._descriptors, {})
-        self.assertEqual(len(transport._descriptorQueue), 0)
+        self.assertEqual(len(transport._queuedFds), 0)
         # No copy of a pipe we sent is left anywhere: not in our queue, not
         # in flight, not in the dead child.  Closing can lag the kill.
         for w in writeEnds:

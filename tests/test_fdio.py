@@ -2,6 +2,7 @@
 Tests for L{pyamp_fds.fdio}: real sockets, real descriptors, real kernel limits.
 """
 
+import errno
 import fcntl
 import json
 import os
@@ -207,6 +208,34 @@ class TestSendReceive:
         assertSameFiles(sent, received)
         assert not flags & socket.MSG_CTRUNC
         fdio.close_all(received)
+
+
+class TestDuplicateAll:
+    def test_duplicates(self, files):
+        """
+        Every descriptor is duplicated, in order, close-on-exec, and the
+        duplicates refer to the same files.
+        """
+        originals = files(300)
+        duplicates = fdio.duplicate_all(originals)
+        try:
+            assertSameFiles(originals, duplicates)
+            assert all(
+                fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC for fd in duplicates
+            )
+        finally:
+            fdio.close_all(duplicates)
+        assert fdio.duplicate_all([]) == []
+
+    def test_allOrNone(self, files):
+        """
+        A descriptor that cannot be duplicated raises its C{OSError}, and
+        none of the duplicates made before it is left open.
+        """
+        first, last = files(2)
+        with pytest.raises(OSError) as caught:
+            fdio.duplicate_all([first, -1, last])
+        assert caught.value.errno == errno.EBADF
 
 
 class TestFailures:

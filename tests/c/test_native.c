@@ -234,6 +234,33 @@ static void test_send_recv_max_fds(void) { send_and_receive(PAF_MAX_FDS_PER_MESS
 static void test_passcred_one_fd(void) { send_and_receive(1, 1); }
 static void test_passcred_max_fds(void) { send_and_receive(PAF_MAX_FDS_PER_MESSAGE, 1); }
 
+/* Duplicates are close-on-exec and refer to the same files; a bad
+ * descriptor midway leaves none of them open. */
+static void test_dup_all(void)
+{
+    int fds[3], dups[3], open_before;
+
+    make_files(fds, 3);
+    open_before = count_fds();
+    CHECK_EQ(paf_dup_all(fds, 3, dups), 0);
+    CHECK_EQ(count_fds(), open_before + 3);
+    for (int i = 0; i < 3; i++) {
+        struct stat a, b;
+
+        CHECK(fstat(fds[i], &a) == 0 && fstat(dups[i], &b) == 0);
+        CHECK(a.st_ino == b.st_ino && a.st_dev == b.st_dev);
+        CHECK(fcntl(dups[i], F_GETFD) & FD_CLOEXEC);
+    }
+    paf_close_all(dups, 3);
+    {
+        int bad[3] = { fds[0], -1, fds[2] };
+
+        CHECK_ERRNO(paf_dup_all(bad, 3, dups), EBADF);
+    }
+    CHECK_EQ(count_fds(), open_before);
+    paf_close_all(fds, 3);
+}
+
 static void test_passcred_no_fds(void)
 {
     int sv[2], got[4], nfds = -1, flags = -1, one = 1;
@@ -1377,6 +1404,7 @@ static const struct test tests[] = {
     TEST(test_send_recv_two_fds),
     TEST(test_send_recv_max_fds),
     TEST(test_passcred_no_fds),
+    TEST(test_dup_all),
     TEST(test_passcred_one_fd),
     TEST(test_passcred_max_fds),
     TEST(test_send_too_many_fds),
