@@ -10,7 +10,7 @@ BENCH_ARGS ?=
 SOAK_ARGS ?=
 FUZZ_SECONDS ?= 60
 
-.PHONY: all test bench soak sanitize fuzz clean
+.PHONY: all test bench soak sanitize fuzz lint clean
 
 all: $(INSTALLED)
 
@@ -85,6 +85,12 @@ sanitize: tests/c/build/test_native $(SANITIZE_PY)
 # FUZZ_SECONDS; see fuzz/run.sh.
 fuzz:
 	FUZZ_SECONDS=$(FUZZ_SECONDS) sh fuzz/run.sh
+
+# Pyflakes' checks over the Python, and the C under -Wall -Wextra -Werror.
+lint: $(INSTALLED)
+	$(PY) -m pip install -q ruff
+	$(PY) -m ruff check --no-cache --select F,E9 pyamp_fds tests benchmarks twisted
+	for c in csrc/*.c; do $(CC) -fsyntax-only $(CWARN) -Icsrc $$c || exit 1; done
 
 clean:
 	rm -rf $(VENV) $(SANITIZE_VENV) build *.egg-info pyamp_fds/_native.* pyamp_fds/__pycache__ \

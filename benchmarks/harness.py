@@ -10,7 +10,6 @@ targets to report.  Add one by putting a module in C{benchmarks/scenarios/}
 that defines C{SCENARIOS = [Scenario(...), ...]}.
 """
 
-import json
 import os
 import platform
 import statistics

@@ -37,7 +37,6 @@ from pyamp_fds.codec import (
     encode_boxes,
 )
 from pyamp_fds.errors import (
-    BoxTooLarge,
     DescriptorListTooLong,
     DescriptorsUnsupported,
     FramingError,

@@ -26,7 +26,6 @@ from itertools import repeat
 from twisted.internet import error, interfaces, main, tcp, unix
 from twisted.logger import Logger
 from twisted.python import log
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from pyamp_fds.errors import DescriptorsTruncated

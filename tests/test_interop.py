@@ -12,7 +12,6 @@ import sys
 import tempfile
 
 from twisted.internet import defer, endpoints, protocol, reactor
-from twisted.internet.error import ConnectionDone
 
 from pyamp_fds import endpoints as fastEndpoints
 from tests import peer

@@ -4,8 +4,6 @@ Tests for L{pyamp_fds.protocol}: AMP over real UNIX sockets on the reactor.
 
 import os
 import resource
-import socket
-import struct
 
 from twisted.internet import defer, error, protocol, reactor
 from twisted.protocols import amp
