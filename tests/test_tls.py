@@ -6,6 +6,7 @@ with stock peers.
 
 import os
 import tempfile
+import warnings
 
 import pytest
 from twisted.internet import defer, endpoints, protocol, reactor, ssl
@@ -19,15 +20,19 @@ from tests.test_protocol import Give, Hello, Take, makeResponder
 
 
 def selfSigned():
-    dn = ssl.DN(CN="pyamp_fds")
-    key = ssl.KeyPair.generate(size=2048)
-    request = key.certificateRequest(dn)
-    return key.newCertificate(
-        key.signCertificateRequest(dn, request, lambda dn: True, 1, digestAlgorithm="sha256")
-    )
+    # Twisted's certificate helpers still go through pyOpenSSL's deprecated
+    # API.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        dn = ssl.DN(CN="pyamp_fds")
+        key = ssl.KeyPair.generate(size=2048)
+        request = key.certificateRequest(dn)
+        return key.newCertificate(
+            key.signCertificateRequest(dn, request, lambda dn: True, 1, digestAlgorithm="sha256")
+        )
 
 
-# Twisted's certificate helpers still go through pyOpenSSL's deprecated API.
+# And so does the handshake.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 CERTIFICATE = selfSigned()
