@@ -271,14 +271,14 @@ class _Accelerated:
         they (the peer would hold them unclaimed; handed-over ones are ours
         to close), and their ordinals are given again.
         """
-        if not self._batching:
+        transport = self.transport
+        if not self._batching or transport is None:
             return spec.toStrings(objects, box, self)
-        sent, mark = self._sent, self.transport._descriptorMark()
+        sent, mark = self._sent, transport._descriptorMark()
         try:
             return spec.toStrings(objects, box, self)
         except BaseException:
-            if self.transport is not None:
-                self.transport._withdrawDescriptors(mark)
+            transport._withdrawDescriptors(mark)
             self._sent = sent
             raise
 

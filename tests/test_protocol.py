@@ -670,6 +670,20 @@ class AMPBehaviourTests(ReactorTestCase):
         yield self.assertFailure(waiting, error.ConnectionDone)
 
     @defer.inlineCallbacks
+    def test_callAfterLoss(self):
+        """
+        A call made once the connection is gone fails with the reason it
+        went, as in Twisted.
+        """
+        for clientCls, fast in ((amp.AMP, False), (pyamp_fds.AMP, True)):
+            client = clientCls()
+            peer = self.rawPeer(client, fast)
+            peer.close()
+            yield settle()
+            self.assertIsNone(client.transport)
+            yield self.assertFailure(client.callRemote(Hello, text="x"), error.ConnectionDone)
+
+    @defer.inlineCallbacks
     def test_protocolSwitch(self):
         """
         After a protocol switch, the bytes behind the switching box reach
