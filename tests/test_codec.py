@@ -91,6 +91,14 @@ class TestEncode:
         """
         assert encode_boxes(boxList) == serialize(boxList)
 
+    def test_anyIterable(self):
+        """
+        L{encode_boxes} takes any iterable of boxes, one box included.
+        """
+        boxes = [{b"a": b"1"}, {b"b": b"2"}]
+        assert encode_boxes(iter(boxes)) == serialize(boxes)
+        assert encode_boxes(iter(boxes[:1])) == serialize(boxes[:1])
+
     def test_empty(self):
         """
         An empty box is two zero bytes; no boxes at all is nothing.
