@@ -202,6 +202,12 @@ def encode_box(box):
 
 _LENGTH = Struct(">H").pack
 
+# Key tuples (as boxes hold them) and their sorted order, for encode_boxes:
+# a few dozen command shapes in steady traffic; bounded, since a peer's
+# traffic can carry any keys.
+_keyOrders = {}
+_KEY_ORDERS_KEPT = 256
+
 
 def encode_boxes(boxes):
     """
@@ -214,10 +220,20 @@ def encode_boxes(boxes):
         return encode_box(boxes[0])
     parts = []
     append = parts.append
+    orders = _keyOrders
     for box in boxes:
-        if b"" in box:
-            raise ValueError("an AMP key must not be empty: it would end the box")
-        for key in sorted(box):
+        # Boxes of one command have the same keys, in the same order: their
+        # sorted order is worked out once.
+        shape = tuple(box)
+        order = orders.get(shape)
+        if order is None:
+            if b"" in box:
+                raise ValueError("an AMP key must not be empty: it would end the box")
+            order = sorted(shape)
+            if len(orders) >= _KEY_ORDERS_KEPT:
+                orders.clear()
+            orders[shape] = order
+        for key in order:
             append(key)
             append(box[key])
         append(b"")

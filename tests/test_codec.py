@@ -99,6 +99,18 @@ class TestEncode:
         assert encode_boxes(iter(boxes)) == serialize(boxes)
         assert encode_boxes(iter(boxes[:1])) == serialize(boxes[:1])
 
+    def test_manyShapes(self):
+        """
+        Boxes of many different key sets encode as Twisted does, and the
+        sorted key orders kept for them stay bounded.
+        """
+        from pyamp_fds import codec
+
+        boxes = [{b"k%d" % i: b"v", b"a%d" % i: b"w"} for i in range(3 * codec._KEY_ORDERS_KEPT)]
+        for i in range(0, len(boxes), 2):
+            assert encode_boxes(boxes[i : i + 2]) == serialize(boxes[i : i + 2])
+        assert len(codec._keyOrders) <= codec._KEY_ORDERS_KEPT
+
     def test_empty(self):
         """
         An empty box is two zero bytes; no boxes at all is nothing.
