@@ -4,7 +4,10 @@ AMP commands and a peer program for the interoperability tests.
 Run as a program, it is one end of a connection, stock Twisted or
 pyamp_fds, serving or connecting on a UNIX socket path::
 
-    python -m tests.peer (stock|fast) (serve|connect|flood) PATH
+    python -m tests.peer (stock|fast) (serve|connect|flood) PATH [REACTOR]
+
+REACTOR (C{poll} or C{select}) runs it on that reactor instead of the
+default (epoll).
 
 Every descriptor it receives is checked against the file identity sent
 beside it, then closed.  It prints its open descriptor count when the
@@ -17,7 +20,15 @@ import os
 import sys
 import tempfile
 
-from twisted.internet import defer, endpoints, protocol, reactor
+if __name__ == "__main__" and len(sys.argv) > 4:
+    # Before anything imports the default reactor.
+    if sys.argv[4] == "poll":
+        from twisted.internet import pollreactor as chosen
+    else:
+        from twisted.internet import selectreactor as chosen
+    chosen.install()
+
+from twisted.internet import defer, endpoints, protocol, reactor  # noqa: E402
 from twisted.protocols import amp
 
 import pyamp_fds
@@ -160,7 +171,7 @@ KINDS = {
 }
 
 
-def main(kind, role, path):
+def main(kind, role, path, reactorName=None):
     peerClass, serverEndpoint, clientEndpoint = KINDS[kind]
     factory = protocol.Factory.forProtocol(peerClass)
 
@@ -183,6 +194,7 @@ def main(kind, role, path):
         if role == "flood":
             d.addCallback(flood)
     d.addErrback(lambda f: (f.printTraceback(), reactor.stop()))
+    print(json.dumps({"event": "reactor", "name": type(reactor).__name__}), flush=True)
     reactor.run()
 
 

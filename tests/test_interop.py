@@ -26,9 +26,15 @@ PARENT = {
 
 
 class InteropTests(ReactorTestCase):
-    def spawn(self, kind, role, path):
+    def setUp(self):
+        # The reactor each child reported running on.
+        self.childReactors = []
+        return super().setUp()
+
+    def spawn(self, kind, role, path, reactorName=None):
         child = subprocess.Popen(
-            [sys.executable, "-m", "tests.peer", kind, role, path],
+            [sys.executable, "-m", "tests.peer", kind, role, path]
+            + ([reactorName] if reactorName else []),
             cwd=ROOT,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -52,13 +58,15 @@ class InteropTests(ReactorTestCase):
         The child's descriptors once the connection was lost are the ones it
         had before the connection was made.
         """
-        events = {e["event"]: e["fds"] for e in self.childReports(child)}
+        reports = self.childReports(child)
+        self.childReactors.extend(r["name"] for r in reports if r["event"] == "reactor")
+        events = {e["event"]: e.get("fds") for e in reports}
         self.assertEqual(child.returncode, 0)
         # "made" counts the connection's socket, closed by "lost".
         self.assertEqual(events["lost"], events["made"] - 1)
 
     @defer.inlineCallbacks
-    def exchange(self, parentKind, childKind, parentServes):
+    def exchange(self, parentKind, childKind, parentServes, childReactor=None):
         proto, serverEndpoint, clientEndpoint = PARENT[parentKind]
         path = os.path.join(tempfile.mkdtemp(), "sock")
         connected = defer.Deferred()
@@ -75,10 +83,10 @@ class InteropTests(ReactorTestCase):
         if parentServes:
             port = yield serverEndpoint(reactor, path).listen(factory)
             self.addCleanup(port.stopListening)
-            child = self.spawn(childKind, "connect", path)
+            child = self.spawn(childKind, "connect", path, childReactor)
             p = yield connected
         else:
-            child = self.spawn(childKind, "serve", path)
+            child = self.spawn(childKind, "serve", path, childReactor)
             while not os.path.exists(path):
                 yield settle(0.02)
             p = yield clientEndpoint(reactor, path).connect(factory)
@@ -121,6 +129,17 @@ class InteropTests(ReactorTestCase):
         pyamp_fds at both ends.
         """
         return self.exchange("fast", "fast", parentServes=True)
+
+    @defer.inlineCallbacks
+    def test_otherReactors(self):
+        """
+        pyamp_fds on the poll and select reactors, serving and connecting,
+        against pyamp_fds on epoll.
+        """
+        for reactorName, reactorClass in [("poll", "PollReactor"), ("select", "SelectReactor")]:
+            for parentServes in (True, False):
+                yield self.exchange("fast", "fast", parentServes, childReactor=reactorName)
+                self.assertEqual(self.childReactors[-1], reactorClass)
 
     @defer.inlineCallbacks
     def test_peerKilledMidStream(self):
