@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 /* Room for a credentials message (SO_PASSCRED) beside the descriptors, so
@@ -18,10 +19,39 @@ union paf_cmsgbuf {
     struct cmsghdr align;
 };
 
+/*
+ * close_range(2) closes a run of consecutive descriptors in one system call:
+ * duplicates made one after another usually are such a run (the kernel
+ * hands out the lowest free numbers).  Only a run made wholly of the
+ * descriptors given is closed that way, so nothing else can be hit.
+ */
+static int close_run(int first, int last)
+{
+#ifdef SYS_close_range
+    /* Older kernels answer ENOSYS: the caller closes them one by one. */
+    return (int)syscall(SYS_close_range, (unsigned)first, (unsigned)last, 0u);
+#else
+    (void)first;
+    (void)last;
+    return -1;
+#endif
+}
+
 void paf_close_all(const int *fds, int n)
 {
-    for (int i = 0; i < n; i++)
-        close(fds[i]);
+    int i = 0;
+
+    while (i < n) {
+        int j = i + 1;
+
+        while (j < n && fds[j - 1] >= 0 && fds[j] == fds[j - 1] + 1)
+            j++;
+        if (j - i < 2 || fds[i] < 0 || close_run(fds[i], fds[j - 1]) < 0) {
+            for (; i < j; i++)
+                close(fds[i]);
+        }
+        i = j;
+    }
 }
 
 int paf_dup_all(const int *fds, int n, int *out)

@@ -43,7 +43,8 @@ ssize_t paf_recvmsg(int sockfd, void *buf, size_t len,
  */
 int paf_dup_all(const int *fds, int n, int *out);
 
-/* Closes n descriptors, ignoring errors (EINTR on close must not be retried on Linux). */
+/* Closes n descriptors, ignoring errors (EINTR on close must not be retried on
+ * Linux); runs of consecutive numbers in one close_range(2) where the kernel has it. */
 void paf_close_all(const int *fds, int n);
 
 #endif

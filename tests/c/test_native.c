@@ -261,6 +261,30 @@ static void test_dup_all(void)
     paf_close_all(fds, 3);
 }
 
+/* A run of consecutive descriptors goes in one close_range: exactly those,
+ * not the neighbours on either side; scattered ones and bad ones too. */
+static void test_close_all_runs(void)
+{
+    int fds[8], open_before;
+
+    make_files(fds, 8);
+    open_before = count_fds();
+    /* fds are consecutive: close the middle six, then a scattered pair
+     * mixed with a bad descriptor. */
+    for (int i = 1; i < 7; i++)
+        CHECK_EQ(fds[i], fds[0] + i);
+    paf_close_all(fds + 1, 6);
+    CHECK_EQ(count_fds(), open_before - 6);
+    CHECK(fcntl(fds[0], F_GETFD) >= 0);
+    CHECK(fcntl(fds[7], F_GETFD) >= 0);
+    {
+        int rest[3] = { fds[7], -1, fds[0] };
+
+        paf_close_all(rest, 3);
+    }
+    CHECK_EQ(count_fds(), open_before - 8);
+}
+
 static void test_passcred_no_fds(void)
 {
     int sv[2], got[4], nfds = -1, flags = -1, one = 1;
@@ -1405,6 +1429,7 @@ static const struct test tests[] = {
     TEST(test_send_recv_max_fds),
     TEST(test_passcred_no_fds),
     TEST(test_dup_all),
+    TEST(test_close_all_runs),
     TEST(test_passcred_one_fd),
     TEST(test_passcred_max_fds),
     TEST(test_send_too_many_fds),
