@@ -35,8 +35,10 @@ _uninitialized = ffi.new_allocator(should_clear_after_alloc=False)
 _BYTES_LIKE = (bytes, bytearray, memoryview)
 
 
-def _fileno(obj):
-    return obj if isinstance(obj, int) else obj.fileno()
+def _fileno(descriptor):
+    # The number of a descriptor given as an int or an object with fileno();
+    # the package's other modules use this one too.
+    return descriptor if isinstance(descriptor, int) else descriptor.fileno()
 
 
 # Packing ints with struct is several times faster than cffi's or array's

@@ -45,16 +45,13 @@ from pyamp_fds.errors import (
     TooManyUnclaimedDescriptors,
     UnknownDescriptor,
 )
-from pyamp_fds.fdio import MAX_FDS_PER_MESSAGE, close_all
+from pyamp_fds.fdio import MAX_FDS_PER_MESSAGE, close_all, _fileno
 from pyamp_fds.transport import isBatching
 
 __all__ = ["AMP", "BinaryBoxProtocol", "Descriptor", "DescriptorList"]
 
 _log = Logger()
 
-
-def _fileno(descriptor):
-    return descriptor if isinstance(descriptor, int) else descriptor.fileno()
 
 
 class _Accelerated:

@@ -29,7 +29,14 @@ from twisted.python import log
 from zope.interface import implementer
 
 from pyamp_fds.errors import DescriptorsTruncated
-from pyamp_fds.fdio import MAX_FDS_PER_MESSAGE, Receiver, close_all, duplicate_all, send_with_fds
+from pyamp_fds.fdio import (
+    MAX_FDS_PER_MESSAGE,
+    Receiver,
+    close_all,
+    duplicate_all,
+    send_with_fds,
+)
+from pyamp_fds.fdio import _fileno
 
 __all__ = ["Server", "Client", "Port", "Connector", "PeerCredentials", "isBatching"]
 
@@ -43,9 +50,6 @@ _BACK_OFF = (errno.ENOBUFS, errno.ETOOMANYREFS)
 _FIRST_BACK_OFF = 0.001
 _LONGEST_BACK_OFF = 0.1
 
-
-def _fileno(descriptor):
-    return descriptor if isinstance(descriptor, int) else descriptor.fileno()
 
 
 class PeerCredentials(namedtuple("PeerCredentials", "pid uid gid")):
