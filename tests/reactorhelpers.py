@@ -5,9 +5,12 @@ Real sockets on the real reactor, for tests of the Twisted layer.
 import socket
 
 from twisted.internet import defer, protocol, reactor, task, tcp
+from twisted.protocols import amp
 from twisted.trial import unittest
 
 from pyamp_fds.endpoints import adoptStreamConnection
+import pyamp_fds
+from pyamp_fds.errors import DescriptorProtocolError
 from tests.fdcheck import assertNoNewDescriptors, openDescriptors
 
 
@@ -105,3 +108,49 @@ class ReactorTestCase(unittest.TestCase):
             if proto.transport is not None:
                 proto.transport.loseConnection()
         return settle(0.01)
+
+
+class _Waiting(amp.Command):
+    arguments = [(b"text", amp.Unicode())]
+    response = []
+
+
+class BadPeerMixin:
+    """
+    For a L{ReactorTestCase} whose tests play a peer that breaks the rules
+    on a plain socket.
+
+    @ivar responderClass: the protocol under test, by default: a
+        L{pyamp_fds.AMP} with a C{taken} list of what its responders took.
+    """
+
+    responderClass = None
+
+    def box(self, **fields):
+        """
+        An encoded box of these fields (values as bytes, or anything whose
+        C{str} is the value).
+        """
+        return pyamp_fds.encode_box(
+            {k.encode(): v if isinstance(v, bytes) else str(v).encode() for k, v in fields.items()}
+        )
+
+    @defer.inlineCallbacks
+    def assertProtocolError(self, errorType, send, proto=None, taken=0):
+        """
+        After C{send(peer)}, the connection is lost, a call that was waiting
+        fails with C{errorType}, no descriptor is held, and C{taken} boxes
+        (none by default) reached a responder.
+        """
+        proto = proto or self.responderClass()
+        peer = self.rawPeer(proto)
+        lost = watchLost(proto)
+        waiting = proto.callRemote(_Waiting, text="waiting")
+        send(peer)
+        yield lost
+        yield self.assertFailure(waiting, errorType)
+        self.assertEqual(proto._descriptors, {})
+        self.assertEqual(proto._claimedInBox, [])
+        self.assertEqual(len(proto.taken), taken)
+        # Twisted's responder path logs the responder's failure too.
+        self.flushLoggedErrors(DescriptorProtocolError)

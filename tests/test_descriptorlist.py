@@ -16,13 +16,12 @@ from pyamp_fds import fdio, transport
 from pyamp_fds.codec import BoxDecoder
 from pyamp_fds.errors import (
     DescriptorListTooLong,
-    DescriptorProtocolError,
     DescriptorsUnsupported,
     InvalidDescriptorOrdinal,
     UnknownDescriptor,
 )
 from tests.fdcheck import identity, openDescriptors
-from tests.reactorhelpers import ReactorTestCase, settle, watchLost
+from tests.reactorhelpers import BadPeerMixin, ReactorTestCase, settle
 
 
 def newFiles(count):
@@ -510,31 +509,13 @@ class LimitTests(_Base):
         self.assertRaises(ValueError, pyamp_fds.DescriptorList, maxDescriptors=253 * 65535 + 1)
 
 
-class BadPeerTests(_Base):
+class BadPeerTests(BadPeerMixin, _Base):
     """
     A peer sending bad lists: the connection is closed, every descriptor it
     held is closed, and the calls waiting fail with a distinct error.
     """
 
-    def box(self, **fields):
-        return pyamp_fds.encode_box(
-            {k.encode(): v if isinstance(v, bytes) else str(v).encode() for k, v in fields.items()}
-        )
-
-    @defer.inlineCallbacks
-    def assertProtocolError(self, errorType, send, proto=None, taken=0):
-        proto = proto or FastResponder()
-        peer = self.rawPeer(proto)
-        lost = watchLost(proto)
-        waiting = proto.callRemote(Hello, text="waiting")
-        send(peer)
-        yield lost
-        yield self.assertFailure(waiting, errorType)
-        self.assertEqual(proto._descriptors, {})
-        self.assertEqual(proto._claimedInBox, [])
-        # No box at fault reached its responder.
-        self.assertEqual(len(proto.taken), taken)
-        self.flushLoggedErrors(DescriptorProtocolError)
+    responderClass = FastResponder
 
     def sendList(self, value, count=2):
         def send(peer):

@@ -20,7 +20,7 @@ from pyamp_fds.errors import (
     UnknownDescriptor,
 )
 from tests.fdcheck import identity, openDescriptors
-from tests.reactorhelpers import ReactorTestCase, settle, watchLost
+from tests.reactorhelpers import BadPeerMixin, ReactorTestCase, settle, watchLost
 
 
 class Take(amp.Command):
@@ -407,29 +407,13 @@ class DescriptorTests(ReactorTestCase):
             client.callRemote(Take, fd=0, n=1)
 
 
-class BadPeerTests(ReactorTestCase):
+class BadPeerTests(BadPeerMixin, ReactorTestCase):
     """
     A peer that breaks the rules: the connection is closed, every descriptor
     it held is closed, and the calls waiting fail with a distinct error.
     """
 
-    def box(self, **fields):
-        return pyamp_fds.encode_box(
-            {k.encode(): v if isinstance(v, bytes) else str(v).encode() for k, v in fields.items()}
-        )
-
-    @defer.inlineCallbacks
-    def assertProtocolError(self, errorType, send, proto=None):
-        proto = proto or FastResponder()
-        peer = self.rawPeer(proto)
-        lost = watchLost(proto)
-        waiting = proto.callRemote(Hello, text="waiting")
-        send(peer)
-        yield lost
-        yield self.assertFailure(waiting, errorType)
-        self.assertEqual(proto._descriptors, {})
-        # Twisted's responder path logs the responder's failure too.
-        self.flushLoggedErrors(DescriptorProtocolError)
+    responderClass = FastResponder
 
     def test_unknownOrdinal(self):
         """
