@@ -255,6 +255,14 @@ class _Accelerated:
         self._claimedInBox.append(descriptor)
         return descriptor
 
+    def _dropClaimed(self):
+        """
+        Close the descriptors the box being dispatched has claimed: its
+        arguments failed to parse, so no responder or caller will own them.
+        """
+        claimed, self._claimedInBox = self._claimedInBox, []
+        close_all(claimed)
+
     def _closeUnclaimed(self):
         held = list(self._descriptors.values()) + self._claimedInBox
         self._descriptors.clear()
@@ -446,7 +454,9 @@ class AMP(_Accelerated, amp.AMP):
             else:
                 kw = command.parseArguments(box, self)
         except BaseException:
-            return self._answerByTwisted(box, fail())
+            failure = fail()
+            self._dropClaimed()
+            return self._answerByTwisted(box, failure)
         try:
             result = responderFunc(self, **kw)
         except BaseException:
@@ -545,7 +555,9 @@ class AMP(_Accelerated, amp.AMP):
         try:
             result = plan.parseResponse(box, self)
         except BaseException:
-            question.errback(Failure())
+            failure = Failure()
+            self._dropClaimed()
+            question.errback(failure)
         else:
             question.callback(result)
 

@@ -458,6 +458,36 @@ class BadPeerTests(BadPeerMixin, ReactorTestCase):
 
         return self.assertProtocolError(UnknownDescriptor, send)
 
+    @defer.inlineCallbacks
+    def test_argumentFailsAfterDescriptor(self):
+        """
+        A command whose descriptor arrived but whose next argument does not
+        parse is answered with Twisted's error (an unknown one: the
+        connection is then closed, as in Twisted), and the descriptor it
+        claimed is closed at once: no responder will own it.
+        """
+        server = FastResponder()
+        peer = self.rawPeer(server)
+        fdio.send_with_fds(peer, self.box(_ask="1", _command="Take", fd=0, n="zz"), [0])
+        yield settle()
+        self.flushLoggedErrors(ValueError)
+        self.assertEqual((server.taken, server._descriptors, server._claimedInBox), ([], {}, []))
+        self.assertIn(b"UNKNOWN", peer.recv(1000))
+
+    @defer.inlineCallbacks
+    def test_answerFailsAfterDescriptor(self):
+        """
+        An answer whose descriptor arrived but whose next value does not
+        parse fails the call, as in Twisted, and the descriptor it claimed
+        is closed.
+        """
+        client = pyamp_fds.AMP()
+        peer = self.rawPeer(client)
+        waiting = client.callRemote(Give)
+        fdio.send_with_fds(peer, self.box(_answer="1", fd=0, inode="zz"), [0])
+        yield self.assertFailure(waiting, ValueError)
+        self.assertEqual((client._descriptors, client._claimedInBox), ({}, []))
+
     def test_tooManyUnclaimed(self):
         """
         A peer flooding descriptors that no box claims is cut off at the
