@@ -508,6 +508,26 @@ class AMP(_Accelerated, amp.AMP):
             return prepared
         return super().dispatchCommand(box)
 
+    def _wrapWithSerialization(self, aCallable, command):
+        # Twisted's chain, for responders found by an overridden
+        # locateResponder: its doit raises only when the arguments fail to
+        # parse (the responder's own failures go into its Deferred), and
+        # then the descriptors they claimed have no owner.
+        def responder(**kw):
+            self._claimedInBox = []
+            return aCallable(**kw)
+
+        doit = super()._wrapWithSerialization(responder, command)
+
+        def parseOrDrop(box):
+            try:
+                return doit(box)
+            except BaseException:
+                self._dropClaimed()
+                raise
+
+        return parseOrDrop
+
     # Calling
 
     def callRemote(self, commandType, *a, **kw):

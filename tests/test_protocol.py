@@ -475,6 +475,34 @@ class BadPeerTests(BadPeerMixin, ReactorTestCase):
         self.assertIn(b"UNKNOWN", peer.recv(1000))
 
     @defer.inlineCallbacks
+    def test_argumentFailsAfterDescriptorOwnLocator(self):
+        """
+        The same through Twisted's own dispatch chain, which a protocol
+        that finds its responders itself (an overridden C{locateResponder})
+        goes through.
+        """
+
+        class Finder(FastResponder):
+            def locateResponder(self, name):
+                return super().locateResponder(name)
+
+        server = Finder()
+        peer = self.rawPeer(server)
+        fdio.send_with_fds(peer, self.box(_ask="1", _command="Take", fd=0, n="zz"), [0])
+        yield settle()
+        self.flushLoggedErrors(ValueError)
+        self.assertEqual((server.taken, server._descriptors, server._claimedInBox), ([], {}, []))
+        self.assertIn(b"UNKNOWN", peer.recv(1000))
+        # And a box that parses still reaches the responder, descriptor and all.
+        server = Finder()
+        client = pyamp_fds.AMP()
+        self.connect(server, client)
+        fd = os.open("/dev/null", os.O_RDONLY)
+        self.addCleanup(os.close, fd)
+        answer = yield client.callRemote(Take, fd=fd, n=3)
+        self.assertEqual((answer, server.taken), ({"n": 3}, [identity(fd)]))
+
+    @defer.inlineCallbacks
     def test_answerFailsAfterDescriptor(self):
         """
         An answer whose descriptor arrived but whose next value does not
