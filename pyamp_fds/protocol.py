@@ -123,8 +123,8 @@ class _Accelerated:
         self._dispatching = True
         try:
             for index, box in enumerate(boxes):
-                self._claimedInBox = []
                 receiver.ampBoxReceived(box)
+                # What the box claimed is its responder's (or its caller's) now.
                 self._claimedInBox = []
                 if every and index % every == every - 1 and self._outgoing:
                     self.transport.flushNow()
