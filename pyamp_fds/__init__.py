@@ -27,7 +27,10 @@ from pyamp_fds.fdio import (
     recv_with_fds,
     send_with_fds,
 )
-from pyamp_fds.protocol import AMP, BinaryBoxProtocol, Descriptor, DescriptorList
+from pyamp_fds.arguments import Descriptor, DescriptorList
+from pyamp_fds.interfaces import IBatchingTransport, IFileDescriptorsReceiver
+from pyamp_fds.outgoing import Ownership
+from pyamp_fds.protocol import AMP, BinaryBoxProtocol
 
 __version__ = "0.1.0"
 
@@ -36,6 +39,9 @@ __all__ = [
     "BinaryBoxProtocol",
     "Descriptor",
     "DescriptorList",
+    "IBatchingTransport",
+    "IFileDescriptorsReceiver",
+    "Ownership",
     "MAX_FDS_PER_MESSAGE",
     "BoxDecoder",
     "BoxTooLarge",

@@ -14,7 +14,7 @@ are C{fdunix:}, with the keywords of Twisted's C{unix:}::
 
 import socket
 
-from twisted.internet import defer, endpoints
+from twisted.internet import endpoints
 from twisted.internet.interfaces import (
     IStreamClientEndpointStringParserWithReactor,
     IStreamServerEndpointStringParser,
@@ -22,7 +22,9 @@ from twisted.internet.interfaces import (
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-from pyamp_fds.transport import Connector, Port, Server
+from pyamp_fds import _twisted
+from pyamp_fds.credentials import Port
+from pyamp_fds.transport import Connector, Server
 
 __all__ = [
     "UNIXServerEndpoint",
@@ -80,7 +82,8 @@ def adoptStreamConnection(reactor, fileDescriptor, factory):
     the caller still owns C{fileDescriptor} and should close it.  The socket
     is made non-blocking.
 
-    @return: the transport, or L{None} if the factory built no protocol.
+    @return: the transport (a L{Server}; its protocol is its C{protocol}),
+        or L{None} if the factory built no protocol.
     """
     fileno = fileDescriptor if isinstance(fileDescriptor, int) else fileDescriptor.fileno()
     sock = socket.socket(fileno=fileno)
@@ -90,7 +93,39 @@ def adoptStreamConnection(reactor, fileDescriptor, factory):
         sock.setblocking(False)
     finally:
         sock.detach()
-    return Server._fromConnectedSocket(fileno, factory, reactor)
+    return _twisted.adoptConnectedSocket(Server, fileno, factory, reactor)
+
+
+class _BatchingUNIXReactor:
+    """
+    A reactor whose C{listenUNIX} and C{connectUNIX} make pyamp_fds's ports
+    and connectors: Twisted's own UNIX endpoints, given one, make batching
+    transports without any of their code copied.  Everything else is the
+    wrapped reactor's.
+    """
+
+    def __init__(self, reactor, allowedUIDs=None, allowedGIDs=None):
+        self._reactor = reactor
+        self._allowedUIDs = allowedUIDs
+        self._allowedGIDs = allowedGIDs
+
+    def listenUNIX(self, address, factory, backlog=50, mode=0o666, wantPID=0):
+        return listenUNIX(
+            self._reactor,
+            address,
+            factory,
+            backlog,
+            mode,
+            wantPID,
+            self._allowedUIDs,
+            self._allowedGIDs,
+        )
+
+    def connectUNIX(self, address, factory, timeout=30, checkPID=0):
+        return connectUNIX(self._reactor, address, factory, timeout, checkPID)
+
+    def __getattr__(self, name):
+        return getattr(self._reactor, name)
 
 
 class UNIXServerEndpoint(endpoints.UNIXServerEndpoint):
@@ -98,6 +133,8 @@ class UNIXServerEndpoint(endpoints.UNIXServerEndpoint):
     A UNIX socket server endpoint producing batching transports, admitting
     every peer the socket file's mode lets in, or only the users and groups
     given (see L{listenUNIX}).
+
+    The arguments are kept as read-only attributes of the same names.
     """
 
     def __init__(
@@ -110,42 +147,42 @@ class UNIXServerEndpoint(endpoints.UNIXServerEndpoint):
         allowedUIDs=None,
         allowedGIDs=None,
     ):
-        endpoints.UNIXServerEndpoint.__init__(self, reactor, address, backlog, mode, wantPID)
-        self._allowedUIDs = allowedUIDs
-        self._allowedGIDs = allowedGIDs
-
-    def listen(self, protocolFactory):
-        return defer.execute(
-            listenUNIX,
-            self._reactor,
-            self._address,
-            protocolFactory,
-            backlog=self._backlog,
-            mode=self._mode,
-            wantPID=self._wantPID,
-            allowedUIDs=self._allowedUIDs,
-            allowedGIDs=self._allowedGIDs,
+        endpoints.UNIXServerEndpoint.__init__(
+            self,
+            _BatchingUNIXReactor(reactor, allowedUIDs, allowedGIDs),
+            address,
+            backlog,
+            mode,
+            wantPID,
         )
+        self._arguments = (reactor, address, backlog, mode, wantPID, allowedUIDs, allowedGIDs)
+
+    reactor = property(lambda self: self._arguments[0])
+    address = property(lambda self: self._arguments[1])
+    backlog = property(lambda self: self._arguments[2])
+    mode = property(lambda self: self._arguments[3])
+    wantPID = property(lambda self: self._arguments[4])
+    allowedUIDs = property(lambda self: self._arguments[5])
+    allowedGIDs = property(lambda self: self._arguments[6])
 
 
 class UNIXClientEndpoint(endpoints.UNIXClientEndpoint):
     """
     A UNIX socket client endpoint producing batching transports.
+
+    The arguments are kept as read-only attributes of the same names.
     """
 
-    def connect(self, protocolFactory):
-        try:
-            wrapping = endpoints._WrappingFactory(protocolFactory)
-            connectUNIX(
-                self._reactor,
-                self._path,
-                wrapping,
-                timeout=self._timeout,
-                checkPID=self._checkPID,
-            )
-            return wrapping._onConnection
-        except BaseException:
-            return defer.fail()
+    def __init__(self, reactor, path, timeout=30, checkPID=0):
+        endpoints.UNIXClientEndpoint.__init__(
+            self, _BatchingUNIXReactor(reactor), path, timeout, checkPID
+        )
+        self._arguments = (reactor, path, timeout, checkPID)
+
+    reactor = property(lambda self: self._arguments[0])
+    path = property(lambda self: self._arguments[1])
+    timeout = property(lambda self: self._arguments[2])
+    checkPID = property(lambda self: self._arguments[3])
 
 
 def _flag(value):

@@ -3,12 +3,13 @@
 UNIX stream transports that pass descriptors in batches.
 
 L{Server} and L{Client} are Twisted's C{unix.Server} and C{unix.Client}
-(L{IUNIXTransport} providers) with the descriptor path replaced:
+(L{IUNIXTransport} providers) with the descriptor path replaced; they
+provide L{IBatchingTransport}:
 
   - C{sendFileDescriptor} queues the descriptor with its place in the byte
-    stream; a write sends the buffered bytes and the queued descriptors
-    together, up to 253 descriptors a C{sendmsg}, each descriptor going with
-    a byte no later than the box that names it.
+    stream (an L{OutgoingDescriptors}); a write sends the buffered bytes and
+    the queued descriptors together, up to 253 descriptors a C{sendmsg},
+    each descriptor going with a byte no later than the box that names it.
   - A read takes everything available (64 KiB) with room for 253
     descriptors, close-on-exec, hands the descriptors to the protocol in one
     batch and in order, then the bytes.
@@ -17,28 +18,19 @@ The wire is the same as Twisted's, so either end may be stock Twisted.
 """
 
 import errno
-import os
-import socket
-import struct
-from collections import namedtuple
-from itertools import repeat
 
-from twisted.internet import error, interfaces, main, tcp, unix
+from twisted.internet import error, interfaces, main, unix
 from twisted.logger import Logger
-from twisted.python import log
 from zope.interface import implementer
 
+from pyamp_fds import _twisted
+from pyamp_fds.credentials import readPeerCredentials
 from pyamp_fds.errors import DescriptorsTruncated
-from pyamp_fds.fdio import (
-    MAX_FDS_PER_MESSAGE,
-    Receiver,
-    close_all,
-    duplicate_all,
-    send_with_fds,
-)
-from pyamp_fds.fdio import _fileno
+from pyamp_fds.fdio import MAX_FDS_PER_MESSAGE, Receiver, _fileno, close_all, send_with_fds
+from pyamp_fds.interfaces import IBatchingTransport, IFileDescriptorsReceiver
+from pyamp_fds.outgoing import Ownership, OutgoingDescriptors
 
-__all__ = ["Server", "Client", "Port", "Connector", "PeerCredentials", "isBatching"]
+__all__ = ["Server", "Client", "Connector"]
 
 _log = Logger()
 
@@ -50,50 +42,11 @@ _BACK_OFF = (errno.ENOBUFS, errno.ETOOMANYREFS)
 _FIRST_BACK_OFF = 0.001
 _LONGEST_BACK_OFF = 0.1
 
+_DUPLICATE = Ownership.DUPLICATE
+_HANDED_OVER = Ownership.HANDED_OVER
 
 
-class PeerCredentials(namedtuple("PeerCredentials", "pid uid gid")):
-    """
-    The process at the other end of a UNIX socket connection, as the kernel
-    recorded it (C{SO_PEERCRED}) when that process connected, listened, or
-    made the socket pair: its process id, effective user id and effective
-    group id (not its supplementary groups).
-    """
-
-
-_UCRED = struct.Struct("3i")
-
-
-class _Lent(int):
-    """
-    A queued descriptor that is the caller's, not a duplicate: sent, but
-    never closed here.
-    """
-
-    __slots__ = ()
-
-
-class _HandedOver(int):
-    """
-    A queued descriptor handed over by the caller: closed once sent, or
-    when the connection is lost first, but given back (left open) if the box
-    that names it is withdrawn before it was sent.
-    """
-
-    __slots__ = ()
-
-
-def _owned(fds):
-    return [fd for fd in fds if type(fd) is not _Lent]
-
-
-def _readPeerCredentials(skt):
-    return PeerCredentials._make(
-        _UCRED.unpack(skt.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
-    )
-
-
-class _BatchingMixin:
+class _Batching(_twisted.TransportHooks):
     """
     The descriptor path shared by L{Server} and L{Client}.
 
@@ -111,19 +64,21 @@ class _BatchingMixin:
     _backOffDelay = 0
     _backOffCall = None
     _reading = False
-    _lending = False
 
     def _initBatching(self):
-        # The descriptors queued, in order (ours to close once sent: a
-        # duplicate or one handed over, unless lent), and for each the
-        # stream position of the bytes written after it was queued: it
-        # must travel no later than those.
-        self._queuedFds = []
-        self._queuedAt = []
+        self._queue = OutgoingDescriptors()
+        # Stream positions: bytes written to this transport, and bytes sent.
         self._bytesWritten = 0
         self._bytesSent = 0
         self._writeHooks = []
         self._receiver = Receiver(self.bufferSize)
+
+    @property
+    def queuedDescriptors(self):
+        """
+        The descriptors queued and not yet sent, in order (a copy).
+        """
+        return self._queue.descriptors
 
     def getPeerCredentials(self):
         """
@@ -143,8 +98,15 @@ class _BatchingMixin:
                     errno.ENOTCONN,
                     "the connection is closed: its peer's credentials were not read while open",
                 )
-            credentials = self._peerCredentials = _readPeerCredentials(skt)
+            credentials = self._peerCredentials = readPeerCredentials(skt)
         return credentials
+
+    def peerCredentialsRead(self, credentials):
+        """
+        The listening port read the peer's credentials when it accepted the
+        connection: keep them rather than asking again.
+        """
+        self._peerCredentials = credentials
 
     # Writing
 
@@ -197,12 +159,7 @@ class _BatchingMixin:
         socket when nothing older is buffered, so that neither a trip
         through the reactor nor registering for writability is needed.
         """
-        if (
-            self.TLS
-            or self._tempDataLen
-            or len(self.dataBuffer) > self.offset
-            or len(self._writeHooks) != 1
-        ):
+        if self.TLS or len(self._writeHooks) != 1 or _twisted.hasBufferedOutput(self):
             # After startTLS the bytes must go through the TLS layer.
             result = self.doWrite()
         else:
@@ -241,41 +198,28 @@ class _BatchingMixin:
         """
         if not self.connected:
             raise error.ConnectionLost()
-        if not transfer:
-            # os.dup makes a close-on-exec duplicate (F_DUPFD_CLOEXEC), at
-            # half the cost of calling fcntl.fcntl for it.
-            fileno = os.dup(_fileno(fileno))
-        else:
-            fileno = _HandedOver(_fileno(fileno))
-        self._queuedFds.append(fileno)
-        self._queuedAt.append(self._bytesWritten)
-        self._maybePauseProducer()
+        self._queue.enqueue(
+            [_fileno(fileno)], self._bytesWritten, _HANDED_OVER if transfer else _DUPLICATE
+        )
+        self.pauseProducerIfFull()
         if not self._reading:
             # Inside doRead, the flush at its end sends it with the bytes
             # that name it, without registering for writability.
             self.startWriting()
 
-    def sendFileDescriptors(self, filenos, transfer=False, duplicate=True):
+    def sendFileDescriptors(self, filenos, ownership=_DUPLICATE):
         """
-        Queue several descriptors at once, all or none: as many calls to
-        L{sendFileDescriptor}, except that if one cannot be duplicated, the
-        duplicates already made are closed and nothing is queued.
+        Queue several descriptors at once, all or none.
 
         @param filenos: a sequence of descriptors (ints).
-        @param duplicate: if false (and C{transfer} too), the descriptors
-            themselves are queued and left open: Twisted's own rule, the
-            caller must keep them open until they have been sent.
-        @raise ConnectionLost: as L{sendFileDescriptor}.
+        @param ownership: an L{Ownership}: duplicates made here (the
+            default), the descriptors handed over, or lent (Twisted's own
+            rule: the caller keeps them open until they have been sent).
+        @raise ConnectionLost: nothing was queued.
+        @raise OSError: a duplicate could not be made; nothing was queued.
         """
         if not self.connected:
             raise error.ConnectionLost()
-        if transfer:
-            filenos = list(map(_HandedOver, filenos))
-        elif not duplicate:
-            self._lending = True
-            filenos = list(map(_Lent, filenos))
-        else:
-            filenos = duplicate_all(filenos)
         if not filenos:
             return
         if self._writeHooks:
@@ -285,34 +229,31 @@ class _BatchingMixin:
             # while the next is still on its way (otherwise every group would
             # go ahead of every box, and both ends would take turns).
             self._runWriteHooks()
-        self._queuedFds.extend(filenos)
-        self._queuedAt.extend(repeat(self._bytesWritten, len(filenos)))
-        self._maybePauseProducer()
+        self._queue.enqueue(filenos, self._bytesWritten, ownership)
+        self.pauseProducerIfFull()
         if not self._reading:
             self.startWriting()
 
-    def _descriptorMark(self):
+    def descriptorMark(self):
         """
-        A mark for L{_withdrawDescriptors}: where the queue ends now.
+        A mark for L{withdrawDescriptors}: where the queue ends now.
         """
-        return len(self._queuedFds)
+        return self._queue.mark()
 
-    def _withdrawDescriptors(self, mark):
+    def withdrawDescriptors(self, mark):
         """
-        Take back every descriptor queued since C{mark} was taken, none of
-        which has been sent yet: the box that named them will not be.  Our
-        duplicates are closed; handed-over and lent descriptors are the
-        caller's again (the call that named them failed: nothing was taken).
+        Take back every descriptor queued since C{mark}, none of which has
+        been sent yet: the box that named them will not be.  Our duplicates
+        are closed; handed-over and lent descriptors are the caller's again
+        (the call that named them failed: nothing was taken).
         """
-        withdrawn = self._queuedFds[mark:]
-        del self._queuedFds[mark:], self._queuedAt[mark:]
-        close_all([fd for fd in withdrawn if type(fd) is int])
+        self._queue.withdraw(mark)
 
-    def _isSendBufferFull(self):
-        return (
-            len(self._queuedFds) > self.maxQueuedDescriptors
-            or super()._isSendBufferFull()
-        )
+    def sendBufferFull(self):
+        """
+        Whether more descriptors are queued than L{maxQueuedDescriptors}.
+        """
+        return len(self._queue) > self.maxQueuedDescriptors
 
     def writeSomeData(self, data):
         """
@@ -322,22 +263,18 @@ class _BatchingMixin:
         """
         view = memoryview(data)
         size = len(view)
-        queuedFds, queuedAt = self._queuedFds, self._queuedAt
+        queue = self._queue
         fileno = self.socket.fileno()
         total = 0
         while total < size:
             length = size - total
-            queued = len(queuedFds)
-            if queued:
-                count = min(queued, MAX_FDS_PER_MESSAGE)
-                fds = queuedFds[:count]
-                if queued > count:
+            if queue:
+                fds, limit = queue.nextGroup(self._bytesSent)
+                if limit is not None and limit < length:
                     # The next group must still find a byte of the box that
                     # names it: stop this message where that box may begin.
-                    nextPosition = queuedAt[count]
-                    length = min(length, max(1, nextPosition - self._bytesSent))
+                    length = limit
             else:
-                count = 0
                 fds = ()
             try:
                 sent, _ = send_with_fds(fileno, view[total : total + length], fds)
@@ -351,13 +288,12 @@ class _BatchingMixin:
             finally:
                 self.sendmsgCalls += 1
             self._backOffDelay = 0
-            if count:
+            if fds:
                 # They went with the first byte: never again.
-                del queuedFds[:count], queuedAt[:count]
-                close_all(_owned(fds) if self._lending else fds)
+                queue.sent(len(fds))
             total += sent
             self._bytesSent += sent
-            if sent < length and not queuedFds:
+            if sent < length and not queue:
                 break
         return total
 
@@ -400,7 +336,7 @@ class _BatchingMixin:
         try:
             if fds:
                 self._descriptorsReceived(fds)
-            result = self._dataReceived(data)
+            result = self.deliverData(data)
         finally:
             self._reading = False
         if result is None and self._outputPending() and not self.disconnecting:
@@ -409,7 +345,7 @@ class _BatchingMixin:
         return result
 
     def _outputPending(self):
-        return bool(self._writeHooks or self._tempDataLen or len(self.dataBuffer) > self.offset)
+        return bool(self._writeHooks) or _twisted.hasBufferedOutput(self)
 
     def _descriptorsReceived(self, fds):
         protocol = self.protocol
@@ -417,9 +353,8 @@ class _BatchingMixin:
             # They arrive beside the TLS records: they are for the protocol
             # the TLS layer decrypts for.
             protocol = protocol.wrappedProtocol
-        batch = getattr(protocol, "fileDescriptorsReceived", None)
-        if batch is not None:
-            batch(fds)
+        if IFileDescriptorsReceiver.providedBy(protocol):
+            protocol.fileDescriptorsReceived(fds)
         elif interfaces.IFileDescriptorReceiver.providedBy(protocol):
             for fd in fds:
                 protocol.fileDescriptorReceived(fd)
@@ -438,9 +373,7 @@ class _BatchingMixin:
         if self._backOffCall is not None:
             self._backOffCall.cancel()
             self._backOffCall = None
-        if self._queuedFds:
-            close_all(_owned(self._queuedFds))
-            del self._queuedFds[:], self._queuedAt[:]
+        self._queue.drop()
         self._writeHooks = []
         # The receive buffers go now rather than when the collector breaks
         # this transport's cycle with its protocol: under connection churn
@@ -450,16 +383,8 @@ class _BatchingMixin:
         super().connectionLost(reason)
 
 
-def isBatching(transport):
-    """
-    Whether C{transport} is one of this module's: its C{sendFileDescriptor}
-    takes C{transfer}, and it honours C{addWriteHook}.
-    """
-    return isinstance(transport, _BatchingMixin)
-
-
-@implementer(interfaces.IUNIXTransport)
-class Server(_BatchingMixin, unix.Server):
+@implementer(IBatchingTransport)
+class Server(_Batching, unix.Server):
     """
     The server side of a UNIX stream connection, with batched descriptors.
     """
@@ -469,8 +394,8 @@ class Server(_BatchingMixin, unix.Server):
         unix.Server.__init__(self, *args, **kwargs)
 
 
-@implementer(interfaces.IUNIXTransport)
-class Client(_BatchingMixin, unix.Client):
+@implementer(IBatchingTransport)
+class Client(_Batching, unix.Client):
     """
     The client side of a UNIX stream connection, with batched descriptors.
     """
@@ -480,96 +405,10 @@ class Client(_BatchingMixin, unix.Client):
         unix.Client.__init__(self, *args, **kwargs)
 
 
-class Port(unix.Port):
-    """
-    A listening UNIX socket whose connections are L{Server}s, optionally
-    admitting only some users or groups.
-
-    A connection from a peer that is not admitted is closed as soon as it is
-    accepted, before any protocol is built for it or anything is read from
-    it, and logged with the peer's credentials.
-
-    @ivar allowedUIDs: the user ids admitted, or L{None}.
-    @ivar allowedGIDs: the group ids admitted, or L{None}.  When both are
-        given, a peer is admitted if its user id is in C{allowedUIDs} or its
-        group id is in C{allowedGIDs}; when neither is, every peer the socket
-        file's mode lets in is admitted.  The group is the peer's effective
-        group: supplementary groups are not seen.
-    """
-
-    transport = Server
-
-    def __init__(
-        self,
-        fileName,
-        factory,
-        backlog=50,
-        mode=0o666,
-        reactor=None,
-        wantPID=0,
-        allowedUIDs=None,
-        allowedGIDs=None,
-    ):
-        unix.Port.__init__(self, fileName, factory, backlog, mode, reactor, wantPID)
-        self.allowedUIDs = None if allowedUIDs is None else frozenset(allowedUIDs)
-        self.allowedGIDs = None if allowedGIDs is None else frozenset(allowedGIDs)
-
-    def admits(self, credentials):
-        """
-        Whether a peer with these L{PeerCredentials} may connect.
-        """
-        uids, gids = self.allowedUIDs, self.allowedGIDs
-        if uids is None and gids is None:
-            return True
-        return (uids is not None and credentials.uid in uids) or (
-            gids is not None and credentials.gid in gids
-        )
-
-    def doRead(self):
-        if self.allowedUIDs is None and self.allowedGIDs is None:
-            return super().doRead()
-        # Twisted's tcp.Port.doRead, with the peer checked before its
-        # protocol is built: there is no hook between accept() and
-        # buildProtocol() that sees the socket.
-        try:
-            with tcp._BuffersLogs(self._logger.namespace, self._logger.observer) as logger:
-                accepted = 0
-                clients = tcp._accept(logger, range(self.numberAccepts), self.socket, tcp._reservedFD)
-                for accepted, (skt, addr) in enumerate(clients, 1):
-                    try:
-                        credentials = _readPeerCredentials(skt)
-                    except OSError:
-                        credentials = None
-                    if credentials is None or not self.admits(credentials):
-                        skt.close()
-                        logger.warn(
-                            "{port}: refused a connection from {credentials}: not an "
-                            "allowed user or group",
-                            port=self,
-                            credentials=credentials,
-                        )
-                        continue
-                    protocol = self.factory.buildProtocol(self._buildAddr(addr))
-                    if protocol is None:
-                        skt.close()
-                        continue
-                    session = self.sessionno
-                    self.sessionno = session + 1
-                    transport = self.transport(skt, protocol, addr, self, session, self.reactor)
-                    transport._peerCredentials = credentials
-                    protocol.makeConnection(transport)
-            if accepted == self.numberAccepts:
-                self.numberAccepts += 20
-            else:
-                self.numberAccepts = max(1, accepted)
-        except BaseException:
-            log.deferr()
-
-
-class Connector(unix.Connector):
+class Connector(_twisted.ConnectorHooks, unix.Connector):
     """
     Connects to a UNIX socket with a L{Client}.
     """
 
-    def _makeTransport(self):
+    def makeTransport(self):
         return Client(self.address, self, self.reactor, self.checkPID)

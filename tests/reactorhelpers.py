@@ -149,8 +149,8 @@ class BadPeerMixin:
         send(peer)
         yield lost
         yield self.assertFailure(waiting, errorType)
-        self.assertEqual(proto._descriptors, {})
-        self.assertEqual(proto._claimedInBox, [])
+        self.assertEqual(proto.receivedDescriptors.unclaimed, 0)
+        self.assertEqual(proto.receivedDescriptors.claimedByBox, 0)
         self.assertEqual(len(proto.taken), taken)
         # Twisted's responder path logs the responder's failure too.
         self.flushLoggedErrors(DescriptorProtocolError)

@@ -124,9 +124,9 @@ class CloseOnExecTests(ReactorTestCase):
                 os.close(a)
                 os.close(b)
             yield settle(0)
-            if stalled.transport._queuedFds:
+            if stalled.transport.queuedDescriptors:
                 break
-        queued = list(stalled.transport._queuedFds)
+        queued = list(stalled.transport.queuedDescriptors)
         self.assertTrue(queued, "the peer's socket never filled")
 
         library = received + queued + [

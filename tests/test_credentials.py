@@ -14,7 +14,7 @@ from twisted.protocols import amp
 
 import pyamp_fds
 from pyamp_fds.endpoints import UNIXClientEndpoint, UNIXServerEndpoint, listenUNIX
-from pyamp_fds.transport import PeerCredentials, Port
+from pyamp_fds.credentials import PeerCredentials, Port
 from tests.reactorhelpers import ReactorTestCase, watchLost
 
 

@@ -176,7 +176,7 @@ class RoundTripTests(_Base):
             self.assertEqual(result, {"n": n})
             self.assertEqual(server.taken[-1], expected)
         self.assertEqual(len(server.taken), len(SIZES))
-        self.assertEqual(server._descriptors, {})
+        self.assertEqual(server.receivedDescriptors.unclaimed, 0)
 
     @defer.inlineCallbacks
     def test_response(self):
@@ -192,7 +192,7 @@ class RoundTripTests(_Base):
                 self.assertEqual([identity(fd) for fd in result["fds"]], server.given[-1])
             finally:
                 closeAll(result["fds"])
-        self.assertEqual(client._descriptors, {})
+        self.assertEqual(client.receivedDescriptors.unclaimed, 0)
 
     @defer.inlineCallbacks
     def test_fileObjects(self):
@@ -380,7 +380,7 @@ class OwnershipTests(_Base):
         fds = newFiles(5)
         try:
             client.callRemote(TakeLent, fds=fds, n=1).addErrback(lambda f: None)
-            self.assertEqual(len(client.transport._queuedFds), 5)
+            self.assertEqual(len(client.transport.queuedDescriptors), 5)
             client.transport.abortConnection()
             yield settle()
             for fd in fds:
@@ -439,13 +439,13 @@ class LimitTests(_Base):
     def assertRefusedBeforeSending(self, command, fds):
         server, client = self.connect(FastResponder(), pyamp_fds.AMP())
         before = openDescriptors()
-        sent = client._sent
+        sent = client.descriptorsSent
         with self.assertRaises(DescriptorListTooLong):
             client.callRemote(command, fds=fds, n=1)
         # Nothing duplicated, nothing queued, no ordinal spent.
         self.assertEqual(openDescriptors(), before)
-        self.assertEqual(len(client.transport._queuedFds), 0)
-        self.assertEqual(client._sent, sent)
+        self.assertEqual(len(client.transport.queuedDescriptors), 0)
+        self.assertEqual(client.descriptorsSent, sent)
         result = yield client.callRemote(Hello, text="still here")
         self.assertEqual(result, {"text": "still here"})
         self.assertEqual(server.taken, [])
@@ -495,7 +495,7 @@ class LimitTests(_Base):
             with self.assertRaises(OSError):
                 client.callRemote(TakeList, fds=fds + [notOpen], n=1)
             self.assertEqual(openDescriptors(), before)
-            self.assertEqual(len(client.transport._queuedFds), 0)
+            self.assertEqual(len(client.transport.queuedDescriptors), 0)
             yield client.callRemote(TakeList, fds=fds, n=1)
             self.assertEqual(server.taken, [[identity(fd) for fd in fds]])
         finally:

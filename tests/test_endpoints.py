@@ -12,7 +12,7 @@ from twisted.internet import defer, protocol, reactor
 
 import pyamp_fds
 from pyamp_fds.endpoints import UNIXClientEndpoint, UNIXServerEndpoint, adoptStreamConnection
-from pyamp_fds.transport import isBatching
+from pyamp_fds.interfaces import IBatchingTransport
 from tests.reactorhelpers import ReactorTestCase, watchLost
 
 
@@ -49,8 +49,8 @@ class EndpointTests(ReactorTestCase):
         self._lost.append(watchLost(client))
         server = yield served
         self.addCleanup(client.transport.loseConnection)
-        self.assertTrue(isBatching(client.transport))
-        self.assertTrue(isBatching(server.transport))
+        self.assertTrue(IBatchingTransport.providedBy(client.transport))
+        self.assertTrue(IBatchingTransport.providedBy(server.transport))
 
     def test_adoptRefusesOtherSockets(self):
         """

@@ -15,7 +15,7 @@ from twisted.protocols import amp
 
 import pyamp_fds
 from pyamp_fds.endpoints import UNIXClientEndpoint, UNIXServerEndpoint
-from pyamp_fds.transport import isBatching
+from pyamp_fds.interfaces import IBatchingTransport
 from tests.reactorhelpers import ReactorTestCase, watchLost
 
 
@@ -47,12 +47,12 @@ class ServerStringTests(ReactorTestCase):
             "allowedUIDs=1000,1001:allowedGIDs=100",
         )
         self.assertIsInstance(endpoint, UNIXServerEndpoint)
-        self.assertEqual(endpoint._address, "/run/broker.sock")
-        self.assertEqual(endpoint._backlog, 7)
-        self.assertEqual(endpoint._mode, 0o640)
-        self.assertIs(endpoint._wantPID, True)
-        self.assertEqual(endpoint._allowedUIDs, [1000, 1001])
-        self.assertEqual(endpoint._allowedGIDs, [100])
+        self.assertEqual(endpoint.address, "/run/broker.sock")
+        self.assertEqual(endpoint.backlog, 7)
+        self.assertEqual(endpoint.mode, 0o640)
+        self.assertIs(endpoint.wantPID, True)
+        self.assertEqual(endpoint.allowedUIDs, [1000, 1001])
+        self.assertEqual(endpoint.allowedGIDs, [100])
 
     def test_defaults(self):
         """
@@ -61,26 +61,26 @@ class ServerStringTests(ReactorTestCase):
         """
         endpoint = serverFromString(reactor, "fdunix:/run/broker.sock")
         self.assertIsInstance(endpoint, UNIXServerEndpoint)
-        self.assertEqual(endpoint._address, "/run/broker.sock")
-        self.assertEqual(endpoint._backlog, 50)
-        self.assertEqual(endpoint._mode, 0o600)
-        self.assertIs(endpoint._wantPID, False)
-        self.assertIsNone(endpoint._allowedUIDs)
-        self.assertIsNone(endpoint._allowedGIDs)
+        self.assertEqual(endpoint.address, "/run/broker.sock")
+        self.assertEqual(endpoint.backlog, 50)
+        self.assertEqual(endpoint.mode, 0o600)
+        self.assertIs(endpoint.wantPID, False)
+        self.assertIsNone(endpoint.allowedUIDs)
+        self.assertIsNone(endpoint.allowedGIDs)
 
     def test_wantPID(self):
         """
         C{wantPID} is taken as well as C{lockfile}.
         """
         endpoint = serverFromString(reactor, "fdunix:/run/broker.sock:wantPID=1")
-        self.assertIs(endpoint._wantPID, True)
+        self.assertIs(endpoint.wantPID, True)
 
     def test_escapedColon(self):
         """
         A colon in the path is escaped, as for Twisted's C{unix:}.
         """
         endpoint = serverFromString(reactor, r"fdunix:/run/a\:b.sock:mode=600")
-        self.assertEqual(endpoint._address, "/run/a:b.sock")
+        self.assertEqual(endpoint.address, "/run/a:b.sock")
 
     def test_emptyAllowList(self):
         """
@@ -114,9 +114,9 @@ class ClientStringTests(ReactorTestCase):
         """
         endpoint = clientFromString(reactor, "fdunix:path=/run/broker.sock:timeout=9:lockfile=1")
         self.assertIsInstance(endpoint, UNIXClientEndpoint)
-        self.assertEqual(endpoint._path, "/run/broker.sock")
-        self.assertEqual(endpoint._timeout, 9)
-        self.assertIs(endpoint._checkPID, True)
+        self.assertEqual(endpoint.path, "/run/broker.sock")
+        self.assertEqual(endpoint.timeout, 9)
+        self.assertIs(endpoint.checkPID, True)
 
     def test_defaults(self):
         """
@@ -125,16 +125,16 @@ class ClientStringTests(ReactorTestCase):
         """
         endpoint = clientFromString(reactor, "fdunix:/run/broker.sock")
         self.assertIsInstance(endpoint, UNIXClientEndpoint)
-        self.assertEqual(endpoint._path, "/run/broker.sock")
-        self.assertEqual(endpoint._timeout, 30)
-        self.assertIs(endpoint._checkPID, False)
+        self.assertEqual(endpoint.path, "/run/broker.sock")
+        self.assertEqual(endpoint.timeout, 30)
+        self.assertIs(endpoint.checkPID, False)
 
     def test_checkPID(self):
         """
         C{checkPID} is taken as well as C{lockfile}.
         """
         endpoint = clientFromString(reactor, "fdunix:/run/broker.sock:checkPID=1")
-        self.assertIs(endpoint._checkPID, True)
+        self.assertIs(endpoint.checkPID, True)
 
     def test_unknownKeyword(self):
         """
@@ -182,7 +182,7 @@ class RealTests(ReactorTestCase):
         )
         self._lost.append(watchLost(client))
         self.addCleanup(self._disconnect, client)
-        self.assertTrue(isBatching(client.transport))
+        self.assertTrue(IBatchingTransport.providedBy(client.transport))
         fd = os.open(os.devnull, os.O_RDONLY)
         try:
             result = yield client.callRemote(Take, fd=fd)
@@ -190,7 +190,7 @@ class RealTests(ReactorTestCase):
         finally:
             os.close(fd)
         [proto] = built
-        self.assertTrue(isBatching(proto.transport))
+        self.assertTrue(IBatchingTransport.providedBy(proto.transport))
 
         yield self._disconnect(client)
         yield port.stopListening()

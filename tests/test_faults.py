@@ -401,7 +401,7 @@ class SenderInflightLimitTests(ReactorTestCase):
         childLost = yield child.waitFor("lost")
         self.assertEqual(childLost["reason"], "ConnectionDone")
         self.assertEqual(childLost["fds"], made["fds"] - 1)
-        self.assertEqual(server._descriptors, {})
+        self.assertEqual(server.receivedDescriptors.unclaimed, 0)
 
     def test_backsOffAndDelivers(self):
         """
@@ -438,7 +438,7 @@ class UnclaimedFloodTests(ReactorTestCase):
         original = proto.fileDescriptorsReceived
 
         def fileDescriptorsReceived(fds):
-            held.append(len(proto._descriptors) + len(fds))
+            held.append(proto.receivedDescriptors.unclaimed + len(fds))
             original(fds)
 
         proto.fileDescriptorsReceived = fileDescriptorsReceived
@@ -474,7 +474,7 @@ class UnclaimedFloodTests(ReactorTestCase):
         # Cut off at the first batch past the limit, never holding more.
         self.assertLessEqual(max(held), limit + fdio.MAX_FDS_PER_MESSAGE)
         self.assertGreater(max(held), limit)
-        self.assertEqual(proto._descriptors, {})
+        self.assertEqual(proto.receivedDescriptors.unclaimed, 0)
         self.assertLessEqual(peak[0], limit + fdio.MAX_FDS_PER_MESSAGE)
         # The flooder sees the connection end: closed while what it sent
         # was still unread, so it may be reset rather than ended.
@@ -599,7 +599,7 @@ class PausingProducer:
             self.expected.append(found)
             self.calls.append(self.proto.callRemote(Take, fd=fd, n=len(self.calls)))
             os.close(fd)
-            self.queued.append(len(transport._queuedFds))
+            self.queued.append(len(transport.queuedDescriptors))
             self.held.append(countDescriptors() - self.base)
         if len(self.calls) == self.total:
             self.done.callback(None)
@@ -671,7 +671,7 @@ class StalledPeerTests(ReactorTestCase):
         self.assertGreaterEqual(producer.resumes, 1)
         self.assertEqual([x["id"] for x in answers], producer.expected)
         self.assertEqual(server.taken, producer.total)
-        self.assertEqual(len(client.transport._queuedFds), 0)
+        self.assertEqual(len(client.transport.queuedDescriptors), 0)
 
 
 class KilledPeerTests(ReactorTestCase):
@@ -712,7 +712,7 @@ class KilledPeerTests(ReactorTestCase):
         lost = watchLost(p)
         transport = p.transport
         transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-        while p._received < 60:
+        while p.receivedDescriptors.received < 60:
             yield settle(0.01)
         # The child's calls pile up, descriptors and all, in our socket.
         p.transport.stopReading()
@@ -734,9 +734,9 @@ class KilledPeerTests(ReactorTestCase):
                 for fd in fds:
                     os.close(fd)
             yield settle(0)
-            if p.transport._queuedFds:
+            if p.transport.queuedDescriptors:
                 break
-        self.assertTrue(p.transport._queuedFds, "the child's socket never filled")
+        self.assertTrue(p.transport.queuedDescriptors, "the child's socket never filled")
         os.kill(child.pid, signal.SIGKILL)
         child.wait(timeout=30)
         p.transport.startReading()
@@ -744,8 +744,8 @@ class KilledPeerTests(ReactorTestCase):
         self.assertIsInstance(reason, (error.ConnectionDone, error.ConnectionLost))
         results = yield defer.DeferredList(calls, consumeErrors=True)
         self.assertEqual({ok for ok, _ in results}, {False})
-        self.assertEqual(p._descriptors, {})
-        self.assertEqual(len(transport._queuedFds), 0)
+        self.assertEqual(p.receivedDescriptors.unclaimed, 0)
+        self.assertEqual(len(transport.queuedDescriptors), 0)
         # No copy of a pipe we sent is left anywhere: not in our queue, not
         # in flight, not in the dead child.  Closing can lag the kill.
         for w in writeEnds:

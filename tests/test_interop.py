@@ -11,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 
-from twisted.internet import defer, endpoints, protocol, reactor
+from twisted.internet import defer, endpoints, error, protocol, reactor
 
 from pyamp_fds import endpoints as fastEndpoints
 from tests import peer
@@ -87,9 +87,18 @@ class InteropTests(ReactorTestCase):
             p = yield connected
         else:
             child = self.spawn(childKind, "serve", path, childReactor)
-            while not os.path.exists(path):
+            # The socket file appears at bind(), a moment before listen():
+            # until then a connection is refused.
+            for attempt in range(250):
+                if os.path.exists(path):
+                    try:
+                        p = yield clientEndpoint(reactor, path).connect(factory)
+                        break
+                    except error.ConnectionRefusedError:
+                        pass
                 yield settle(0.02)
-            p = yield clientEndpoint(reactor, path).connect(factory)
+            else:
+                self.fail("the child never listened on %s" % (path,))
         # Child to parent: arguments from the child, responses from us.
         answer = yield p.callRemote(peer.CallMeBack, count=40)
         self.assertEqual(answer["matched"], 40)
@@ -164,9 +173,9 @@ class InteropTests(ReactorTestCase):
             child = self.spawn(childKind, "flood", path)
             p = yield connected
             lost = watchLost(p)
-            while p._received < 300:
+            while p.receivedDescriptors.received < 300:
                 yield settle(0.01)
             os.kill(child.pid, signal.SIGKILL)
             yield lost
             yield port.stopListening()
-            self.assertEqual(p._descriptors, {})
+            self.assertEqual(p.receivedDescriptors.unclaimed, 0)

@@ -348,7 +348,7 @@ class DescriptorTests(ReactorTestCase):
         answer = yield client.callRemote(Take, fd=fd, n=5)
         self.assertEqual(answer, {"n": 5})
         self.assertEqual(server.taken, [identity(fd)])
-        self.assertEqual(server._descriptors, {})
+        self.assertEqual(server.receivedDescriptors.unclaimed, 0)
 
     @defer.inlineCallbacks
     def test_stockProtocolWithFastDescriptor(self):
@@ -471,7 +471,10 @@ class BadPeerTests(BadPeerMixin, ReactorTestCase):
         fdio.send_with_fds(peer, self.box(_ask="1", _command="Take", fd=0, n="zz"), [0])
         yield settle()
         self.flushLoggedErrors(ValueError)
-        self.assertEqual((server.taken, server._descriptors, server._claimedInBox), ([], {}, []))
+        self.assertEqual(
+            (server.taken, server.receivedDescriptors.unclaimed, server.receivedDescriptors.claimedByBox),
+            ([], 0, 0),
+        )
         self.assertIn(b"UNKNOWN", peer.recv(1000))
 
     @defer.inlineCallbacks
@@ -491,7 +494,10 @@ class BadPeerTests(BadPeerMixin, ReactorTestCase):
         fdio.send_with_fds(peer, self.box(_ask="1", _command="Take", fd=0, n="zz"), [0])
         yield settle()
         self.flushLoggedErrors(ValueError)
-        self.assertEqual((server.taken, server._descriptors, server._claimedInBox), ([], {}, []))
+        self.assertEqual(
+            (server.taken, server.receivedDescriptors.unclaimed, server.receivedDescriptors.claimedByBox),
+            ([], 0, 0),
+        )
         self.assertIn(b"UNKNOWN", peer.recv(1000))
         # And a box that parses still reaches the responder, descriptor and all.
         server = Finder()
@@ -514,7 +520,9 @@ class BadPeerTests(BadPeerMixin, ReactorTestCase):
         waiting = client.callRemote(Give)
         fdio.send_with_fds(peer, self.box(_answer="1", fd=0, inode="zz"), [0])
         yield self.assertFailure(waiting, ValueError)
-        self.assertEqual((client._descriptors, client._claimedInBox), ({}, []))
+        self.assertEqual(
+            (client.receivedDescriptors.unclaimed, client.receivedDescriptors.claimedByBox), (0, 0)
+        )
 
     def test_tooManyUnclaimed(self):
         """
@@ -542,7 +550,7 @@ class BadPeerTests(BadPeerMixin, ReactorTestCase):
         lost = watchLost(proto)
         fdio.send_with_fds(peer, b"\x00", [0, 1, 2])
         yield settle()
-        self.assertEqual(len(proto._descriptors), 3)
+        self.assertEqual(proto.receivedDescriptors.unclaimed, 3)
         peer.close()
         yield lost
 

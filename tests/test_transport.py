@@ -9,7 +9,7 @@ import socket
 from twisted.internet import defer, protocol
 
 from pyamp_fds import fdio
-from pyamp_fds.transport import isBatching
+from pyamp_fds.interfaces import IBatchingTransport
 from tests.fdcheck import identity
 from tests.reactorhelpers import ReactorTestCase, settle
 
@@ -59,7 +59,7 @@ class TransportTests(ReactorTestCase):
     def connectRaw(self):
         proto = protocol.Protocol()
         peer = self.rawPeer(proto)
-        self.assertTrue(isBatching(proto.transport))
+        self.assertTrue(IBatchingTransport.providedBy(proto.transport))
         return proto.transport, peer
 
     @defer.inlineCallbacks

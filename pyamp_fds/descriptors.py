@@ -1,0 +1,146 @@
+# -*- test-case-name: tests.test_descriptors -*-
+"""
+The table of descriptors received on one connection.
+
+Descriptors arrive before the boxes that name them, numbered in the order
+they arrived.  The table holds them until a box claims them, and is the one
+place their ownership moves: to the box being parsed when an argument claims
+one, to the box's receiver (responder or caller) once the box has been
+dispatched, or back to being closed when the box fails to parse or the
+connection goes.
+"""
+
+from pyamp_fds.errors import TooManyUnclaimedDescriptors, UnknownDescriptor
+from pyamp_fds.fdio import close_all
+
+__all__ = ["ReceivedDescriptors"]
+
+
+def _ignore(error):
+    pass
+
+
+class ReceivedDescriptors:
+    """
+    Received descriptors by ordinal, for one connection.
+    """
+
+    def __init__(self, onViolation=_ignore):
+        """
+        @param onViolation: called with the L{DescriptorProtocolError} just
+            before a claim or a receive raises it, so that the connection can
+            be closed for it.
+        """
+        self._onViolation = onViolation
+        self._held = {}
+        self._received = 0
+        self._inBox = []
+
+    @property
+    def received(self):
+        """
+        How many descriptors have been received on this connection.
+        """
+        return self._received
+
+    @property
+    def unclaimed(self):
+        """
+        How many received descriptors no box has claimed yet.
+        """
+        return len(self._held)
+
+    @property
+    def claimedByBox(self):
+        """
+        How many descriptors the box being parsed has claimed so far.
+        """
+        return len(self._inBox)
+
+    def receive(self, descriptors, limit):
+        """
+        Take descriptors in the order they arrived; each gets the next
+        ordinal.
+
+        @param limit: the most descriptors that may be held unclaimed;
+            holding more is reported as a L{TooManyUnclaimedDescriptors}
+            violation (they stay held until L{closeAll}).
+        """
+        start = self._received
+        self._received = start + len(descriptors)
+        self._held.update(zip(range(start, self._received), descriptors))
+        if len(self._held) > limit:
+            self._onViolation(
+                TooManyUnclaimedDescriptors(
+                    "%d descriptors received and not claimed by any box (limit %d)"
+                    % (len(self._held), limit)
+                )
+            )
+
+    def claim(self, ordinal):
+        """
+        Claim a descriptor for the box being parsed.
+
+        @raise UnknownDescriptor: it has not arrived, or was claimed already.
+        """
+        descriptor = self._held.pop(ordinal, None)
+        if descriptor is None:
+            self._violated(UnknownDescriptor(ordinal, self._received))
+        # Until the box is dispatched, a fault in a later argument must not
+        # leave this one with nobody.
+        self._inBox.append(descriptor)
+        return descriptor
+
+    def claimRange(self, start, count):
+        """
+        Claim ordinals C{start} to C{start + count - 1} for the box being
+        parsed: all of them, or none.
+
+        @return: the descriptors, in order.
+        @raise UnknownDescriptor: one of them has not arrived, or was claimed.
+        """
+        held = self._held
+        ordinals = range(start, start + count)
+        if not all(map(held.__contains__, ordinals)):
+            missing = next(o for o in ordinals if o not in held)
+            self._violated(UnknownDescriptor(missing, self._received))
+        descriptors = list(map(held.pop, ordinals))
+        self._inBox.extend(descriptors)
+        return descriptors
+
+    def refuse(self, error):
+        """
+        A value naming descriptors is malformed: report C{error} as a
+        violation of the rules, and raise it.
+        """
+        self._violated(error)
+
+    def boxDispatched(self):
+        """
+        The box being parsed was handed to its receiver: what it claimed is
+        the receiver's now.
+        """
+        if self._inBox:
+            self._inBox = []
+
+    def releaseBox(self):
+        """
+        The box being parsed failed: close what it claimed, since no
+        responder or caller will own it.
+        """
+        claimed, self._inBox = self._inBox, []
+        close_all(claimed)
+
+    def closeAll(self):
+        """
+        Close every descriptor held, and those claimed by a box not yet
+        dispatched.
+        """
+        held = list(self._held.values()) + self._inBox
+        self._held.clear()
+        self._inBox = []
+        close_all(held)
+
+    def _violated(self, error):
+        self._onViolation(error)
+        raise error

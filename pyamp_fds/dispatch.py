@@ -1,0 +1,242 @@
+# -*- test-case-name: tests.test_protocol -*-
+"""
+L{pyamp_fds.AMP}'s fast paths: commands served, calls made and answers
+parsed with each command's plan (L{pyamp_fds.plans}), without Twisted's
+C{Deferred} chain where the outcome is the same without it; everything else
+through Twisted's own chain.
+
+Whatever path a box takes, its descriptors are settled the same way: a box
+that fails to serialize takes back what it queued (L{_Framing.serializing}),
+and a box that fails to parse closes what it claimed
+(L{ReceivedDescriptors.releaseBox}).
+"""
+
+from types import MethodType
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.error import ConnectionLost
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+
+from pyamp_fds.plans import SettlingCommand, newBox, planFor
+
+__all__ = ["FastDispatch"]
+
+
+class FastDispatch:
+    """
+    Command, answer and error boxes, and C{callRemote}, for L{pyamp_fds.AMP}.
+    Mixed in ahead of the framing and of Twisted's L{amp.AMP}.
+    """
+
+    _prepared = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # The plans of calls waiting for an answer, by tag.
+        self._waitingPlans = {}
+
+    # Serving
+
+    def commandBoxReceived(self, box):
+        """
+        A command box arrived: parse, call the responder and answer, inline
+        when the responder is found the standard way and answers at once.
+        """
+        entry = None
+        if self.locator is self and type(self).locateResponder is amp.AMP.locateResponder:
+            entry = self.responderFor(box[amp.COMMAND])
+        if entry is None:
+            return self.stockCommandReceived(box)
+        command, responderFunc = entry
+        plan = planFor(command)
+        try:
+            if plan.arguments is not None:
+                kw = plan.arguments.toObjects(box, self)
+            else:
+                kw = command.parseArguments(box, self)
+        except BaseException:
+            failure = fail()
+            self.receivedDescriptors.releaseBox()
+            return self._answerByTwisted(box, failure)
+        # What the arguments claimed is the responder's now.
+        self.receivedDescriptors.boxDispatched()
+        try:
+            result = responderFunc(self, **kw)
+        except BaseException:
+            result = fail()
+        if not isinstance(result, Deferred):
+            try:
+                if plan.response is not None:
+                    answer = self.serializing(
+                        plan.response.toStrings, result, newBox(command.responseType), self
+                    )
+                else:
+                    answer = self.serializing(command.makeResponse, result, self)
+            except BaseException:
+                result = fail(
+                    amp.BadLocalReturn(
+                        "%r returned %r and %r could not serialize it"
+                        % (MethodType(responderFunc, self), result, command),
+                        Failure(),
+                    )
+                )
+            else:
+                ask = box.get(amp.ASK)
+                if ask is not None:
+                    answer[amp.ANSWER] = ask
+                    try:
+                        if self.boxSender is self and type(answer) is amp.AmpBox:
+                            # Twisted's _safeEmit, for a plain box made here
+                            # (other boxes act when sent: protocol switches).
+                            try:
+                                self._sendOwnBox(answer)
+                            except (amp.ProtocolSwitched, ConnectionLost):
+                                pass
+                        else:
+                            self.safeEmit(answer)
+                    except BaseException:
+                        self.unhandledError(Failure())
+                return None
+        chain = self.wrapResponder(lambda **kw: result, SettlingCommand(command, parsed=True))
+        return self._answerByTwisted(box, chain(box))
+
+    def _answerByTwisted(self, box, deferred):
+        self._prepared = deferred
+        try:
+            return self.stockCommandReceived(box)
+        finally:
+            self._prepared = None
+
+    def dispatchCommand(self, box):
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None:
+            return prepared
+        return super().dispatchCommand(box)
+
+    def wrapResponder(self, aCallable, command):
+        """
+        Twisted's responder wrapper (parse, call, serialize), with the box's
+        descriptors settled: what a failed parse claimed is closed, and what
+        a failed serialization queued is taken back.
+        """
+        table = self.receivedDescriptors
+
+        def responder(**kw):
+            # Parsed: what the arguments claimed is the responder's now.
+            table.boxDispatched()
+            return aCallable(**kw)
+
+        if not isinstance(command, SettlingCommand):
+            command = SettlingCommand(command)
+        doit = self.stockWrapResponder(responder, command)
+
+        def parseOrRelease(box):
+            try:
+                return doit(box)
+            except BaseException:
+                table.releaseBox()
+                raise
+
+        return parseOrRelease
+
+    # Calling
+
+    def callRemote(self, commandType, *a, **kw):
+        plan = planFor(commandType)
+        if a or not plan.directCall:
+            return self._callByTwisted(commandType, a, kw)
+        spec = plan.arguments
+        forgotten = [name for name in spec.required if name not in kw]
+        if forgotten:
+            return fail(
+                amp.InvalidSignature(
+                    "forgot {} for {}".format(", ".join(forgotten), commandType.commandName)
+                )
+            )
+        for name in kw:
+            if name not in spec.allowed:
+                raise amp.InvalidSignature(f"{name} is not a valid argument")
+        box = self.serializing(spec.toStrings, kw, newBox(commandType.commandType), self)
+        requiresAnswer = commandType.requiresAnswer
+        failed = self.failedAllOutgoing()
+        if self.boxSender is not self or type(box) is not amp.AmpBox:
+            d = self.stockSendBoxCommand(commandType.commandName, box, requiresAnswer)
+            if requiresAnswer and failed is None:
+                self._waitingPlans[box[amp.ASK]] = plan
+            return d
+        # Twisted's _sendBoxCommand, for a box made here.
+        if failed is not None:
+            return fail(failed) if requiresAnswer else None
+        box[amp.COMMAND] = commandType.commandName
+        tag = self.newTag()
+        if not requiresAnswer:
+            self._sendOwnBox(box)
+            return None
+        box[amp.ASK] = tag
+        self._sendOwnBox(box)
+        self._waitingPlans[tag] = plan
+        return self.waitForAnswer(tag)
+
+    def _callByTwisted(self, commandType, a, kw):
+        """
+        C{callRemote} through Twisted's own chain (commands that override
+        its steps), with the box's descriptors settled on both sides: what
+        a failed call queued is taken back, and what a failed parse of its
+        answer claimed is closed.
+        """
+        d = self.serializing(super().callRemote, commandType, *a, **kw)
+        if d is not None:
+            d.addBoth(self._answerSettled)
+        return d
+
+    def _answerSettled(self, result):
+        # Runs right after the command's own parseResponse and before the
+        # caller's callbacks, while the answer box is being dispatched.
+        if isinstance(result, Failure):
+            self.receivedDescriptors.releaseBox()
+        else:
+            self.receivedDescriptors.boxDispatched()
+        return result
+
+    def answerBoxReceived(self, box):
+        """
+        An answer box arrived: parse it with the call's plan before its
+        L{Deferred} fires.
+        """
+        plan = self._waitingPlans.pop(box[amp.ANSWER], None)
+        if plan is None:
+            return self.stockAnswerReceived(box)
+        question = self.takeWaiting(box[amp.ANSWER])
+        question.addErrback(self.unhandledError)
+        try:
+            result = plan.parseResponse(box, self)
+        except BaseException:
+            failure = Failure()
+            self.receivedDescriptors.releaseBox()
+            question.errback(failure)
+        else:
+            self.receivedDescriptors.boxDispatched()
+            question.callback(result)
+
+    def errorBoxReceived(self, box):
+        """
+        An error box arrived: fail the call with the command's own error.
+        """
+        plan = self._waitingPlans.pop(box[amp.ERROR], None)
+        if plan is None:
+            return self.stockErrorReceived(box)
+        # Twisted's own, with the conversion its callRemote chains in front.
+        question = self.takeWaiting(box[amp.ERROR])
+        question.addErrback(self.unhandledError)
+        code = box[amp.ERROR_CODE]
+        description = box[amp.ERROR_DESCRIPTION].decode("utf-8", "replace")
+        if code in amp.PROTOCOL_ERRORS:
+            error = amp.PROTOCOL_ERRORS[code](code, description)
+        else:
+            error = plan.remoteError(amp.RemoteAmpError(code, description))
+        question.errback(Failure(error))
+
+    def failAllOutgoing(self, reason):
+        self._waitingPlans.clear()
+        super().failAllOutgoing(reason)

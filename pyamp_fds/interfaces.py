@@ -1,0 +1,84 @@
+# -*- test-case-name: tests.test_interfaces -*-
+"""
+What pyamp_fds's protocols need from a transport that sends descriptors in
+batches, and what a protocol offers to receive many descriptors at once.
+
+The protocols know a batching transport by L{IBatchingTransport}, never by
+its class: a test fake, or another transport, declares the interface and is
+used the same way.
+"""
+
+from twisted.internet.interfaces import IFileDescriptorReceiver, IUNIXTransport
+from zope.interface import Attribute
+
+__all__ = ["IBatchingTransport", "IFileDescriptorsReceiver"]
+
+
+class IBatchingTransport(IUNIXTransport):
+    """
+    A UNIX stream transport that queues descriptors with their place in the
+    byte stream, sends them in batches with the bytes that name them, and
+    lets a protocol encode what it queued just before bytes are written.
+    """
+
+    sendmsgCalls = Attribute("How many sendmsg calls the transport has made.")
+    recvmsgCalls = Attribute("How many recvmsg calls the transport has made.")
+
+    def sendFileDescriptor(descriptor, transfer=False):
+        """
+        Queue a descriptor to go with the next bytes written.
+
+        @param descriptor: an int, or an object with C{fileno()}.
+        @param transfer: if false, a duplicate is queued and the caller may
+            close its own at once; if true, the descriptor itself is handed
+            over and the transport closes it once sent, or when the
+            connection is lost first.
+        @raise twisted.internet.error.ConnectionLost: nothing was queued.
+        """
+
+    def sendFileDescriptors(descriptors, ownership):
+        """
+        Queue several descriptors at once, all or none, after every box
+        already sent.
+
+        @param descriptors: a sequence of ints.
+        @param ownership: a L{pyamp_fds.outgoing.Ownership}.
+        @raise OSError: a duplicate could not be made; nothing was queued.
+        @raise twisted.internet.error.ConnectionLost: nothing was queued.
+        """
+
+    def descriptorMark():
+        """
+        A mark for L{withdrawDescriptors}: where the queue ends now.
+        """
+
+    def withdrawDescriptors(mark):
+        """
+        Take back every descriptor queued since C{mark}: the box that named
+        them will not be sent.  Duplicates are closed; handed-over and lent
+        descriptors are the caller's again.
+        """
+
+    def addWriteHook(hook):
+        """
+        Call C{hook()} once before the next bytes are written or sent, and
+        write the bytes it returns.
+        """
+
+    def flushNow():
+        """
+        Send what has been written so far now, if the socket takes it.
+        """
+
+
+class IFileDescriptorsReceiver(IFileDescriptorReceiver):
+    """
+    A protocol that takes the descriptors of one read in one call.
+    """
+
+    def fileDescriptorsReceived(descriptors):
+        """
+        Descriptors arrived, in order; the protocol owns them now.
+
+        @param descriptors: a sequence of ints.
+        """

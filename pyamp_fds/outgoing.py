@@ -1,0 +1,169 @@
+# -*- test-case-name: tests.test_outgoing -*-
+"""
+The queue of descriptors waiting to be sent on one connection.
+
+Every descriptor queued here is placed in the byte stream: it must travel
+with a byte written no later than the box that names it.  The queue hands
+out groups of at most L{MAX_FDS_PER_MESSAGE} descriptors for the next
+C{sendmsg}, says how many bytes that message may carry so that the next
+group still finds a byte of its own box, and settles each descriptor's
+ownership when it leaves: sent, withdrawn (the box that named it was not
+sent), or dropped with the connection.  No socket is touched here.
+"""
+
+import os
+from enum import Enum
+from itertools import repeat
+
+from pyamp_fds.fdio import MAX_FDS_PER_MESSAGE, close_all, duplicate_all
+
+__all__ = ["Ownership", "OutgoingDescriptors"]
+
+
+class Ownership(Enum):
+    """
+    Who owns a queued descriptor, and so who closes it.
+    """
+
+    #: A duplicate made when it was queued: the queue's own, closed once
+    #: sent, withdrawn or dropped.  The caller may close its copy at once.
+    DUPLICATE = "duplicate"
+
+    #: The caller's own descriptor, handed over: closed once sent or
+    #: dropped with the connection, but given back (left open) if the box
+    #: that named it is withdrawn before it was sent.
+    HANDED_OVER = "handed over"
+
+    #: The caller's own descriptor, lent: sent as it is and never closed
+    #: here (Twisted's rule: the caller keeps it open until it has gone).
+    LENT = "lent"
+
+
+_DUPLICATE = Ownership.DUPLICATE
+_LENT = Ownership.LENT
+
+
+class OutgoingDescriptors:
+    """
+    Descriptors queued for sending, in order, each with its stream position
+    and its L{Ownership}.
+
+    Positions count bytes written to the connection since it was made; a
+    descriptor's position is the count when it was queued, so the bytes that
+    name it start there or later.
+    """
+
+    def __init__(self):
+        # Three parallel lists, so that a group leaves with one slice and
+        # one del each, with no per-descriptor Python work in the common
+        # case (no lent descriptors queued).
+        self._fds = []
+        self._positions = []
+        self._ownerships = []
+        self._lent = 0
+        self._left = 0
+
+    def __len__(self):
+        return len(self._fds)
+
+    @property
+    def descriptors(self):
+        """
+        The descriptors queued, in order (a copy).
+        """
+        return list(self._fds)
+
+    def enqueue(self, descriptors, position, ownership=_DUPLICATE):
+        """
+        Queue descriptors, all or none.
+
+        @param descriptors: a sequence of descriptor numbers (ints).
+        @param position: the stream position the bytes naming them start at
+            or after.
+        @param ownership: an L{Ownership}; for L{Ownership.DUPLICATE} the
+            duplicates (close-on-exec) are made here.
+        @raise OSError: a duplicate could not be made; those already made
+            were closed and nothing was queued.
+        """
+        if ownership is _DUPLICATE:
+            if len(descriptors) == 1:
+                # os.dup is F_DUPFD_CLOEXEC at half the cost of fcntl.fcntl.
+                descriptors = [os.dup(descriptors[0])]
+            else:
+                descriptors = duplicate_all(descriptors)
+        elif ownership is _LENT:
+            self._lent += len(descriptors)
+        count = len(descriptors)
+        self._fds.extend(descriptors)
+        self._positions.extend(repeat(position, count))
+        self._ownerships.extend(repeat(ownership, count))
+
+    def mark(self):
+        """
+        A mark for L{withdraw}: the end of the queue now.
+        """
+        return self._left + len(self._fds)
+
+    def withdraw(self, mark):
+        """
+        Take back every descriptor queued since C{mark}: the box that named
+        them will not be sent.  Duplicates are closed; handed-over and lent
+        descriptors are the caller's again.
+
+        @raise AssertionError: some of them were sent already (a mark must be
+            withdrawn before the bytes after it are flushed).
+        """
+        index = mark - self._left
+        if index < 0:
+            raise AssertionError("descriptors queued after this mark have been sent")
+        withdrawn = self._fds[index:]
+        ownerships = self._ownerships[index:]
+        del self._fds[index:], self._positions[index:], self._ownerships[index:]
+        self._lent -= ownerships.count(_LENT)
+        close_all([fd for fd, o in zip(withdrawn, ownerships) if o is _DUPLICATE])
+
+    def nextGroup(self, sentPosition):
+        """
+        The descriptors for the next C{sendmsg}, and how many bytes that
+        message may carry.
+
+        @param sentPosition: the stream position of the next byte to send.
+        @return: C{(descriptors, limit)}: at most L{MAX_FDS_PER_MESSAGE}
+            descriptors (empty if none are queued), and the most bytes the
+            message may carry so that the group after it still finds a byte
+            of the box that names it (L{None}: no limit).
+        """
+        fds = self._fds
+        if len(fds) <= MAX_FDS_PER_MESSAGE:
+            return fds[:], None
+        return (
+            fds[:MAX_FDS_PER_MESSAGE],
+            max(1, self._positions[MAX_FDS_PER_MESSAGE] - sentPosition),
+        )
+
+    def sent(self, count):
+        """
+        The first C{count} descriptors went with a message: they leave the
+        queue, and those it owns are closed (never sent again).
+        """
+        fds = self._fds[:count]
+        if self._lent:
+            ownerships = self._ownerships[:count]
+            lent = ownerships.count(_LENT)
+            if lent:
+                self._lent -= lent
+                fds = [fd for fd, o in zip(fds, ownerships) if o is not _LENT]
+        del self._fds[:count], self._positions[:count], self._ownerships[:count]
+        self._left += count
+        close_all(fds)
+
+    def drop(self):
+        """
+        The connection is gone: close every descriptor the queue owns
+        (duplicates and handed-over ones) and empty it.
+        """
+        owned = [fd for fd, o in zip(self._fds, self._ownerships) if o is not _LENT]
+        self._left += len(self._fds)
+        del self._fds[:], self._positions[:], self._ownerships[:]
+        self._lent = 0
+        close_all(owned)

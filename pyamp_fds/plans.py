@@ -1,0 +1,179 @@
+# -*- test-case-name: tests.test_plans -*-
+"""
+How L{pyamp_fds.AMP} serves and calls one command type, worked out once per
+type rather than on every box: which of Twisted's steps a command leaves as
+they are (those L{pyamp_fds.AMP} runs inline, as Twisted runs them) and which
+it overrides (those are called, through Twisted's own chain).
+"""
+
+from twisted.protocols import amp
+
+from pyamp_fds import _twisted
+
+__all__ = ["planFor", "newBox", "SettlingCommand"]
+
+
+class SettlingCommand:
+    """
+    A command whose response, if it fails to serialize, takes back the
+    descriptors it queued: how Twisted's own chain answers for
+    L{pyamp_fds.AMP}.
+
+    @ivar parsed: whether the box's arguments were parsed already (Twisted's
+        chain then takes over from a responder's result).
+    """
+
+    def __init__(self, command, parsed=False):
+        self._command = command
+        self.parsed = parsed
+
+    def parseArguments(self, box, protocol):
+        if self.parsed:
+            return {}
+        return self._command.parseArguments(box, protocol)
+
+    def makeResponse(self, objects, protocol):
+        return protocol.serializing(self._command.makeResponse, objects, protocol)
+
+    def __getattr__(self, name):
+        return getattr(self._command, name)
+
+    def __repr__(self):
+        return repr(self._command)
+
+
+class _CommandPlan:
+    """
+    How L{AMP} serves and calls one command type, worked out once: which of
+    Twisted's steps the command leaves as they are (those run inline, as
+    Twisted runs them) and which it overrides (those are called).
+
+    @ivar arguments: the argument spec, or L{None} if the command overrides
+        C{parseArguments}.
+    @ivar response: the response spec, or L{None} if the command overrides
+        C{makeResponse}.
+    @ivar directCall: whether C{callRemote} may skip making an instance of
+        the command: its construction, argument checking and sending are
+        Twisted's own.
+    """
+
+    def __init__(self, command):
+        self.command = command
+        self.arguments = self.response = None
+        if _inherits(command, "parseArguments") and _inherits(command, "makeArguments"):
+            self.arguments = _spec(command, "arguments")
+        if _inherits(command, "makeResponse") and _inherits(command, "parseResponse"):
+            self.response = _spec(command, "response")
+        self.directCall = (
+            self.arguments is not None
+            and command.__init__ is amp.Command.__init__
+            and not _twisted.overridesDoCommand(command)
+        )
+
+    def parseResponse(self, box, proto):
+        if self.response is not None:
+            return self.response.toObjects(box, proto)
+        return self.command.parseResponse(box, proto)
+
+    def remoteError(self, error):
+        """
+        What C{Command._doCommand}'s errback makes of a L{amp.RemoteAmpError}:
+        the command's own exception for that code.
+        """
+        errorType = self.command.reverseErrors.get(error.errorCode, amp.UnknownRemoteError)
+        return errorType(error.description)
+
+
+def newBox(boxType):
+    # AmpBox.__init__ only converts str keys: an empty one needs none of it.
+    if boxType is amp.AmpBox:
+        return amp.AmpBox.__new__(amp.AmpBox)
+    return boxType()
+
+
+def _inherits(command, name):
+    return getattr(command, name).__func__ is getattr(amp.Command, name).__func__
+
+
+_plans = {}
+
+
+def planFor(command):
+    plan = _plans.get(command)
+    if plan is None:
+        plan = _plans[command] = _CommandPlan(command)
+    return plan
+
+
+class _ArgumentSpec:
+    """
+    A command's argument list, with what Twisted works out on every call
+    worked out once: each wire name's Python name, and which arguments use
+    L{amp.Argument}'s own C{toBox}/C{fromBox} (those are run inline, exactly
+    as Twisted runs them; the others through their own methods).
+    """
+
+    def __init__(self, arglist):
+        self.arglist = arglist
+        self.entries = []
+        self.required = []
+        self.allowed = set()
+        for wireName, argument in arglist:
+            pythonName = _twisted.wireNameToPythonIdentifier(wireName)
+            self.allowed.add(pythonName)
+            if not argument.optional:
+                self.required.append(pythonName)
+            kind = type(argument)
+            plain = (
+                kind.toBox is amp.Argument.toBox
+                and kind.fromBox is amp.Argument.fromBox
+                and kind.retrieve is amp.Argument.retrieve
+            )
+            self.entries.append((wireName, pythonName, argument, argument.optional, plain))
+
+    def toStrings(self, objects, strings, proto):
+        # Twisted's _objectsToStrings, with Argument.toBox inlined.
+        objects = dict(objects)
+        for wireName, pythonName, argument, optional, plain in self.entries:
+            if not plain:
+                argument.toBox(wireName, strings, objects, proto)
+                continue
+            if optional:
+                value = objects.pop(pythonName, None)
+                if value is None:
+                    continue
+            else:
+                value = objects.pop(pythonName)
+            strings[wireName] = argument.toStringProto(value, proto)
+        return strings
+
+    def toObjects(self, strings, proto):
+        # Twisted's _stringsToObjects, with Argument.fromBox inlined.
+        objects = {}
+        strings = dict(strings)
+        for wireName, pythonName, argument, optional, plain in self.entries:
+            if not plain:
+                argument.fromBox(wireName, strings, objects, proto)
+                continue
+            if optional:
+                value = strings.pop(wireName, None)
+                if value is None:
+                    objects[pythonName] = None
+                    continue
+            else:
+                value = strings.pop(wireName)
+            objects[pythonName] = argument.fromStringProto(value, proto)
+        return objects
+
+
+_specs = {}
+
+
+def _spec(commandType, which):
+    key = (commandType, which)
+    spec = _specs.get(key)
+    if spec is None:
+        spec = _specs[key] = _ArgumentSpec(getattr(commandType, which))
+    return spec
+
+
