@@ -268,6 +268,20 @@ def adoptConnectedSocket(transportType, fileno, factory, reactor):
     return transportType._fromConnectedSocket(fileno, factory, reactor)
 
 
+#: The names C{tcp.Port.doRead} refers to, in the Twisted versions whose
+#: loop L{acceptAdmitted} copies: a change here means the copy must be
+#: looked at again.
+ACCEPT_LOOP_NAMES = frozenset(
+    [
+        "BaseException", "NI_NUMERICHOST", "NI_NUMERICSERV", "_BuffersLogs", "_accept",
+        "_buildAddr", "_logger", "_reservedFD", "buildProtocol", "close", "deferr",
+        "enumerate", "factory", "getnameinfo", "len", "list", "log", "makeConnection",
+        "max", "namespace", "numberAccepts", "observer", "platformType", "range",
+        "reactor", "sessionno", "socket", "transport", "tuple",
+    ]
+)
+
+
 def acceptAdmitted(port, credentialsOf, admits, refused):
     """
     C{tcp.Port.doRead}, with each peer checked before its protocol is

@@ -98,7 +98,7 @@ class FastDispatch:
                     except BaseException:
                         self.unhandledError(Failure())
                 return None
-        chain = self.wrapResponder(lambda **kw: result, SettlingCommand(command, parsed=True))
+        chain = self._settledResponder(lambda **kw: result, SettlingCommand(command, parsed=True))
         return self._answerByTwisted(box, chain(box))
 
     def _answerByTwisted(self, box, deferred):
@@ -120,6 +120,9 @@ class FastDispatch:
         descriptors settled: what a failed parse claimed is closed, and what
         a failed serialization queued is taken back.
         """
+        return self._settledResponder(aCallable, SettlingCommand(command))
+
+    def _settledResponder(self, aCallable, command):
         table = self.receivedDescriptors
 
         def responder(**kw):
@@ -127,8 +130,6 @@ class FastDispatch:
             table.boxDispatched()
             return aCallable(**kw)
 
-        if not isinstance(command, SettlingCommand):
-            command = SettlingCommand(command)
         doit = self.stockWrapResponder(responder, command)
 
         def parseOrRelease(box):

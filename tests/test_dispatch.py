@@ -1,0 +1,183 @@
+"""
+Tests for L{pyamp_fds.dispatch}: whichever path a box takes (the fast one,
+or Twisted's own chain for commands that override its steps), a box that
+fails to serialize takes nothing and one that fails to parse leaks nothing.
+"""
+
+import os
+
+from twisted.internet import defer
+from twisted.protocols import amp
+
+import pyamp_fds
+from tests.fdcheck import identity
+from tests.reactorhelpers import ReactorTestCase, settle
+
+
+class NotParsed(amp.Argument):
+    """
+    An argument whose received value never parses.
+    """
+
+    def fromString(self, inString):
+        raise ValueError("refused %r" % (inString,))
+
+
+class HandOverThenNumber(amp.Command):
+    """
+    A handed-over descriptor, then a number; its own C{makeArguments} sends
+    calls through Twisted's chain.
+    """
+
+    commandName = b"HandOverThenNumber"
+    arguments = [(b"fd", pyamp_fds.Descriptor(transfer=True)), (b"n", amp.Integer())]
+    response = [(b"n", amp.Integer())]
+
+    @classmethod
+    def makeArguments(cls, objects, proto):
+        return super().makeArguments(objects, proto)
+
+
+class LendThenNumber(amp.Command):
+    """
+    Lent descriptors, then a number; its own C{__init__} sends calls
+    through Twisted's chain.
+    """
+
+    commandName = b"LendThenNumber"
+    arguments = [(b"fds", pyamp_fds.DescriptorList(duplicate=False)), (b"n", amp.Integer())]
+    response = [(b"n", amp.Integer())]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+
+
+class Give(amp.Command):
+    """
+    Answers with a descriptor and a number.
+    """
+
+    commandName = b"Give"
+    arguments = []
+    response = [(b"fd", pyamp_fds.Descriptor()), (b"n", amp.Integer())]
+
+
+class GiveParsedBadly(amp.Command):
+    """
+    L{Give} as a caller sees it whose answer's number never parses, and
+    whose own C{_doCommand}-free path is Twisted's (it overrides
+    C{parseResponse}'s partner C{__init__}).
+    """
+
+    commandName = b"Give"
+    arguments = []
+    response = [(b"fd", pyamp_fds.Descriptor()), (b"n", NotParsed())]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+
+
+class GiveLater(amp.Command):
+    """
+    Answers later (a L{Deferred}) with a handed-over descriptor and a
+    number.
+    """
+
+    commandName = b"GiveLater"
+    arguments = [(b"n", amp.Unicode())]
+    response = [(b"fd", pyamp_fds.Descriptor(transfer=True)), (b"n", amp.Integer())]
+
+
+class Responder(pyamp_fds.AMP):
+    def __init__(self, fd):
+        super().__init__()
+        self.fd = fd
+        self.calls = 0
+
+    @HandOverThenNumber.responder
+    @LendThenNumber.responder
+    def counted(self, n, fd=None, fds=()):
+        self.calls += 1
+        for received in [fd, *fds]:
+            if received is not None:
+                os.close(received)
+        return {"n": n}
+
+    @Give.responder
+    def give(self):
+        return {"fd": self.fd, "n": 1}
+
+    @GiveLater.responder
+    def giveLater(self, n):
+        return defer.succeed({"fd": self.fd, "n": n})
+
+
+class SettledOnEveryPathTests(ReactorTestCase):
+    """
+    Failed boxes settle their descriptors on Twisted's chain too.
+    """
+
+    def setUp(self):
+        d = super().setUp()
+        self.fd = os.open("/dev/null", os.O_RDONLY)
+        self.addCleanup(os.close, self.fd)
+        return d
+
+    @defer.inlineCallbacks
+    def test_callThroughTwistedTakesNothing(self):
+        """
+        A call through Twisted's chain whose later argument fails to
+        serialize raises and takes nothing: the handed-over or lent
+        descriptors are the caller's again, nothing stays queued, no ordinal
+        is used, and the peer receives nothing.
+        """
+        server, client = self.connect(Responder(self.fd), pyamp_fds.AMP())
+        with self.assertRaises(TypeError):
+            client.callRemote(HandOverThenNumber, fd=self.fd, n="not a number")
+        with self.assertRaises(TypeError):
+            client.callRemote(LendThenNumber, fds=[self.fd, self.fd], n="not a number")
+        self.assertEqual(client.transport.queuedDescriptors, [])
+        self.assertEqual(client.descriptorsSent, 0)
+        yield settle()
+        os.fstat(self.fd)
+        self.assertEqual(server.receivedDescriptors.received, 0)
+        # And the next call through the same chain works, from ordinal 0.
+        answer = yield client.callRemote(HandOverThenNumber, fd=os.dup(self.fd), n=3)
+        self.assertEqual((answer, server.calls), ({"n": 3}, 1))
+        self.assertEqual(server.receivedDescriptors.received, 1)
+
+    @defer.inlineCallbacks
+    def test_answerParsedByTwistedLeaksNothing(self):
+        """
+        An answer parsed through Twisted's chain whose later value fails to
+        parse fails the call and closes the descriptor it had claimed.
+        """
+        server, client = self.connect(Responder(self.fd), pyamp_fds.AMP())
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(3):
+            with self.assertRaises(ValueError):
+                yield client.callRemote(GiveParsedBadly)
+        self.assertEqual(client.receivedDescriptors.received, 3)
+        self.assertEqual(
+            (client.receivedDescriptors.unclaimed, client.receivedDescriptors.claimedByBox), (0, 0)
+        )
+        self.assertEqual(len(os.listdir("/proc/self/fd")), before)
+
+    @defer.inlineCallbacks
+    def test_deferredAnswerTakesNothing(self):
+        """
+        A responder's later answer that fails to serialize sends an error
+        (Twisted's: an unknown error, and the connection closed) and not the
+        handed-over descriptor, which stays open: it was never taken.
+        """
+        server, client = self.connect(Responder(self.fd), pyamp_fds.AMP())
+        inode = identity(self.fd)
+        transport = server.transport
+        with self.assertRaises(amp.UnknownRemoteError):
+            yield client.callRemote(GiveLater, n="not a number")
+        self.assertEqual(len(self.flushLoggedErrors(amp.BadLocalReturn)), 1)
+        self.assertEqual(transport.queuedDescriptors, [])
+        self.assertEqual(server.descriptorsSent, 0)
+        yield settle()
+        self.assertEqual(client.receivedDescriptors.received, 0)
+        self.assertEqual(identity(self.fd), inode)

@@ -1,0 +1,185 @@
+"""
+Tests for L{pyamp_fds.outgoing}: the queue of descriptors to send, without
+sockets.
+"""
+
+import os
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from pyamp_fds.fdio import MAX_FDS_PER_MESSAGE
+from pyamp_fds.outgoing import Ownership, OutgoingDescriptors
+from tests.fdcheck import assertNoNewDescriptors, identity, openDescriptors
+
+
+class OutgoingDescriptorsTests(SynchronousTestCase):
+    """
+    Positions, ownership, groups, marks and withdrawal of L{OutgoingDescriptors}.
+    """
+
+    def setUp(self):
+        self.before = openDescriptors()
+        self.queue = OutgoingDescriptors()
+        self.pipes = []
+
+    def tearDown(self):
+        for r, w in self.pipes:
+            os.close(r)
+            os.close(w)
+        self.queue.drop()
+        assertNoNewDescriptors(self.before)
+
+    def pipe(self):
+        r, w = os.pipe()
+        self.pipes.append((r, w))
+        return r
+
+    def isOpen(self, fd):
+        try:
+            os.fstat(fd)
+        except OSError:
+            return False
+        return True
+
+    def test_duplicateQueued(self):
+        """
+        A duplicate is queued, not the caller's descriptor; the caller's stays
+        open, and the duplicate is closed once sent.
+        """
+        fd = self.pipe()
+        self.queue.enqueue([fd], 0, Ownership.DUPLICATE)
+        [queued] = self.queue.descriptors
+        self.assertNotEqual(queued, fd)
+        self.assertEqual(identity(queued), identity(fd))
+        self.queue.sent(1)
+        self.assertFalse(self.isOpen(queued))
+        self.assertTrue(self.isOpen(fd))
+        self.assertEqual(len(self.queue), 0)
+
+    def test_handedOverClosedOnceSent(self):
+        """
+        A handed-over descriptor is queued as it is and closed once sent.
+        """
+        fd = os.dup(self.pipe())
+        self.queue.enqueue([fd], 0, Ownership.HANDED_OVER)
+        self.assertEqual(self.queue.descriptors, [fd])
+        self.queue.sent(1)
+        self.assertFalse(self.isOpen(fd))
+
+    def test_lentNeverClosed(self):
+        """
+        A lent descriptor is sent as it is and never closed by the queue, not
+        when sent and not when dropped.
+        """
+        fd = self.pipe()
+        self.queue.enqueue([fd], 0, Ownership.LENT)
+        self.queue.sent(1)
+        self.assertTrue(self.isOpen(fd))
+        self.queue.enqueue([fd], 5, Ownership.LENT)
+        self.queue.drop()
+        self.assertTrue(self.isOpen(fd))
+
+    def test_mixedGroupClosesOnlyOwned(self):
+        """
+        A group mixing ownerships closes the duplicates and handed-over ones
+        and leaves the lent ones open.
+        """
+        lent = self.pipe()
+        handed = os.dup(self.pipe())
+        self.queue.enqueue([lent], 0, Ownership.LENT)
+        self.queue.enqueue([handed], 0, Ownership.HANDED_OVER)
+        self.queue.enqueue([lent], 0, Ownership.DUPLICATE)
+        duplicate = self.queue.descriptors[2]
+        self.queue.sent(3)
+        self.assertTrue(self.isOpen(lent))
+        self.assertFalse(self.isOpen(handed))
+        self.assertFalse(self.isOpen(duplicate))
+
+    def test_withdrawGivesBack(self):
+        """
+        Withdrawing to a mark closes the duplicates queued since it and
+        leaves handed-over and lent descriptors open (the caller's again);
+        what was queued before the mark stays.
+        """
+        first = self.pipe()
+        self.queue.enqueue([first], 0, Ownership.DUPLICATE)
+        mark = self.queue.mark()
+        handed = self.pipe()
+        lent = self.pipe()
+        self.queue.enqueue([first, first], 3, Ownership.DUPLICATE)
+        duplicates = self.queue.descriptors[1:]
+        self.queue.enqueue([handed], 3, Ownership.HANDED_OVER)
+        self.queue.enqueue([lent], 3, Ownership.LENT)
+        self.queue.withdraw(mark)
+        self.assertEqual(len(self.queue), 1)
+        self.assertFalse(any(map(self.isOpen, duplicates)))
+        self.assertTrue(self.isOpen(handed))
+        self.assertTrue(self.isOpen(lent))
+
+    def test_withdrawAfterSentRefused(self):
+        """
+        A mark whose descriptors have already been sent cannot be withdrawn.
+        """
+        fd = self.pipe()
+        mark = self.queue.mark()
+        self.queue.enqueue([fd], 0, Ownership.LENT)
+        self.queue.sent(1)
+        self.assertRaises(AssertionError, self.queue.withdraw, mark)
+
+    def test_marksSurviveSends(self):
+        """
+        A mark taken after some descriptors were sent still withdraws exactly
+        what was queued after it.
+        """
+        fd = self.pipe()
+        self.queue.enqueue([fd, fd], 0, Ownership.LENT)
+        self.queue.sent(2)
+        self.queue.enqueue([fd], 1, Ownership.LENT)
+        mark = self.queue.mark()
+        self.queue.enqueue([fd, fd], 2, Ownership.LENT)
+        self.queue.withdraw(mark)
+        self.assertEqual(self.queue.descriptors, [fd])
+
+    def test_groups(self):
+        """
+        Groups hold at most L{MAX_FDS_PER_MESSAGE} descriptors; when more are
+        queued, the message is limited so the next group still finds a byte
+        of the box that names it.
+        """
+        fd = self.pipe()
+        count = MAX_FDS_PER_MESSAGE + 10
+        self.queue.enqueue([fd] * MAX_FDS_PER_MESSAGE, 0, Ownership.LENT)
+        self.queue.enqueue([fd] * 10, 100, Ownership.LENT)
+        self.assertEqual(len(self.queue), count)
+        fds, limit = self.queue.nextGroup(40)
+        self.assertEqual(len(fds), MAX_FDS_PER_MESSAGE)
+        self.assertEqual(limit, 60)
+        # Past the next group's position: still at least one byte.
+        self.assertEqual(self.queue.nextGroup(150)[1], 1)
+        self.queue.sent(len(fds))
+        self.assertEqual(self.queue.nextGroup(100), ([fd] * 10, None))
+
+    def test_duplicateAllOrNone(self):
+        """
+        When one duplicate cannot be made, none is queued and none leaks.
+        """
+        fd = self.pipe()
+        bad = max(openDescriptors()) + 100
+        self.assertRaises(OSError, self.queue.enqueue, [fd, bad], 0, Ownership.DUPLICATE)
+        self.assertEqual(len(self.queue), 0)
+
+    def test_dropClosesOwned(self):
+        """
+        Dropping the queue (the connection is gone) closes duplicates and
+        handed-over descriptors.
+        """
+        fd = self.pipe()
+        handed = os.dup(fd)
+        self.queue.enqueue([fd], 0, Ownership.DUPLICATE)
+        duplicate = self.queue.descriptors[0]
+        self.queue.enqueue([handed], 0, Ownership.HANDED_OVER)
+        self.queue.drop()
+        self.assertEqual(len(self.queue), 0)
+        self.assertFalse(self.isOpen(duplicate))
+        self.assertFalse(self.isOpen(handed))
+        self.assertTrue(self.isOpen(fd))

@@ -1,0 +1,96 @@
+"""
+Tests for L{pyamp_fds._twisted}: every private name of Twisted the package
+relies on is still there, with the shape relied on.
+"""
+
+import inspect
+
+from twisted.internet import base, tcp, unix
+from twisted.internet.abstract import FileDescriptor
+from twisted.protocols import amp
+from twisted.trial.unittest import SynchronousTestCase
+
+from pyamp_fds import _twisted
+
+
+def referencedNames(code):
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if inspect.iscode(const):
+            names |= referencedNames(const)
+    return names
+
+
+class PrivateNamesTests(SynchronousTestCase):
+    """
+    The private names exist where L{pyamp_fds._twisted} reaches for them.
+    """
+
+    def test_ampHooks(self):
+        """
+        The AMP methods whose private hooks are routed to the package's
+        methods exist, with the arguments passed to them.
+        """
+        for owner, name, params in [
+            (amp.BinaryBoxProtocol, "_switchTo", ["self", "newProto", "clientFactory"]),
+            (amp.BinaryBoxProtocol, "_startTLS", ["self", "certificate", "verifyAuthorities"]),
+            (amp.BinaryBoxProtocol, "_sendFileDescriptor", ["self", "descriptor"]),
+            (amp.BoxDispatcher, "_commandReceived", ["self", "box"]),
+            (amp.BoxDispatcher, "_answerReceived", ["self", "box"]),
+            (amp.BoxDispatcher, "_errorReceived", ["self", "box"]),
+            (amp.BoxDispatcher, "_sendBoxCommand", ["self", "command", "box", "requiresAnswer"]),
+            (amp.BoxDispatcher, "_safeEmit", ["self", "aBox"]),
+            (amp.BoxDispatcher, "_nextTag", ["self"]),
+            (amp.CommandLocator, "_wrapWithSerialization", ["self", "aCallable", "command"]),
+            (amp.Command, "_doCommand", ["self", "proto"]),
+        ]:
+            method = getattr(owner, name)
+            self.assertEqual(list(inspect.signature(method).parameters), params, name)
+        self.assertTrue(callable(_twisted.wireNameToPythonIdentifier))
+
+    def test_ampState(self):
+        """
+        The private state the hooks read exists on a fresh protocol.
+        """
+        proto = amp.AMP()
+        for name in ("_locked", "_startingTLSBuffer", "_justStartedTLS", "_failAllReason"):
+            self.assertTrue(hasattr(proto, name), name)
+        self.assertEqual(proto._outstandingRequests, {})
+        self.assertTrue(callable(proto._getDescriptor))
+        self.assertTrue(callable(proto._sendingDescriptorCounter))
+        self.assertIsInstance(type(proto)._commandDispatch, dict)
+
+    def test_transportHooks(self):
+        """
+        The write-buffer and read-path privates a batching transport uses.
+        """
+        for owner, name in [
+            (FileDescriptor, "_isSendBufferFull"),
+            (FileDescriptor, "_maybePauseProducer"),
+            (tcp.Connection, "_dataReceived"),
+            (base.BaseConnector, "_makeTransport"),
+        ]:
+            self.assertTrue(callable(getattr(owner, name)), name)
+        self.assertTrue(callable(unix.Server._fromConnectedSocket))
+        descriptor = FileDescriptor()
+        self.assertEqual(
+            (descriptor.dataBuffer, descriptor.offset, descriptor._tempDataLen), (b"", 0, 0)
+        )
+
+    def test_acceptLoopShape(self):
+        """
+        C{tcp.Port.doRead}, which L{_twisted.acceptAdmitted} copies, still
+        refers to exactly the names it did when the copy was made.
+        """
+        names = referencedNames(tcp.Port.doRead.__code__)
+        self.assertEqual(
+            (names - _twisted.ACCEPT_LOOP_NAMES, _twisted.ACCEPT_LOOP_NAMES - names),
+            (set(), set()),
+            "tcp.Port.doRead changed: compare it with pyamp_fds._twisted.acceptAdmitted",
+        )
+        self.assertEqual(
+            list(inspect.signature(tcp._accept).parameters),
+            ["logger", "accepts", "listener", "reservedFD"],
+        )
+        self.assertTrue(callable(tcp._BuffersLogs))
+        self.assertTrue(callable(tcp._reservedFD.reserve))
