@@ -90,7 +90,9 @@ class _Accelerated:
     # Connection
 
     def makeConnection(self, transport):
-        self._decoder = BoxDecoder(amp.AmpBox, self.maxBoxSize)
+        if self._decoder is None:
+            # One made by dataReceived before the connection keeps what it holds.
+            self._decoder = BoxDecoder(amp.AmpBox, self.maxBoxSize)
         self._batching = isBatching(transport)
         super().makeConnection(transport)
 
@@ -99,6 +101,7 @@ class _Accelerated:
         self._outgoing = []
         if self._decoder is not None:
             self._decoder.close()
+            self._decoder = None
         if self._failReason is not None:
             reason = self._failReason
         super().connectionLost(reason)
@@ -113,6 +116,10 @@ class _Accelerated:
             return
         if self._failReason is not None:
             return
+        if self._decoder is None:
+            # Not connected (yet): Twisted's parser works then too, as
+            # amp.parse and Twisted's own tests use it.
+            self._decoder = BoxDecoder(amp.AmpBox, self.maxBoxSize)
         try:
             boxes = self._decoder.feed(data)
             error = None

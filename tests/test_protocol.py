@@ -847,3 +847,38 @@ class AMPBehaviourTests(ReactorTestCase):
         self.assertEqual(set(events[:-1]), {"pause"})
         self.assertEqual(events[-1], "resume")
         client.transport.unregisterProducer()
+
+
+class TwistedParityTests(ReactorTestCase):
+    """
+    What Twisted's own suite (C{twisted.test.test_amp}) expects of
+    L{amp.BinaryBoxProtocol} and L{amp.AMP}, which ours do too.
+    """
+
+    def test_dataReceivedBeforeMakeConnection(self):
+        """
+        A L{pyamp_fds.BinaryBoxProtocol} parses what it is given before it
+        is connected (as Twisted's own C{amp.parse} does with its), and what
+        it held of an unfinished box is still there once it is connected.
+        """
+        got = []
+
+        class Receiver:
+            def startReceivingBoxes(self, sender):
+                pass
+
+            def ampBoxReceived(self, box):
+                got.append(box)
+
+            def stopReceivingBoxes(self, reason):
+                pass
+
+        from twisted.internet.testing import StringTransport
+
+        proto = pyamp_fds.BinaryBoxProtocol(Receiver())
+        data = pyamp_fds.encode_boxes([{b"a": b"1"}, {b"b": b"2"}])
+        proto.dataReceived(data[:-3])
+        self.assertEqual(got, [{b"a": b"1"}])
+        proto.makeConnection(StringTransport())
+        proto.dataReceived(data[-3:])
+        self.assertEqual(got, [{b"a": b"1"}, {b"b": b"2"}])

@@ -38,10 +38,6 @@ EXPECTED_FAILURES = {
         "the event logged when descriptors reach a protocol that is not an "
         "IFileDescriptorReceiver is pyamp_fds's own, not Twisted's"
     ),
-    "twisted.test.test_amp.BinaryProtocolTests.test_receiveBoxData": (
-        "dataReceived before makeConnection fails: the decoder is made by "
-        "makeConnection"
-    ),
     "twisted.test.test_amp.DescriptorTests.test_roundTrip": (
         "fileDescriptorReceived of a descriptor that is not open raises "
         "(making it close-on-exec fails)"
