@@ -882,3 +882,23 @@ class TwistedParityTests(ReactorTestCase):
         proto.makeConnection(StringTransport())
         proto.dataReceived(data[-3:])
         self.assertEqual(got, [{b"a": b"1"}, {b"b": b"2"}])
+
+    def test_fileDescriptorReceivedNotOpen(self):
+        """
+        A number given to C{fileDescriptorReceived} that is not an open
+        descriptor here (as a fake transport gives, in Twisted's own tests)
+        is recorded and claimed like any other; an open one is still made
+        close-on-exec.
+        """
+        proto = pyamp_fds.AMP()
+        r, w = os.pipe()
+        os.close(w)
+        notOpen = w
+        os.set_inheritable(r, True)
+        proto.fileDescriptorReceived(notOpen)
+        proto.fileDescriptorReceived(r)
+        argument = pyamp_fds.Descriptor()
+        self.assertEqual(argument.fromStringProto(b"0", proto), notOpen)
+        self.assertEqual(argument.fromStringProto(b"1", proto), r)
+        self.assertFalse(os.get_inheritable(r))
+        os.close(r)
