@@ -418,6 +418,18 @@ def _newBox(boxType):
     return boxType()
 
 
+def _newResponseBox(command):
+    """
+    An empty response box for C{command}; or, as C{Command.makeResponse}
+    gives when the command's C{responseType} cannot be made, a failed
+    L{Deferred} with why.
+    """
+    try:
+        return _newBox(command.responseType)
+    except BaseException:
+        return fail()
+
+
 def _inherits(command, name):
     return getattr(command, name).__func__ is getattr(amp.Command, name).__func__
 
@@ -478,7 +490,9 @@ class AMP(_Accelerated, amp.AMP):
         if not isinstance(result, Deferred):
             try:
                 if plan.response is not None:
-                    answer = self._toStrings(plan.response, result, _newBox(command.responseType))
+                    answer = _newResponseBox(command)
+                    if not isinstance(answer, Deferred):
+                        answer = self._toStrings(plan.response, result, answer)
                 else:
                     answer = command.makeResponse(result, self)
             except BaseException:
@@ -490,6 +504,12 @@ class AMP(_Accelerated, amp.AMP):
                     )
                 )
             else:
+                if isinstance(answer, Deferred):
+                    # Command.makeResponse's way of failing when the response
+                    # box cannot be made (StartTLS's, without TLS): that
+                    # error is the answer, through Twisted's chain.
+                    chain = self._wrapWithSerialization(lambda **kw: answer, _AlreadyParsed(command))
+                    return self._answerByTwisted(box, chain(box))
                 ask = box.get(amp.ASK)
                 if ask is not None:
                     answer[amp.ANSWER] = ask

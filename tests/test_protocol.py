@@ -902,3 +902,40 @@ class TwistedParityTests(ReactorTestCase):
         self.assertEqual(argument.fromStringProto(b"1", proto), r)
         self.assertFalse(os.get_inheritable(r))
         os.close(r)
+
+    def test_responseBoxThatCannotBeMade(self):
+        """
+        A command whose response box cannot be made (C{StartTLS}'s, where
+        TLS is not installed, raises C{RemoteAmpError("TLS_ERROR")}) is
+        answered with that error, as Twisted answers it, not as a responder
+        result that did not serialize.
+        """
+        from twisted.internet.testing import StringTransport
+
+        self.patch(amp, "ssl", None)
+        answers = {}
+        for base in (amp.AMP, pyamp_fds.AMP):
+
+            class Secure(base):
+                @amp.StartTLS.responder
+                def startTLS(self):
+                    return {}
+
+            proto = Secure()
+            transport = StringTransport()
+            proto.makeConnection(transport)
+            proto.ampBoxReceived(amp.AmpBox({b"_command": b"StartTLS", b"_ask": b"1"}))
+            proto.transport.write(b"")
+            answers[base] = amp.parseString(transport.value())
+        self.assertEqual(
+            answers[pyamp_fds.AMP],
+            [
+                {
+                    b"_error": b"1",
+                    b"_error_code": b"TLS_ERROR",
+                    b"_error_description": b"TLS not available",
+                }
+            ],
+        )
+        self.assertEqual(answers[pyamp_fds.AMP], answers[amp.AMP])
+        self.assertEqual(self.flushLoggedErrors(), [])

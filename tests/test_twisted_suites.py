@@ -38,10 +38,6 @@ EXPECTED_FAILURES = {
         "the event logged when descriptors reach a protocol that is not an "
         "IFileDescriptorReceiver is pyamp_fds's own, not Twisted's"
     ),
-    "twisted.test.test_amp.TLSNotAvailableTests.test_messageReceivedError": (
-        "StartTLS without TLS: the response box that cannot be made is "
-        "answered with UNKNOWN (BadLocalReturn), not Twisted's TLS_ERROR"
-    ),
 }
 
 _FAILED = frozenset(["failure", "error", "unexpectedSuccess"])
