@@ -425,13 +425,18 @@ class _BatchingMixin:
                 protocol.fileDescriptorReceived(fd)
         else:
             close_all(fds)
-            _log.warn(
-                "{protocol} (on {transport}) does not provide IFileDescriptorReceiver; "
-                "closed {count} descriptors received from {peer}",
-                protocol=protocol,
-                transport=self,
+            # Twisted's own event, which its users may be watching for; one
+            # per read, as Twisted logs one per message of descriptors.
+            log.msg(
+                format=(
+                    "%(protocolName)s (on %(hostAddress)r) does not "
+                    "provide IFileDescriptorReceiver; closing file "
+                    "descriptor received (from %(peerAddress)r)."
+                ),
+                hostAddress=self.getHost(),
+                peerAddress=self.getPeer(),
+                protocolName=self._getLogPrefix(protocol),
                 count=len(fds),
-                peer=self.getPeer(),
             )
 
     def connectionLost(self, reason):

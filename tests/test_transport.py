@@ -167,3 +167,45 @@ class TransportTests(ReactorTestCase):
         yield settle()
         for fd in fds:
             os.fstat(fd)
+
+
+class TwistedParityTests(ReactorTestCase):
+    """
+    What Twisted's own suite (C{twisted.internet.test.test_unix}) expects of
+    an C{IUNIXTransport}, which ours do too.
+    """
+
+    @defer.inlineCallbacks
+    def test_descriptorsForAProtocolThatDoesNotTakeThem(self):
+        """
+        Descriptors that reach a protocol which is not an
+        C{IFileDescriptorReceiver} are closed, and logged with Twisted's own
+        event: its format, the protocol's log prefix, and both addresses.
+        """
+        from twisted.python import log
+
+        events = []
+        log.addObserver(events.append)
+        self.addCleanup(log.removeObserver, events.append)
+        proto = protocol.Protocol()
+        peer = self.rawPeer(proto)
+        r, w = os.pipe()
+        self.addCleanup(fdio.close_all, [r, w])
+        fdio.send_with_fds(peer, b"xy", [r, w])
+        yield settle()
+        expected = {
+            "format": (
+                "%(protocolName)s (on %(hostAddress)r) does not "
+                "provide IFileDescriptorReceiver; closing file "
+                "descriptor received (from %(peerAddress)r)."
+            ),
+            "protocolName": "Protocol",
+            "hostAddress": proto.transport.getHost(),
+            "peerAddress": proto.transport.getPeer(),
+        }
+        matching = [
+            event
+            for event in events
+            if {key: event.get(key) for key in expected} == expected
+        ]
+        self.assertEqual(len(matching), 1, events)

@@ -34,10 +34,6 @@ EXPECTED_FAILURES = {
         "next bytes written, and closed when the connection is lost; Twisted "
         "loses the connection with FileDescriptorOverrun"
     ),
-    "twisted.internet.test.test_unix.UNIXTestsBuilder.test_avoidLeakingFileDescriptors": (
-        "the event logged when descriptors reach a protocol that is not an "
-        "IFileDescriptorReceiver is pyamp_fds's own, not Twisted's"
-    ),
 }
 
 _FAILED = frozenset(["failure", "error", "unexpectedSuccess"])
