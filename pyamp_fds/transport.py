@@ -229,7 +229,11 @@ class _BatchingMixin:
 
     def sendFileDescriptor(self, fileno, transfer=False):
         """
-        Queue a descriptor to go with the next bytes written.
+        Queue a descriptor to go with the next bytes written.  Write them
+        before the transport next writes (in the same call, as a protocol
+        does writing the box that names it): if it finds a descriptor
+        queued and no byte to carry it, the connection is lost with
+        C{FileDescriptorOverrun}, as in Twisted.
 
         @param fileno: a descriptor, or an object with C{fileno()}.
         @param transfer: if false (the default), a duplicate is queued and
@@ -323,6 +327,12 @@ class _BatchingMixin:
         view = memoryview(data)
         size = len(view)
         queuedFds, queuedAt = self._queuedFds, self._queuedAt
+        if not size and queuedFds and not self.TLS:
+            # Every byte written has gone, and a descriptor still waits:
+            # none is left to carry it (IUNIXTransport's rule, as in
+            # Twisted: write at least one byte with descriptors).  After
+            # startTLS the bytes come out of the TLS layer when it has them.
+            return error.FileDescriptorOverrun()
         fileno = self.socket.fileno()
         total = 0
         while total < size:

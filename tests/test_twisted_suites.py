@@ -29,11 +29,6 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # and why.  Every test listed here must still fail; when one passes, take
 # it off the list.
 EXPECTED_FAILURES = {
-    "twisted.internet.test.test_unix.UNIXTestsBuilder.test_fileDescriptorOverrun": (
-        "a descriptor queued with no byte written after it is kept for the "
-        "next bytes written, and closed when the connection is lost; Twisted "
-        "loses the connection with FileDescriptorOverrun"
-    ),
 }
 
 _FAILED = frozenset(["failure", "error", "unexpectedSuccess"])
