@@ -10,6 +10,7 @@ does the substituting there, so nothing leaks into the other tests); the
 tests here read what that run reported.
 """
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -97,6 +98,13 @@ class TwistedSuitesTests(SynchronousTestCase):
 
     @classmethod
     def setUpClass(cls):
+        if importlib.util.find_spec("hamcrest") is None:
+            # Not a reason to skip: the suites are the measure of drop-in.
+            raise AssertionError(
+                "twisted.internet.test.test_unix needs PyHamcrest (it imports "
+                "twisted.test.test_tcp), which Twisted's [test] extra installs: "
+                "install pyhamcrest"
+            )
         cls.results = runSuites()
 
     def outcomes(self):
