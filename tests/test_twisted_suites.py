@@ -52,9 +52,10 @@ def _listedAs(testId):
     return None
 
 
-def runSuites():
+def runSuites(stock=False):
     """
-    Run Twisted's suites with pyamp_fds substituted, in a process of their own.
+    Run Twisted's suites with pyamp_fds substituted (or, if C{stock}, with
+    Twisted's own classes), in a process of their own.
 
     @return: the results the run wrote (see L{tests.twisted_substitute}),
         with C{"output"} (its report) and C{"seconds"} added.
@@ -67,7 +68,9 @@ def runSuites():
         resultsPath = os.path.join(where, "results.json")
         started = time.monotonic()
         process = subprocess.run(
-            [sys.executable, "-m", "tests.twisted_substitute", resultsPath, *SUITES],
+            [sys.executable, "-m", "tests.twisted_substitute"]
+            + (["--stock"] if stock else [])
+            + [resultsPath, *SUITES],
             cwd=where,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -94,7 +97,7 @@ class TwistedSuitesTests(SynchronousTestCase):
     classes substituted for Twisted's.
     """
 
-    results = None
+    results = stockResults = None
 
     @classmethod
     def setUpClass(cls):
@@ -106,6 +109,7 @@ class TwistedSuitesTests(SynchronousTestCase):
                 "install pyhamcrest"
             )
         cls.results = runSuites()
+        cls.stockResults = runSuites(stock=True)
 
     def outcomes(self):
         """
@@ -213,3 +217,34 @@ class TwistedSuitesTests(SynchronousTestCase):
             if status == "passed"
         )
         self.assertEqual(passing, [], "listed as expected to fail, but passed")
+
+    def test_noMoreDescriptorsLeftOpen(self):
+        """
+        The suites leave no more descriptors open, of any kind, with
+        pyamp_fds's classes than with Twisted's own (Twisted's tests leave
+        some, the same with both).
+        """
+        ours, stock = self.results["leftOpen"], self.stockResults["leftOpen"]
+        more = {
+            kind: (count, stock.get(kind, 0))
+            for kind, count in ours.items()
+            if count > stock.get(kind, 0)
+        }
+        self.assertEqual(more, {}, "left open (ours, Twisted's)")
+
+    def test_sameTestsAsStock(self):
+        """
+        The same tests ran as with Twisted's own classes, and those skipped
+        were skipped there too.
+        """
+        ours, stock = self.results["outcomes"], self.stockResults["outcomes"]
+        self.assertEqual(sorted(ours), sorted(stock))
+
+        def skipped(outcomes):
+            return sorted(
+                testId
+                for testId, reports in outcomes.items()
+                if any(kind == "skip" for kind, detail in reports)
+            )
+
+        self.assertEqual(skipped(ours), skipped(stock))

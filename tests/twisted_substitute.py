@@ -5,14 +5,17 @@ classes in place of Twisted's.
 
 Run in a process of its own (the substitution is for the whole process)::
 
-    python -m tests.twisted_substitute RESULTS.json [TEST NAME ...]
+    python -m tests.twisted_substitute [--stock] RESULTS.json [TEST NAME ...]
 
 It substitutes, runs the named tests (by default L{SUITES}) with trial's
 runner, prints trial's verbose report, and writes C{RESULTS.json}:
 C{"outcomes"}, each test's reports (C{[kind, detail]}: C{"success"},
 C{"failure"}, C{"error"}, C{"skip"}, ...); C{"problems"}, what L{staticChecks}
-found wrong; C{"evidence"}, what L{Evidence} counted.  Whether that is a pass
-is for L{tests.test_twisted_suites} to say.
+found wrong; C{"evidence"}, what L{Evidence} counted; C{"leftOpen"}, the
+descriptors the run opened and left open, counted by kind (Twisted's own
+tests leave some).  Whether that is a pass is for L{tests.test_twisted_suites}
+to say.  With C{--stock}, nothing is substituted: the same run with
+Twisted's own classes, to compare with.
 
 What is substituted, and how:
 
@@ -34,6 +37,7 @@ pyamp_fds's C{Server} calls C{unix.Server.__init__}), and with the names
 rebound those calls would land on the subclasses and recurse.
 """
 
+import gc
 import json
 import sys
 from collections import Counter
@@ -288,23 +292,54 @@ def _reporterFactory(outcomes):
     return factory
 
 
+def _kind(target):
+    """
+    What sort of thing a descriptor refers to, from its C{/proc} link:
+    C{"socket"}, C{"pipe"}, C{"anon_inode:[eventpoll]"} and the like, or
+    C{"file"}.
+    """
+    head = target.partition(":")[0]
+    if head in ("socket", "pipe"):
+        return head
+    if head == "anon_inode":
+        return target
+    return "file"
+
+
 def main(argv):
+    stock = argv[:1] == ["--stock"]
+    if stock:
+        argv = argv[1:]
     resultsPath, names = argv[0], argv[1:] or list(SUITES)
-    substitute()
+    if not stock:
+        substitute()
     evidence = Evidence()
     evidence.watch()
 
     from twisted.trial import runner
 
+    from tests.fdcheck import openDescriptors
+
     loader = runner.TestLoader()
     suite = loader.loadByNames(names)
-    problems = staticChecks()
+    problems = [] if stock else staticChecks()
     outcomes = {}
     trial = runner.TrialRunner(_reporterFactory(outcomes), stream=sys.stdout)
+    before = openDescriptors()
     trial.run(suite)
+    gc.collect()
+    after = openDescriptors()
+    leftOpen = Counter(
+        _kind(target) for fd, target in after.items() if before.get(fd) != target
+    )
     with open(resultsPath, "w") as f:
         json.dump(
-            {"outcomes": outcomes, "problems": problems, "evidence": evidence.asJSON()},
+            {
+                "outcomes": outcomes,
+                "problems": problems,
+                "evidence": evidence.asJSON(),
+                "leftOpen": dict(leftOpen),
+            },
             f,
             indent=1,
         )
