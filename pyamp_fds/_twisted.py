@@ -233,6 +233,13 @@ class TransportHooks:
         """
         self._maybePauseProducer()
 
+    def protocolLogPrefix(self, protocol):
+        """
+        How Twisted names C{protocol} in its log events (its private
+        C{_getLogPrefix}), for events that must read as Twisted's own.
+        """
+        return self._getLogPrefix(protocol)
+
     def deliverData(self, data):
         """
         Hand received bytes to the protocol as C{tcp.Connection.doRead}

@@ -68,9 +68,9 @@ class FastDispatch:
         if not isinstance(result, Deferred):
             try:
                 if plan.response is not None:
-                    answer = self.serializing(
-                        plan.response.toStrings, result, newBox(command.responseType), self
-                    )
+                    answer = _newResponseBox(command)
+                    if not isinstance(answer, Deferred):
+                        answer = self.serializing(plan.response.toStrings, result, answer, self)
                 else:
                     answer = self.serializing(command.makeResponse, result, self)
             except BaseException:
@@ -82,6 +82,14 @@ class FastDispatch:
                     )
                 )
             else:
+                if isinstance(answer, Deferred):
+                    # Command.makeResponse's way of failing when the response
+                    # box cannot be made (StartTLS's, without TLS): that
+                    # error is the answer, through Twisted's chain.
+                    chain = self._settledResponder(
+                        lambda **kw: answer, SettlingCommand(command, parsed=True)
+                    )
+                    return self._answerByTwisted(box, chain(box))
                 ask = box.get(amp.ASK)
                 if ask is not None:
                     answer[amp.ANSWER] = ask
@@ -241,3 +249,15 @@ class FastDispatch:
     def failAllOutgoing(self, reason):
         self._waitingPlans.clear()
         super().failAllOutgoing(reason)
+
+
+def _newResponseBox(command):
+    """
+    An empty response box for C{command}; or, as C{Command.makeResponse}
+    gives when the command's C{responseType} cannot be made, a failed
+    L{Deferred} with why.
+    """
+    try:
+        return newBox(command.responseType)
+    except BaseException:
+        return fail()

@@ -22,6 +22,7 @@ L{AMP}'s fast paths for commands, answers and calls are in
 L{pyamp_fds.dispatch}.
 """
 
+import errno
 import os
 
 from twisted.internet.error import ConnectionLost
@@ -82,13 +83,25 @@ class _Framing(_twisted.BoxProtocolHooks):
     _batching = False
     _dispatching = False
 
+    _sent = 0
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self._startConnectionState()
+
+    def _startConnectionState(self):
         self.receivedDescriptors = ReceivedDescriptors(self._protocolError)
         # Stock amp.Descriptor arguments claim from the same table.
         self.useDescriptorTable(self.receivedDescriptors)
-        self._sent = 0
         self._outgoing = []
+
+    def __getattr__(self, name):
+        # A subclass whose __init__ does not call ours (Twisted's own tests
+        # have one) still gets its state on first use.
+        if name in ("receivedDescriptors", "_outgoing"):
+            self._startConnectionState()
+            return getattr(self, name)
+        raise AttributeError(name)
 
     @property
     def descriptorsSent(self):
@@ -111,6 +124,7 @@ class _Framing(_twisted.BoxProtocolHooks):
         self._outgoing = []
         if self._decoder is not None:
             self._decoder.close()
+            self._decoder = None
         if self._failReason is not None:
             reason = self._failReason
         super().connectionLost(reason)
@@ -240,10 +254,11 @@ class _Framing(_twisted.BoxProtocolHooks):
         # that names it is handled must not inherit it.
         try:
             os.set_inheritable(descriptor, False)
-        except OSError:
-            # Not open: it still takes its ordinal, so that later ones keep
-            # theirs; claiming it gives the number, as Twisted's would.
-            pass
+        except OSError as e:
+            if e.errno != errno.EBADF:
+                raise
+            # Not open here (a fake transport's number): it still takes its
+            # ordinal, and claiming it gives the number, as in Twisted.
         self.fileDescriptorsReceived((descriptor,))
 
     def fileDescriptorsReceived(self, descriptors):

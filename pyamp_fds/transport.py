@@ -21,6 +21,7 @@ import errno
 
 from twisted.internet import error, interfaces, main, unix
 from twisted.logger import Logger
+from twisted.python import log
 from zope.interface import implementer
 
 from pyamp_fds import _twisted
@@ -186,7 +187,11 @@ class _Batching(_twisted.TransportHooks):
 
     def sendFileDescriptor(self, fileno, transfer=False):
         """
-        Queue a descriptor to go with the next bytes written.
+        Queue a descriptor to go with the next bytes written.  Write them
+        before the transport next writes (in the same call, as a protocol
+        does writing the box that names it): if it finds a descriptor
+        queued and no byte to carry it, the connection is lost with
+        C{FileDescriptorOverrun}, as in Twisted.
 
         @param fileno: a descriptor, or an object with C{fileno()}.
         @param transfer: if false (the default), a duplicate is queued and
@@ -264,6 +269,12 @@ class _Batching(_twisted.TransportHooks):
         view = memoryview(data)
         size = len(view)
         queue = self._queue
+        if not size and queue and not self.TLS:
+            # Every byte written has gone, and a descriptor still waits:
+            # none is left to carry it (IUNIXTransport's rule, as in
+            # Twisted: write at least one byte with descriptors).  After
+            # startTLS the bytes come out of the TLS layer when it has them.
+            return error.FileDescriptorOverrun()
         fileno = self.socket.fileno()
         total = 0
         while total < size:
@@ -360,13 +371,18 @@ class _Batching(_twisted.TransportHooks):
                 protocol.fileDescriptorReceived(fd)
         else:
             close_all(fds)
-            _log.warn(
-                "{protocol} (on {transport}) does not provide IFileDescriptorReceiver; "
-                "closed {count} descriptors received from {peer}",
-                protocol=protocol,
-                transport=self,
+            # Twisted's own event, which its users may be watching for; one
+            # per read, as Twisted logs one per message of descriptors.
+            log.msg(
+                format=(
+                    "%(protocolName)s (on %(hostAddress)r) does not "
+                    "provide IFileDescriptorReceiver; closing file "
+                    "descriptor received (from %(peerAddress)r)."
+                ),
+                hostAddress=self.getHost(),
+                peerAddress=self.getPeer(),
+                protocolName=self.protocolLogPrefix(protocol),
                 count=len(fds),
-                peer=self.getPeer(),
             )
 
     def connectionLost(self, reason):

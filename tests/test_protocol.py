@@ -855,3 +855,95 @@ class AMPBehaviourTests(ReactorTestCase):
         self.assertEqual(set(events[:-1]), {"pause"})
         self.assertEqual(events[-1], "resume")
         client.transport.unregisterProducer()
+
+
+class TwistedParityTests(ReactorTestCase):
+    """
+    What Twisted's own suite (C{twisted.test.test_amp}) expects of
+    L{amp.BinaryBoxProtocol} and L{amp.AMP}, which ours do too.
+    """
+
+    def test_dataReceivedBeforeMakeConnection(self):
+        """
+        A L{pyamp_fds.BinaryBoxProtocol} parses what it is given before it
+        is connected (as Twisted's own C{amp.parse} does with its), and what
+        it held of an unfinished box is still there once it is connected.
+        """
+        got = []
+
+        class Receiver:
+            def startReceivingBoxes(self, sender):
+                pass
+
+            def ampBoxReceived(self, box):
+                got.append(box)
+
+            def stopReceivingBoxes(self, reason):
+                pass
+
+        from twisted.internet.testing import StringTransport
+
+        proto = pyamp_fds.BinaryBoxProtocol(Receiver())
+        data = pyamp_fds.encode_boxes([{b"a": b"1"}, {b"b": b"2"}])
+        proto.dataReceived(data[:-3])
+        self.assertEqual(got, [{b"a": b"1"}])
+        proto.makeConnection(StringTransport())
+        proto.dataReceived(data[-3:])
+        self.assertEqual(got, [{b"a": b"1"}, {b"b": b"2"}])
+
+    def test_fileDescriptorReceivedNotOpen(self):
+        """
+        A number given to C{fileDescriptorReceived} that is not an open
+        descriptor here (as a fake transport gives, in Twisted's own tests)
+        is recorded and claimed like any other; an open one is still made
+        close-on-exec.
+        """
+        proto = pyamp_fds.AMP()
+        r, w = os.pipe()
+        os.close(w)
+        notOpen = w
+        os.set_inheritable(r, True)
+        proto.fileDescriptorReceived(notOpen)
+        proto.fileDescriptorReceived(r)
+        argument = pyamp_fds.Descriptor()
+        self.assertEqual(argument.fromStringProto(b"0", proto), notOpen)
+        self.assertEqual(argument.fromStringProto(b"1", proto), r)
+        self.assertFalse(os.get_inheritable(r))
+        os.close(r)
+
+    def test_responseBoxThatCannotBeMade(self):
+        """
+        A command whose response box cannot be made (C{StartTLS}'s, where
+        TLS is not installed, raises C{RemoteAmpError("TLS_ERROR")}) is
+        answered with that error, as Twisted answers it, not as a responder
+        result that did not serialize.
+        """
+        from twisted.internet.testing import StringTransport
+
+        self.patch(amp, "ssl", None)
+        answers = {}
+        for base in (amp.AMP, pyamp_fds.AMP):
+
+            class Secure(base):
+                @amp.StartTLS.responder
+                def startTLS(self):
+                    return {}
+
+            proto = Secure()
+            transport = StringTransport()
+            proto.makeConnection(transport)
+            proto.ampBoxReceived(amp.AmpBox({b"_command": b"StartTLS", b"_ask": b"1"}))
+            proto.transport.write(b"")
+            answers[base] = amp.parseString(transport.value())
+        self.assertEqual(
+            answers[pyamp_fds.AMP],
+            [
+                {
+                    b"_error": b"1",
+                    b"_error_code": b"TLS_ERROR",
+                    b"_error_description": b"TLS not available",
+                }
+            ],
+        )
+        self.assertEqual(answers[pyamp_fds.AMP], answers[amp.AMP])
+        self.assertEqual(self.flushLoggedErrors(), [])

@@ -6,12 +6,12 @@ are grouped into C{sendmsg} calls, seen from a plain socket on the other end.
 import os
 import socket
 
-from twisted.internet import defer, protocol
+from twisted.internet import defer, error, protocol
 
 from pyamp_fds import fdio
 from pyamp_fds.interfaces import IBatchingTransport
 from tests.fdcheck import identity
-from tests.reactorhelpers import ReactorTestCase, settle
+from tests.reactorhelpers import ReactorTestCase, settle, watchLost
 
 
 def readAll(sock, until):
@@ -167,3 +167,81 @@ class TransportTests(ReactorTestCase):
         yield settle()
         for fd in fds:
             os.fstat(fd)
+
+
+class TwistedParityTests(ReactorTestCase):
+    """
+    What Twisted's own suite (C{twisted.internet.test.test_unix}) expects of
+    an C{IUNIXTransport}, which ours do too.
+    """
+
+    @defer.inlineCallbacks
+    def test_descriptorsForAProtocolThatDoesNotTakeThem(self):
+        """
+        Descriptors that reach a protocol which is not an
+        C{IFileDescriptorReceiver} are closed, and logged with Twisted's own
+        event: its format, the protocol's log prefix, and both addresses.
+        """
+        from twisted.python import log
+
+        events = []
+        log.addObserver(events.append)
+        self.addCleanup(log.removeObserver, events.append)
+        proto = protocol.Protocol()
+        peer = self.rawPeer(proto)
+        r, w = os.pipe()
+        self.addCleanup(fdio.close_all, [r, w])
+        fdio.send_with_fds(peer, b"xy", [r, w])
+        yield settle()
+        expected = {
+            "format": (
+                "%(protocolName)s (on %(hostAddress)r) does not "
+                "provide IFileDescriptorReceiver; closing file "
+                "descriptor received (from %(peerAddress)r)."
+            ),
+            "protocolName": "Protocol",
+            "hostAddress": proto.transport.getHost(),
+            "peerAddress": proto.transport.getPeer(),
+        }
+        matching = [
+            event
+            for event in events
+            if {key: event.get(key) for key in expected} == expected
+        ]
+        self.assertEqual(len(matching), 1, events)
+
+    @defer.inlineCallbacks
+    def test_descriptorWithoutBytes(self):
+        """
+        A descriptor queued with no byte written to carry it cannot be
+        sent: the connection is lost with C{FileDescriptorOverrun}, as
+        C{IUNIXTransport} says, and the queued duplicate is closed.
+        """
+        proto = protocol.Protocol()
+        lost = watchLost(proto)
+        peer = self.rawPeer(proto)
+        r, w = os.pipe()
+        self.addCleanup(fdio.close_all, [r, w])
+        proto.transport.sendFileDescriptor(r)
+        proto.transport.loseConnection()
+        reason = yield lost
+        self.assertIsInstance(reason, error.FileDescriptorOverrun)
+        peer.setblocking(True)
+        self.assertEqual(fdio.recv_with_fds(peer, 10)[:2], (b"", []))
+
+    @defer.inlineCallbacks
+    def test_descriptorWithBytesLater(self):
+        """
+        Nor can one go with bytes written later, once the transport has
+        written: Twisted's rule, a descriptor needs a byte written with it.
+        """
+        proto = protocol.Protocol()
+        lost = watchLost(proto)
+        self.rawPeer(proto)
+        r, w = os.pipe()
+        self.addCleanup(fdio.close_all, [r, w])
+        proto.transport.sendFileDescriptor(r)
+        yield settle()
+        self.assertTrue(lost.called, "the connection is still open")
+        reason = yield lost
+        self.assertIsInstance(reason, error.FileDescriptorOverrun)

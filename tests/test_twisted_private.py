@@ -68,6 +68,7 @@ class PrivateNamesTests(SynchronousTestCase):
             (FileDescriptor, "_isSendBufferFull"),
             (FileDescriptor, "_maybePauseProducer"),
             (tcp.Connection, "_dataReceived"),
+            (tcp.Connection, "_getLogPrefix"),
             (base.BaseConnector, "_makeTransport"),
         ]:
             self.assertTrue(callable(getattr(owner, name)), name)
