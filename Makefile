@@ -59,9 +59,11 @@ SANITIZE_TREE := $(SANITIZE_VENV)/tree
 SANITIZE_TESTS ?= $(sort tests/test_fdio.py tests/test_codec.py tests/test_protocol.py \
 	tests/test_interop.py $(wildcard tests/test_*.py))
 
-tests/c/build/test_native: tests/c/test_native.c $(NATIVE_SOURCES)
+C_TEST_SOURCES := tests/c/test_native.c tests/c/check_box.c tests/c/check_box.h
+
+tests/c/build/test_native: $(C_TEST_SOURCES) $(NATIVE_SOURCES)
 	mkdir -p tests/c/build
-	$(CC) -g -O1 $(CWARN) $(SANITIZERS) -Icsrc -o $@ tests/c/test_native.c csrc/*.c
+	$(CC) -g -O1 $(CWARN) $(SANITIZERS) -Icsrc -o $@ tests/c/test_native.c tests/c/check_box.c csrc/*.c
 
 $(SANITIZE_PY):
 	$(PYTHON) -m venv $(SANITIZE_VENV)
@@ -81,8 +83,8 @@ sanitize: tests/c/build/test_native $(SANITIZE_PY)
 		LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
 		../bin/python -m pytest -q -p no:cacheprovider $(SANITIZE_TESTS)
 
-# The box decoder under libFuzzer with ASan and UBSan (clang), for
-# FUZZ_SECONDS; see fuzz/run.sh.
+# The box decoder and the box encoder under libFuzzer with ASan and UBSan
+# (clang), FUZZ_SECONDS each; see fuzz/run.sh.
 fuzz:
 	FUZZ_SECONDS=$(FUZZ_SECONDS) sh fuzz/run.sh
 
@@ -90,7 +92,8 @@ fuzz:
 lint: $(INSTALLED)
 	$(PY) -m pip install -q ruff
 	$(PY) -m ruff check --no-cache --select F,E9 pyamp_fds tests benchmarks twisted
-	for c in csrc/*.c; do $(CC) -fsyntax-only $(CWARN) -Icsrc $$c || exit 1; done
+	for c in csrc/*.c tests/c/*.c fuzz/*.c; do \
+		$(CC) -fsyntax-only $(CWARN) -Icsrc -Itests/c $$c || exit 1; done
 
 clean:
 	rm -rf $(VENV) $(SANITIZE_VENV) build *.egg-info pyamp_fds/_native.* pyamp_fds/__pycache__ \

@@ -1,7 +1,32 @@
 #include "ampbox.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* A buffer that grows; every array the decoder keeps is one. */
+struct buffer {
+    void *p;
+    size_t cap; /* bytes */
+};
+
+struct paf_decoder {
+    /* The last feed's report (see ampbox.h). */
+    struct buffer format;   /* char: the struct format, NUL-terminated */
+    size_t format_len;
+    struct buffer fields;   /* size_t per box: its key/value pairs */
+    struct buffer ends;     /* size_t per box: its end in the source */
+    size_t nboxes;
+    int from_input;
+    int error;              /* the errno every feed fails with, once failed */
+    size_t error_offset;
+
+    struct buffer buf;      /* bytes of the partial box, from its first byte */
+    size_t len;             /* bytes in buf (all of them the source while !from_input) */
+    size_t consumed;        /* leading bytes of buf that the last feed reported in boxes */
+    size_t scan;            /* offset in buf of the next field header not yet checked */
+    size_t max_box_size;
+};
 
 enum scan_result { SCAN_COMPLETE, SCAN_INCOMPLETE, SCAN_KEY_TOO_LONG };
 
@@ -10,68 +35,30 @@ static unsigned read_u16(const uint8_t *p)
     return ((unsigned)p[0] << 8) | p[1];
 }
 
-static size_t grown(size_t cap, size_t need)
+/* Makes room for need bytes in b, doubling from 64.  Returns 0, or -1 with
+ * errno ENOMEM and b unchanged. */
+static int reserve(struct buffer *b, size_t need)
 {
-    size_t n = cap ? cap : 64;
+    size_t n;
+    void *p;
 
-    while (n < need)
+    if (need <= b->cap)
+        return 0;
+    n = b->cap ? b->cap : 64;
+    while (n < need) {
+        if (n > SIZE_MAX / 2) {
+            errno = ENOMEM;
+            return -1;
+        }
         n *= 2;
-    return n;
-}
-
-static int reserve_parts(paf_decoder *d, size_t need)
-{
-    size_t n;
-    size_t *s, *e;
-
-    if (need <= d->parts_cap)
-        return 0;
-    n = grown(d->parts_cap, need);
-    s = realloc(d->starts, n * sizeof *s);
-    if (s == NULL)
+    }
+    p = realloc(b->p, n);
+    if (p == NULL) {
+        errno = ENOMEM;
         return -1;
-    d->starts = s;
-    e = realloc(d->ends, n * sizeof *e);
-    if (e == NULL)
-        return -1;
-    d->ends = e;
-    d->parts_cap = n;
-    return 0;
-}
-
-static int reserve_boxes(paf_decoder *d, size_t need)
-{
-    size_t n;
-    size_t *f, *e;
-
-    if (need <= d->boxes_cap)
-        return 0;
-    n = grown(d->boxes_cap, need);
-    f = realloc(d->box_fields, n * sizeof *f);
-    if (f == NULL)
-        return -1;
-    d->box_fields = f;
-    e = realloc(d->box_ends, n * sizeof *e);
-    if (e == NULL)
-        return -1;
-    d->box_ends = e;
-    d->boxes_cap = n;
-    return 0;
-}
-
-static int reserve_format(paf_decoder *d, size_t need)
-{
-    size_t n;
-    char *f;
-
-    if (need <= d->format_cap)
-        return 0;
-    n = grown(d->format_cap, need);
-    f = realloc(d->format, n);
-    if (f == NULL)
-        return -1;
-    d->format = f;
-    d->format_cap = n;
+    }
+    b->p = p;
+    b->cap = n;
     return 0;
 }
 
@@ -94,22 +81,6 @@ static char *format_part(char *out, unsigned n)
         *out++ = digits[--i];
     *out++ = 's';
     return out;
-}
-
-static int reserve_bytes(paf_decoder *d, size_t need)
-{
-    size_t n;
-    uint8_t *b;
-
-    if (need <= d->cap)
-        return 0;
-    n = grown(d->cap, need);
-    b = realloc(d->buf, n);
-    if (b == NULL)
-        return -1;
-    d->buf = b;
-    d->cap = n;
-    return 0;
 }
 
 /*
@@ -154,49 +125,61 @@ static enum scan_result scan_box(const uint8_t *p, size_t n, size_t *pos, size_t
     return SCAN_INCOMPLETE;
 }
 
-/* Records the spans of a box already scanned as complete. */
+/* Adds a box already scanned as complete to the report.  Returns 0, or -1
+ * with errno ENOMEM and the report as it was. */
 static int emit_box(paf_decoder *d, const uint8_t *p, size_t start, size_t end)
 {
-    size_t at = start, fields = 0;
+    size_t at = start, nfields = 0, flen = d->format_len;
 
     while (at + 2 < end) {
-        size_t klen = read_u16(p + at);
-        size_t vlen = read_u16(p + at + 2 + klen);
+        unsigned klen = read_u16(p + at);
+        unsigned vlen = read_u16(p + at + 2 + klen);
+        char *f;
 
-        if (reserve_parts(d, d->nparts + 2) < 0 ||
-            reserve_format(d, d->format_len + FIELD_FORMAT_MAX) < 0)
-            return -1;
-        {
-            char *f = d->format + d->format_len;
-
-            f = format_part(f, (unsigned)klen);
-            f = format_part(f, (unsigned)vlen);
-            d->format_len = (size_t)(f - d->format);
-        }
-        d->starts[d->nparts] = at + 2;
-        d->ends[d->nparts] = at + 2 + klen;
-        d->starts[d->nparts + 1] = at + 4 + klen;
-        d->ends[d->nparts + 1] = at + 4 + klen + vlen;
-        d->nparts += 2;
-        fields++;
+        if (reserve(&d->format, flen + FIELD_FORMAT_MAX) < 0)
+            goto no_memory;
+        f = (char *)d->format.p + flen;
+        f = format_part(f, klen);
+        f = format_part(f, vlen);
+        flen = (size_t)(f - (char *)d->format.p);
+        nfields++;
         at += 4 + klen + vlen;
     }
-    if (reserve_boxes(d, d->nboxes + 1) < 0 || reserve_format(d, d->format_len + 3) < 0)
-        return -1;
-    memcpy(d->format + d->format_len, "2x", 3);
-    d->format_len += 2;
-    d->box_fields[d->nboxes] = fields;
-    d->box_ends[d->nboxes] = end;
+    if (reserve(&d->format, flen + 3) < 0 ||
+        reserve(&d->fields, (d->nboxes + 1) * sizeof(size_t)) < 0 ||
+        reserve(&d->ends, (d->nboxes + 1) * sizeof(size_t)) < 0)
+        goto no_memory;
+    memcpy((char *)d->format.p + flen, "2x", 3);
+    d->format_len = flen + 2;
+    ((size_t *)d->fields.p)[d->nboxes] = nfields;
+    ((size_t *)d->ends.p)[d->nboxes] = end;
     d->nboxes++;
     return 0;
+
+no_memory:
+    /* The fields written so far are not part of any box reported. */
+    if (d->format.p != NULL)
+        ((char *)d->format.p)[d->format_len] = '\0';
+    return -1;
+}
+
+/* Empties the report. */
+static void clear_report(paf_decoder *d)
+{
+    d->nboxes = d->format_len = 0;
+    if (d->format.p != NULL)
+        *(char *)d->format.p = '\0';
 }
 
 paf_decoder *paf_decoder_new(size_t max_box_size)
 {
     paf_decoder *d = calloc(1, sizeof *d);
 
-    if (d != NULL)
-        d->max_box_size = max_box_size;
+    if (d == NULL) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    d->max_box_size = max_box_size;
     return d;
 }
 
@@ -204,13 +187,47 @@ void paf_decoder_free(paf_decoder *d)
 {
     if (d == NULL)
         return;
-    free(d->starts);
-    free(d->ends);
-    free(d->box_fields);
-    free(d->box_ends);
-    free(d->format);
-    free(d->buf);
+    free(d->format.p);
+    free(d->fields.p);
+    free(d->ends.p);
+    free(d->buf.p);
     free(d);
+}
+
+size_t paf_decoder_boxes(const paf_decoder *d)
+{
+    return d->nboxes;
+}
+
+int paf_decoder_from_input(const paf_decoder *d)
+{
+    return d->from_input;
+}
+
+const char *paf_decoder_format(const paf_decoder *d)
+{
+    return d->format_len ? (const char *)d->format.p : "";
+}
+
+const size_t *paf_decoder_box_fields(const paf_decoder *d)
+{
+    return d->fields.p;
+}
+
+const size_t *paf_decoder_box_ends(const paf_decoder *d)
+{
+    return d->ends.p;
+}
+
+size_t paf_decoder_error_offset(const paf_decoder *d)
+{
+    return d->error_offset;
+}
+
+const uint8_t *paf_decoder_held(const paf_decoder *d, size_t *len)
+{
+    *len = d->len;
+    return d->buf.p;
 }
 
 size_t paf_decoder_pending(const paf_decoder *d)
@@ -221,21 +238,26 @@ size_t paf_decoder_pending(const paf_decoder *d)
 void paf_decoder_reset(paf_decoder *d)
 {
     d->len = d->consumed = d->scan = 0;
-    d->nparts = d->nboxes = d->format_len = 0;
-    d->error = PAF_DECODE_OK;
+    d->from_input = 0;
+    d->error = 0;
+    d->error_offset = 0;
+    clear_report(d);
 }
 
+/* Fails the decoder for good with error, at offset in the source. */
 static int fail(paf_decoder *d, int error, size_t offset)
 {
     d->error = error;
     d->error_offset = offset;
-    return error;
+    errno = error;
+    return -1;
 }
 
 /*
  * Scans whole boxes in p[0..n) from *box_start, the first byte of a box,
  * resuming its header walk at *scan.  Leaves *box_start at the first box not
- * complete and *scan at the boundary reached inside it.
+ * complete and *scan at the boundary reached inside it.  Returns 0, or -1
+ * with the decoder failed.
  */
 static int decode(paf_decoder *d, const uint8_t *p, size_t n, size_t *box_start, size_t *scan)
 {
@@ -248,38 +270,39 @@ static int decode(paf_decoder *d, const uint8_t *p, size_t n, size_t *box_start,
              * as the box's size, as it is when the stream stops short of it:
              * the error must not depend on how the stream was cut. */
             if (pos + 2 - *box_start > d->max_box_size)
-                return fail(d, PAF_DECODE_BOX_TOO_LARGE, *box_start);
-            return fail(d, PAF_DECODE_KEY_TOO_LONG, pos);
+                return fail(d, EMSGSIZE, *box_start);
+            return fail(d, ENAMETOOLONG, pos);
         }
         if (r == SCAN_INCOMPLETE) {
             /* need is what the box is known to reach: refuse it as soon as
              * that is already too long, before buffering the rest (once the
              * box has begun: no bytes yet is no box). */
             if (n > *box_start && need - *box_start > d->max_box_size)
-                return fail(d, PAF_DECODE_BOX_TOO_LARGE, *box_start);
+                return fail(d, EMSGSIZE, *box_start);
             *scan = pos;
-            return PAF_DECODE_OK;
+            return 0;
         }
         if (pos - *box_start > d->max_box_size)
-            return fail(d, PAF_DECODE_BOX_TOO_LARGE, *box_start);
+            return fail(d, EMSGSIZE, *box_start);
         if (emit_box(d, p, *box_start, pos) < 0)
-            return fail(d, PAF_DECODE_NO_MEMORY, *box_start);
+            return fail(d, ENOMEM, *box_start);
         *box_start = *scan = pos;
     }
 }
 
-int paf_decoder_feed(paf_decoder *d, const uint8_t *data, size_t len)
+ssize_t paf_decoder_feed(paf_decoder *d, const uint8_t *data, size_t len)
 {
     size_t box_start, scan;
-    int err;
 
-    d->nparts = d->nboxes = d->format_len = 0;
-    if (d->error)
-        return d->error;
+    clear_report(d);
+    if (d->error) {
+        errno = d->error;
+        return -1;
+    }
 
     /* Drop what the previous feed reported; the partial box moves to the front. */
     if (d->consumed > 0) {
-        memmove(d->buf, d->buf + d->consumed, d->len - d->consumed);
+        memmove(d->buf.p, (uint8_t *)d->buf.p + d->consumed, d->len - d->consumed);
         d->len -= d->consumed;
         d->consumed = 0;
     }
@@ -289,32 +312,38 @@ int paf_decoder_feed(paf_decoder *d, const uint8_t *data, size_t len)
          * only the tail of a box that is not complete yet. */
         d->from_input = 1;
         box_start = scan = 0;
-        err = decode(d, data, len, &box_start, &scan);
-        if (err != PAF_DECODE_OK)
-            return err;
-        if (reserve_bytes(d, len - box_start) < 0)
-            return fail(d, PAF_DECODE_NO_MEMORY, box_start);
+        if (decode(d, data, len, &box_start, &scan) < 0)
+            return -1;
+        if (reserve(&d->buf, len - box_start) < 0)
+            return fail(d, ENOMEM, box_start);
         if (len > box_start)
-            memcpy(d->buf, data + box_start, len - box_start);
+            memcpy(d->buf.p, data + box_start, len - box_start);
         d->len = len - box_start;
         d->scan = scan - box_start;
-        return PAF_DECODE_OK;
+        return (ssize_t)d->nboxes;
     }
 
     d->from_input = 0;
-    if (reserve_bytes(d, d->len + len) < 0)
-        return fail(d, PAF_DECODE_NO_MEMORY, 0);
+    if (reserve(&d->buf, d->len + len) < 0)
+        return fail(d, ENOMEM, 0);
     if (len > 0)
-        memcpy(d->buf + d->len, data, len);
+        memcpy((uint8_t *)d->buf.p + d->len, data, len);
     d->len += len;
     box_start = 0;
     scan = d->scan;
-    err = decode(d, d->buf, d->len, &box_start, &scan);
-    if (err != PAF_DECODE_OK)
-        return err;
+    if (decode(d, d->buf.p, d->len, &box_start, &scan) < 0)
+        return -1;
     d->consumed = box_start;
     d->scan = scan - box_start;
-    return PAF_DECODE_OK;
+    return (ssize_t)d->nboxes;
+}
+
+/* Refuses an encoding with errno error, entry index at fault. */
+static ssize_t refuse(int error, size_t index, size_t *bad_index)
+{
+    *bad_index = index;
+    errno = error;
+    return -1;
 }
 
 ssize_t paf_encode(const uint8_t *data, size_t data_len,
@@ -327,18 +356,17 @@ ssize_t paf_encode(const uint8_t *data, size_t data_len,
     for (size_t i = 0; i < nlens; i++) {
         size_t n;
 
-        *bad_index = i;
         if (lens[i] < 0)
-            return -PAF_ENCODE_BAD_LAYOUT;
+            return refuse(EINVAL, i, bad_index);
         n = (size_t)lens[i];
         if (is_key && n > PAF_AMP_MAX_KEY_LENGTH)
-            return -PAF_ENCODE_KEY_TOO_LONG;
+            return refuse(ENAMETOOLONG, i, bad_index);
         if (!is_key && n > PAF_AMP_MAX_VALUE_LENGTH)
-            return -PAF_ENCODE_VALUE_TOO_LONG;
+            return refuse(EMSGSIZE, i, bad_index);
         if (n > data_len - in)
-            return -PAF_ENCODE_BAD_LAYOUT;
+            return refuse(EINVAL, i, bad_index);
         if (out_cap - at < 2 + n)
-            return -PAF_ENCODE_NO_ROOM;
+            return refuse(ENOBUFS, i, bad_index);
         out[at] = (uint8_t)(n >> 8);
         out[at + 1] = (uint8_t)n;
         /* data may be NULL when every box is empty: no arithmetic on it then. */
@@ -354,9 +382,7 @@ ssize_t paf_encode(const uint8_t *data, size_t data_len,
             is_key = 1;
         }
     }
-    if (box_open || in != data_len) {
-        *bad_index = nlens;
-        return -PAF_ENCODE_BAD_LAYOUT;
-    }
+    if (box_open || in != data_len)
+        return refuse(EINVAL, nlens, bad_index);
     return (ssize_t)at;
 }

@@ -1,4 +1,17 @@
-/* AMP box framing: incremental decoding and encoding, byte-identical to Twisted. */
+/*
+ * AMP box framing: incremental decoding and encoding, byte-identical to Twisted.
+ *
+ * Errors, as in fdio.h: a function that can fail returns -1 (NULL for a
+ * pointer) with errno set; the others cannot fail.  The errno values are
+ * those listed with each function, and mean the same in both directions:
+ *   ENAMETOOLONG  a key over PAF_AMP_MAX_KEY_LENGTH bytes (a length prefix
+ *                 over it, when decoding)
+ *   EMSGSIZE      a box over the decoder's max_box_size, or a value over
+ *                 PAF_AMP_MAX_VALUE_LENGTH bytes to encode
+ *   EINVAL        lengths to encode that do not add up, or a box left open
+ *   ENOBUFS       an output buffer too small for the encoding
+ *   ENOMEM        out of memory
+ */
 #ifndef PAF_AMPBOX_H
 #define PAF_AMPBOX_H
 
@@ -9,67 +22,63 @@
 #define PAF_AMP_MAX_KEY_LENGTH 255
 #define PAF_AMP_MAX_VALUE_LENGTH 65535
 
-/* Decoder errors (paf_decoder.error); once set, the decoder stays failed. */
-#define PAF_DECODE_OK 0
-#define PAF_DECODE_KEY_TOO_LONG 1  /* a key length prefix over 255 */
-#define PAF_DECODE_BOX_TOO_LARGE 2 /* a box longer than max_box_size */
-#define PAF_DECODE_NO_MEMORY 3
-
-/* Encoder errors (returned negated by paf_encode). */
-#define PAF_ENCODE_KEY_TOO_LONG 1
-#define PAF_ENCODE_VALUE_TOO_LONG 2
-#define PAF_ENCODE_BAD_LAYOUT 3 /* lengths that do not add up, or a box left open */
-#define PAF_ENCODE_NO_ROOM 4
-
 /*
- * After paf_decoder_feed, the complete boxes it found are described by the
- * public fields below.  Every offset refers to one contiguous source: the
- * input just fed when from_input is set, otherwise buf[0..len).  Part i
- * (keys and values alternating, in wire order) is source[starts[i]..ends[i]);
- * box j has box_fields[j] key/value pairs and ends at box_ends[j].  Every byte
- * fed and not yet inside a reported box is source[box_ends[nboxes-1]..] (or
- * the whole source when no box completed): the caller can hand it to another
- * protocol.  format (format_len bytes, NUL-terminated) is a format for
- * Python's struct module that, unpacked from the source's first byte, gives
- * every part in order.  The reported spans stay valid until the next feed.
+ * An incremental decoder: bytes go in by paf_decoder_feed, in chunks of any
+ * size, and each feed reports the boxes it completed.
+ *
+ * A feed's report refers to one contiguous source: the input just fed when
+ * paf_decoder_from_input says so, otherwise the decoder's own buffer
+ * (paf_decoder_held).  paf_decoder_format describes every key and value of
+ * the report at once, as a format for Python's struct module unpacked from
+ * the source's first byte: "2x<n>s" for each key or value of n bytes (the
+ * length prefix skipped), in wire order, keys and values alternating, and
+ * "2x" for the end of each box.  Box j has paf_decoder_box_fields(d)[j]
+ * key/value pairs and ends at source offset paf_decoder_box_ends(d)[j].
+ * Every byte fed and not inside a reported box follows the last box's end
+ * in the source (or is the whole source when no box completed): the caller
+ * can hand it to another protocol.  The report stays valid until the next
+ * feed or reset.
  */
-typedef struct paf_decoder {
-    size_t *starts;
-    size_t *ends;
-    size_t nparts;
-    char *format;       /* a struct-module format that unpacks every part at once */
-    size_t format_len;
-    size_t *box_fields;
-    size_t *box_ends;
-    size_t nboxes;
-    int from_input;
-    int error;
-    size_t error_offset; /* in the source, where the offending length prefix starts */
-
-    /* private */
-    uint8_t *buf;       /* bytes of the partial box, from its first byte */
-    size_t len;         /* bytes in buf (all of them belong to the source while !from_input) */
-    size_t cap;
-    size_t consumed;    /* leading bytes of buf that the last feed reported in boxes */
-    size_t scan;        /* offset in buf of the next field header not yet checked */
-    size_t max_box_size;
-    size_t parts_cap;
-    size_t boxes_cap;
-    size_t format_cap;
-} paf_decoder;
+typedef struct paf_decoder paf_decoder;
 
 /* Returns a decoder refusing boxes over max_box_size bytes, or NULL (ENOMEM). */
 paf_decoder *paf_decoder_new(size_t max_box_size);
 void paf_decoder_free(paf_decoder *d);
 
-/* Feeds len bytes; returns 0, or the PAF_DECODE_* error (the boxes completed
- * before the error are still reported). */
-int paf_decoder_feed(paf_decoder *d, const uint8_t *data, size_t len);
+/*
+ * Feeds len bytes (data may be NULL when len is 0).  Returns the number of
+ * boxes completed, or -1 with errno ENAMETOOLONG, EMSGSIZE or ENOMEM; then the
+ * boxes completed before the fault are still reported, and the decoder fails
+ * every later feed with the same errno until it is reset.
+ */
+ssize_t paf_decoder_feed(paf_decoder *d, const uint8_t *data, size_t len);
+
+/* The number of boxes the last feed reported. */
+size_t paf_decoder_boxes(const paf_decoder *d);
+
+/* Whether the last feed's source is its input (else it is paf_decoder_held). */
+int paf_decoder_from_input(const paf_decoder *d);
+
+/* The NUL-terminated struct format of the last feed's boxes ("" for none). */
+const char *paf_decoder_format(const paf_decoder *d);
+
+/* Per box of the last feed: its key/value pairs, and its end in the source. */
+const size_t *paf_decoder_box_fields(const paf_decoder *d);
+const size_t *paf_decoder_box_ends(const paf_decoder *d);
+
+/* After a failed feed: where, in its source, the box or the length prefix
+ * at fault starts (at or after the last box reported). */
+size_t paf_decoder_error_offset(const paf_decoder *d);
+
+/* The bytes the decoder holds, *len of them: the last feed's source when it
+ * is not the input, otherwise the start of a box not yet complete. */
+const uint8_t *paf_decoder_held(const paf_decoder *d, size_t *len);
 
 /* Bytes held for a box not yet complete. */
 size_t paf_decoder_pending(const paf_decoder *d);
 
-/* Forgets every byte held and any error: the stream now belongs to someone else. */
+/* Forgets every byte held, the report and any error: the stream now belongs
+ * to someone else. */
 void paf_decoder_reset(paf_decoder *d);
 
 /*
@@ -77,8 +86,12 @@ void paf_decoder_reset(paf_decoder *d);
  * walks them in wire order: keys and values alternate, and a zero length where
  * a key belongs ends the box (as on the wire, so an empty key cannot be
  * encoded: refuse it before).  The output needs exactly
- * data_len + 2 * nlens bytes.  Returns the bytes written or, for bad
- * input, -PAF_ENCODE_* with *bad_index set to the offending lens entry.
+ * data_len + 2 * nlens bytes.  Returns the bytes written, or -1 with errno
+ * ENAMETOOLONG, EMSGSIZE, EINVAL (a negative length, lengths past the data or
+ * short of it, a box left open) or ENOBUFS, and *bad_index set to the lens
+ * entry at fault (nlens when it is the layout as a whole).  Entries are
+ * checked in order, each for a negative length, then a key or value too
+ * long, then data too short for it, then room.
  */
 ssize_t paf_encode(const uint8_t *data, size_t data_len,
                    const int32_t *lens, size_t nlens,

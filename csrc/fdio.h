@@ -1,4 +1,10 @@
-/* Batched descriptor passing over a connected AF_UNIX stream socket. */
+/*
+ * Batched descriptor passing over a connected AF_UNIX stream socket.
+ *
+ * Errors, as in ampbox.h: a function that can fail returns -1 with errno set
+ * (the system call's own errno, or EINVAL for arguments refused before any
+ * call); the others cannot fail.
+ */
 #ifndef PAF_FDIO_H
 #define PAF_FDIO_H
 

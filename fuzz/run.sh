@@ -1,8 +1,11 @@
 #!/bin/sh
-# Builds the AMP box decoder and encoder fuzzer (libFuzzer, ASan, UBSan) and
-# runs it for FUZZ_SECONDS (60 by default) on a copy of fuzz/corpus in
-# fuzz/build/corpus, so that what it learns never lands in the repository.  Exits non-zero when
-# it finds a crash; the input that caused it is left in fuzz/build/.
+# Builds the two AMP box fuzz targets (libFuzzer, ASan, UBSan), fuzz_decode
+# and fuzz_encode, which share their checks with the C tests
+# (tests/c/check_box.c), and runs each for FUZZ_SECONDS (60 by default) on a
+# copy of fuzz/corpus in fuzz/build/corpus-<target>, so that what they learn
+# never lands in the repository.  Exits non-zero when either finds a crash;
+# the input that caused it is left in fuzz/build/ (crash-*, prefixed with the
+# target's name).
 #
 # Needs clang with its libFuzzer runtime; when they are missing and apt-get is
 # there (Debian, Ubuntu, as root), installs them.  CLANG picks another
@@ -42,24 +45,31 @@ if ! can_build_fuzzers; then
     can_build_fuzzers || { echo "fuzz/run.sh: still cannot build libFuzzer targets" >&2; exit 2; }
 fi
 
-"$clang" -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -Icsrc \
-    fuzz/fuzz_decoder.c csrc/ampbox.c -o "$build/fuzz_decoder"
+failed=0
+for target in fuzz_decode fuzz_encode; do
+    "$clang" -g -O1 -std=gnu99 -Wall -Wextra -Werror \
+        -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -Icsrc -Itests/c \
+        "fuzz/$target.c" fuzz/common.c tests/c/check_box.c csrc/ampbox.c -o "$build/$target"
 
-rm -rf "$build/corpus"
-mkdir -p "$build/corpus"
-cp fuzz/corpus/* "$build/corpus/"
+    corpus="$build/corpus-$target"
+    rm -rf "$corpus"
+    mkdir -p "$corpus"
+    cp fuzz/corpus/* "$corpus/"
 
-log="$build/fuzz_decoder.log"
-status=0
-# shellcheck disable=SC2086 # FUZZ_ARGS is a list of options
-"$build/fuzz_decoder" -max_total_time="$seconds" -timeout=10 -print_final_stats=1 \
-    -artifact_prefix="$build/" ${FUZZ_ARGS:-} "$build/corpus" > "$log" 2>&1 || status=$?
+    log="$build/$target.log"
+    status=0
+    # shellcheck disable=SC2086 # FUZZ_ARGS is a list of options
+    "$build/$target" -max_total_time="$seconds" -timeout=10 -print_final_stats=1 \
+        -artifact_prefix="$build/$target-" ${FUZZ_ARGS:-} "$corpus" > "$log" 2>&1 || status=$?
 
-execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
-rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -n 1)
-if [ "$status" != 0 ]; then
-    tail -n 60 "$log" >&2
-    echo "fuzz_decoder: FAILED (status $status) after ${execs:-?} executions; log in $log" >&2
-    exit 1
-fi
-echo "fuzz_decoder: ${execs:-?} executions in ${seconds}s (${rate:-?}/s), no crash ($(ls "$build/corpus" | wc -l) inputs in $build/corpus)"
+    execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
+    rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -n 1)
+    if [ "$status" != 0 ]; then
+        tail -n 60 "$log" >&2
+        echo "$target: FAILED (status $status) after ${execs:-?} executions; log in $log" >&2
+        failed=1
+    else
+        echo "$target: ${execs:-?} executions in ${seconds}s (${rate:-?}/s), no crash ($(ls "$corpus" | wc -l) inputs in $corpus)"
+    fi
+done
+exit "$failed"

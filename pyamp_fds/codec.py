@@ -11,7 +11,7 @@ from struct import Struct, pack, unpack_from
 from twisted.protocols.amp import TooLong
 
 from pyamp_fds._native import ffi, lib
-from pyamp_fds.errors import BoxTooLarge, FramingError, KeyTooLong
+from pyamp_fds.errors import nativeError
 
 __all__ = [
     "MAX_KEY_LENGTH",
@@ -51,44 +51,49 @@ class BoxDecoder:
     def __init__(self, boxType=dict, max_box_size=DEFAULT_MAX_BOX_SIZE):
         decoder = lib.paf_decoder_new(max_box_size)
         if decoder == ffi.NULL:
-            raise MemoryError()
+            raise nativeError(ffi.errno, boxes=())
         self._decoder = ffi.gc(decoder, lib.paf_decoder_free)
         self.boxType = boxType
         self._source = b""
+        self._heldLength = ffi.new("size_t *")
 
     def feed(self, data):
         """
         Add C{data} to the stream.
 
         @return: the boxes completed by it, in order (possibly none).
-        @raise FramingError: the stream is not AMP (L{KeyTooLong},
-            L{BoxTooLarge}); the boxes completed before the fault are in the
-            exception's C{boxes}.  The decoder accepts nothing more after it.
+        @raise pyamp_fds.errors.FramingError: the stream is not AMP
+            (L{pyamp_fds.errors.KeyTooLong}, L{pyamp_fds.errors.BoxTooLarge});
+            the boxes completed before the fault are in the exception's
+            C{boxes}.  The decoder accepts nothing more after it.
         """
         decoder = self._decoder
         if type(data) is not bytes:
             data = bytes(data)
-        error = lib.paf_decoder_feed(decoder, data, len(data))
-        nboxes = decoder.nboxes
-        if nboxes:
-            # Only then: copying held bytes on every feed of a large box,
-            # arriving in small pieces, would be quadratic.
-            if decoder.from_input:
-                source = self._source = data
-            else:
-                source = self._source = ffi.buffer(decoder.buf, decoder.len)[:]
-            boxes = self._build(source, decoder, nboxes)
-        else:
-            boxes = []
-        if error:
-            raise _decodeError(error, decoder.error_offset, boxes)
-        return boxes
+        nboxes = lib.paf_decoder_feed(decoder, data, len(data))
+        if nboxes > 0:
+            return self._build(data, nboxes)
+        if nboxes == 0:
+            return []
+        # Read errno before any other call into C.
+        code = ffi.errno
+        nboxes = lib.paf_decoder_boxes(decoder)
+        boxes = self._build(data, nboxes) if nboxes else []
+        raise nativeError(code, boxes, lib.paf_decoder_error_offset(decoder))
 
-    def _build(self, source, decoder, nboxes):
+    def _build(self, data, nboxes):
+        # Only when boxes completed: copying held bytes on every feed of a
+        # large box, arriving in small pieces, would be quadratic.
+        decoder = self._decoder
+        if lib.paf_decoder_from_input(decoder):
+            source = self._source = data
+        else:
+            held = lib.paf_decoder_held(decoder, self._heldLength)
+            source = self._source = ffi.buffer(held, self._heldLength[0])[:]
         # One struct unpack cuts every key and value out of the source.  The
         # box type's __init__ is skipped: AmpBox's only converts str keys,
         # and these are bytes.
-        format = ffi.buffer(decoder.format, decoder.format_len)[:]
+        format = ffi.string(lib.paf_decoder_format(decoder))
         if len(format) <= _CACHED_FORMAT_LENGTH:
             parts = unpack_from(format, source)
         else:
@@ -104,10 +109,16 @@ class BoxDecoder:
         # wire order, with no Python-level loop.
         parts = iter(parts)
         pairs = zip(parts, parts)
-        fields = ffi.unpack(decoder.box_fields, nboxes)
+        fields = ffi.unpack(lib.paf_decoder_box_fields(decoder), nboxes)
         boxes = list(map(boxType.__new__, repeat(boxType, nboxes)))
         deque(map(dict.update, boxes, map(islice, repeat(pairs), fields)), 0)
         return boxes
+
+    def _held(self):
+        # A copy of every byte the C decoder holds.
+        pointer = lib.paf_decoder_held(self._decoder, self._heldLength)
+        length = self._heldLength[0]
+        return ffi.buffer(pointer, length)[:] if length else b""
 
     def remainder(self, index):
         """
@@ -115,13 +126,14 @@ class BoxDecoder:
         them: the stream after that box belongs to someone else now (AMP's
         protocol switching).  The decoder starts afresh.
 
-        This works after a L{FramingError} too, for the boxes in it: bytes
+        This works after a L{pyamp_fds.errors.FramingError} too, for the boxes in it: bytes
         meant for the next protocol are usually not AMP.
         """
         decoder = self._decoder
-        if not 0 <= index < decoder.nboxes:
-            raise IndexError("the last feed completed %d boxes" % (decoder.nboxes,))
-        rest = self._source[decoder.box_ends[index] :]
+        nboxes = lib.paf_decoder_boxes(decoder)
+        if not 0 <= index < nboxes:
+            raise IndexError("the last feed completed %d boxes" % (nboxes,))
+        rest = self._source[lib.paf_decoder_box_ends(decoder)[index] :]
         lib.paf_decoder_reset(decoder)
         self._source = b""
         return rest
@@ -132,9 +144,10 @@ class BoxDecoder:
         them: the decoder starts afresh.
         """
         decoder = self._decoder
-        if decoder.nboxes:
-            return self.remainder(decoder.nboxes - 1)
-        rest = ffi.buffer(decoder.buf, decoder.len)[:]
+        nboxes = lib.paf_decoder_boxes(decoder)
+        if nboxes:
+            return self.remainder(nboxes - 1)
+        rest = self._held()
         lib.paf_decoder_reset(decoder)
         return rest
 
@@ -152,18 +165,6 @@ class BoxDecoder:
         decoder, self._decoder = self._decoder, None
         if decoder is not None:
             ffi.release(decoder)
-
-
-def _decodeError(error, offset, boxes):
-    if error == lib.PAF_DECODE_KEY_TOO_LONG:
-        return KeyTooLong(
-            "AMP key length prefix over %d bytes" % (MAX_KEY_LENGTH,), offset, boxes
-        )
-    if error == lib.PAF_DECODE_BOX_TOO_LARGE:
-        return BoxTooLarge("AMP box over the size limit", offset, boxes)
-    if error == lib.PAF_DECODE_NO_MEMORY:
-        raise MemoryError()
-    return FramingError("AMP framing error %d" % (error,), offset, boxes)
 
 
 def encode_box(box):
@@ -252,7 +253,7 @@ def encode_boxes(boxes):
         data, len(data), ffi.from_buffer("int32_t[]", lens), count, out, size, bad
     )
     if written < 0:
-        raise _encodeError(-written, parts, bad[0])
+        raise nativeError(ffi.errno, parts=parts, index=bad[0])
     return ffi.buffer(out, written)[:]
 
 
@@ -264,11 +265,3 @@ def _typeError(parts):
                 % (type(part).__name__, part)
             )
     return TypeError("AMP keys and values must be bytes")
-
-
-def _encodeError(error, parts, index):
-    if error == lib.PAF_ENCODE_KEY_TOO_LONG:
-        return TooLong(True, True, parts[index], None)
-    if error == lib.PAF_ENCODE_VALUE_TOO_LONG:
-        return TooLong(False, True, parts[index], parts[index - 1])
-    return AssertionError("pyamp_fds encoder invariant broken: error %d at part %d" % (error, index))

@@ -3,6 +3,7 @@
 Exceptions raised by pyamp_fds, and the one helper that turns C failures into them.
 """
 
+import errno
 import os
 
 __all__ = [
@@ -124,12 +125,42 @@ class DescriptorsUnsupported(TypeError):
     """
 
 
-def raiseOSError():
+def nativeError(code, boxes=None, offset=0, parts=None, index=0):
     """
-    Raise the C{OSError} for C's C{errno}, as the matching subclass
-    (C{BlockingIOError} for C{EAGAIN}, C{BrokenPipeError} for C{EPIPE}, ...).
-    """
-    from pyamp_fds._native import ffi
+    The exception for a failed call into C{pyamp_fds._native}, for the
+    caller to raise.  Every C function there that can fail returns -1 (or
+    C{NULL}) with C{errno} set: this is the one place that turns that
+    C{errno} into an exception.
 
-    code = ffi.errno
-    raise OSError(code, os.strerror(code))
+    @param code: the C{errno} (C{ffi.errno} right after the call).
+    @param boxes: for the box decoder: the boxes completed before the fault,
+        which lies at C{offset}.  Its C{ENAMETOOLONG} is then L{KeyTooLong},
+        C{EMSGSIZE} L{BoxTooLarge} and C{ENOMEM} L{MemoryError}.
+    @param parts: for the box encoder: the keys and values it was given,
+        C{parts[index]} the one it refused.  Its C{ENAMETOOLONG} and
+        C{EMSGSIZE} are then Twisted's C{TooLong} for that key or value; any
+        other error is a broken invariant of the caller's (an
+        L{AssertionError}).
+    @return: otherwise, the C{OSError} for C{code}, as the matching subclass
+        (C{BlockingIOError} for C{EAGAIN}, C{BrokenPipeError} for C{EPIPE},
+        ...).
+    """
+    if boxes is not None:
+        if code == errno.ENAMETOOLONG:
+            return KeyTooLong("AMP key length prefix over 255 bytes", offset, boxes)
+        if code == errno.EMSGSIZE:
+            return BoxTooLarge("AMP box over the size limit", offset, boxes)
+        if code == errno.ENOMEM:
+            return MemoryError()
+        return FramingError("AMP framing error: %s" % (os.strerror(code),), offset, boxes)
+    if parts is not None:
+        from twisted.protocols.amp import TooLong
+
+        if code == errno.ENAMETOOLONG:
+            return TooLong(True, True, parts[index], None)
+        if code == errno.EMSGSIZE:
+            return TooLong(False, True, parts[index], parts[index - 1])
+        return AssertionError(
+            "pyamp_fds encoder invariant broken: %s at part %d" % (os.strerror(code), index)
+        )
+    return OSError(code, os.strerror(code))

@@ -13,7 +13,7 @@ from array import array
 from struct import Struct
 
 from pyamp_fds._native import ffi, lib
-from pyamp_fds.errors import DescriptorsTruncated, raiseOSError
+from pyamp_fds.errors import DescriptorsTruncated, nativeError
 
 __all__ = [
     "MAX_FDS_PER_MESSAGE",
@@ -117,7 +117,7 @@ def send_with_fds(sockfd, data, fds=()):
             vec.iov_len = len(buf)
         sent = lib.paf_sendmsg(sockfd, iov, len(buffers), fdArray, nfds, 0)
     if sent < 0:
-        raiseOSError()
+        raise nativeError(ffi.errno)
     return sent, (nfds if sent > 0 else 0)
 
 
@@ -141,7 +141,7 @@ def recv_into_with_fds(sockfd, buffer, max_fds=MAX_FDS_PER_MESSAGE):
     out = ffi.new("int[2]")
     got = lib.paf_recvmsg(_fileno(sockfd), view, len(view), fds, max_fds, out, out + 1)
     if got < 0:
-        raiseOSError()
+        raise nativeError(ffi.errno)
     if out[1] & _MSG_CTRUNC:
         raise DescriptorsTruncated(bytes(memoryview(buffer)[:got]))
     return got, _unpackFds(fds, out[0]), out[1]
@@ -191,7 +191,7 @@ class Receiver:
             sockfd, self._buffer, self.bufferSize, self._fds, self._maxFds, out, out + 1
         )
         if got < 0:
-            raiseOSError()
+            raise nativeError(ffi.errno)
         data = ffi.buffer(self._buffer, got)[:]
         if out[1] & _MSG_CTRUNC:
             raise DescriptorsTruncated(data)
@@ -217,7 +217,7 @@ def duplicate_all(fds):
         return []
     duplicates = ffi.new("int[]", count)
     if lib.paf_dup_all(_fdArray(fds), count, duplicates) < 0:
-        raiseOSError()
+        raise nativeError(ffi.errno)
     return ffi.unpack(duplicates, count)
 
 

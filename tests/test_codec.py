@@ -284,6 +284,29 @@ class TestFramingErrors:
         protocol.dataReceived(data)
         assert transport.disconnecting
 
+    def test_offset(self):
+        """
+        The error's C{offset} counts from the first byte not inside a box
+        reported by an earlier feed: boxes of the failing feed count in it.
+        """
+        good = encode_box({b"a": b"1"})
+        decoder = BoxDecoder()
+        with pytest.raises(KeyTooLong) as caught:
+            decoder.feed(good + good + b"\x01\x00")
+        assert caught.value.offset == 2 * len(good)
+
+        decoder = BoxDecoder()
+        assert decoder.feed(good + b"\x00\x01a\x00") == [{b"a": b"1"}]
+        with pytest.raises(KeyTooLong) as caught:
+            decoder.feed(b"\x01b\x01\x00")
+        assert caught.value.offset == 6
+
+        decoder = BoxDecoder(max_box_size=20)
+        with pytest.raises(BoxTooLarge) as caught:
+            decoder.feed(good + b"\x00\x01k\x00\x20")
+        assert caught.value.offset == len(good)
+        assert caught.value.boxes == [{b"a": b"1"}]
+
     def test_failedStaysFailed(self):
         """
         After a framing error the decoder refuses everything.
@@ -373,6 +396,44 @@ class TestRemainder:
         decoder.feed(encode_box({}))
         with pytest.raises(IndexError):
             decoder.remainder(1)
+
+
+class TestTakePending:
+    def test_nothingFed(self):
+        """
+        Before any byte, nothing is held.
+        """
+        decoder = BoxDecoder()
+        assert decoder.takePending() == b""
+        assert decoder.pending == 0
+
+    def test_partialBox(self):
+        """
+        The bytes of a box not yet complete, held from one feed or several,
+        are given back, and the decoder starts afresh.
+        """
+        data = encode_box({b"key": b"value"})
+        decoder = BoxDecoder()
+        assert decoder.feed(data[:4]) == []
+        assert decoder.takePending() == data[:4]
+        assert decoder.pending == 0
+        assert decoder.feed(data[:3]) == []
+        assert decoder.feed(data[3:7]) == []
+        assert decoder.takePending() == data[:7]
+        assert decoder.feed(data) == [{b"key": b"value"}]
+
+    def test_afterBoxes(self):
+        """
+        After boxes, the bytes that follow the last of them.
+        """
+        box = encode_box({b"k": b"v"})
+        decoder = BoxDecoder()
+        assert decoder.feed(box + box + b"\x00\x02") == [{b"k": b"v"}] * 2
+        assert decoder.takePending() == b"\x00\x02"
+        assert decoder.feed(box[:3]) == []
+        assert decoder.feed(box[3:] + b"\x00") == [{b"k": b"v"}]
+        assert decoder.takePending() == b"\x00"
+        assert decoder.takePending() == b""
 
 
 def test_close():
