@@ -13,6 +13,13 @@
  * that a socket with credentials passing on does not truncate them. */
 #define PAF_CRED_SPACE CMSG_SPACE(sizeof(struct ucred))
 
+/* SCM_PIDFD (Linux 6.5) carries a descriptor too; older headers lack it. */
+#ifdef SCM_PIDFD
+#define PAF_SCM_PIDFD SCM_PIDFD
+#else
+#define PAF_SCM_PIDFD 0x04
+#endif
+
 /* Control buffer for the largest message we send or accept, aligned for cmsghdr. */
 union paf_cmsgbuf {
     char buf[CMSG_SPACE(sizeof(int) * PAF_MAX_FDS_PER_MESSAGE) + PAF_CRED_SPACE];
@@ -157,6 +164,18 @@ ssize_t paf_recvmsg(int sockfd, void *buf, size_t len,
         const unsigned char *data = CMSG_DATA(cmsg);
         size_t n;
 
+        if (cmsg->cmsg_level == SOL_SOCKET && cmsg->cmsg_type == PAF_SCM_PIDFD) {
+            /* A pidfd the kernel attached because the socket asked for
+             * them (SO_PASSPIDFD): installed in our table, and not one of
+             * the peer's descriptors, so close it rather than leak it. */
+            if (cmsg->cmsg_len >= CMSG_LEN(sizeof(int))) {
+                int pidfd;
+
+                memcpy(&pidfd, data, sizeof pidfd);
+                close(pidfd);
+            }
+            continue;
+        }
         if (cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS)
             continue;
         n = (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int);

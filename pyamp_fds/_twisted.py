@@ -26,6 +26,7 @@ __all__ = [
     "sendStockDescriptor",
     "claimStockDescriptor",
     "hasBufferedOutput",
+    "bufferedOutput",
     "adoptConnectedSocket",
     "acceptAdmitted",
 ]
@@ -264,6 +265,14 @@ def hasBufferedOutput(transport):
     (its private C{_tempDataLen}, and C{dataBuffer} past C{offset}).
     """
     return bool(transport._tempDataLen or len(transport.dataBuffer) > transport.offset)
+
+
+def bufferedOutput(transport):
+    """
+    How many bytes Twisted's write buffer of C{transport} holds, not yet
+    sent.
+    """
+    return transport._tempDataLen + len(transport.dataBuffer) - transport.offset
 
 
 def adoptConnectedSocket(transportType, fileno, factory, reactor):

@@ -10,6 +10,7 @@ dispatched, or back to being closed when the box fails to parse or the
 connection goes.
 """
 
+from pyamp_fds.closer import closeLater
 from pyamp_fds.errors import TooManyUnclaimedDescriptors, UnknownDescriptor
 from pyamp_fds.fdio import close_all
 
@@ -25,6 +26,8 @@ class ReceivedDescriptors:
     Received descriptors by ordinal, for one connection.
     """
 
+    _budget = None
+
     def __init__(self, onViolation=_ignore):
         """
         @param onViolation: called with the L{DescriptorProtocolError} just
@@ -35,6 +38,27 @@ class ReceivedDescriptors:
         self._held = {}
         self._received = 0
         self._inBox = []
+
+    def useBudget(self, budget):
+        """
+        Count the descriptors held in C{budget} (a
+        L{pyamp_fds.budget.DescriptorBudget}) from now on, and close those
+        this table closes in the background (L{pyamp_fds.closer}): they
+        are a peer's, and closing one may block.  Without a budget they are
+        counted nowhere and closed at once.
+        """
+        if self._budget is not None:
+            self._budget.give(len(self._held))
+        self._budget = budget
+        budget.take(len(self._held))
+
+    @property
+    def budget(self):
+        """
+        The L{pyamp_fds.budget.DescriptorBudget} counting this table, or
+        L{None}.
+        """
+        return self._budget
 
     @property
     def received(self):
@@ -49,6 +73,13 @@ class ReceivedDescriptors:
         How many received descriptors no box has claimed yet.
         """
         return len(self._held)
+
+    @property
+    def oldestUnclaimed(self):
+        """
+        The lowest ordinal held unclaimed, or L{received} if none is.
+        """
+        return min(self._held, default=self._received)
 
     @property
     def claimedByBox(self):
@@ -69,6 +100,8 @@ class ReceivedDescriptors:
         start = self._received
         self._received = start + len(descriptors)
         self._held.update(zip(range(start, self._received), descriptors))
+        if self._budget is not None:
+            self._budget.take(len(descriptors))
         if len(self._held) > limit:
             self._onViolation(
                 TooManyUnclaimedDescriptors(
@@ -89,6 +122,8 @@ class ReceivedDescriptors:
         # Until the box is dispatched, a fault in a later argument must not
         # leave this one with nobody.
         self._inBox.append(descriptor)
+        if self._budget is not None:
+            self._budget.give(1)
         return descriptor
 
     def claimRange(self, start, count):
@@ -106,6 +141,8 @@ class ReceivedDescriptors:
             self._violated(UnknownDescriptor(missing, self._received))
         descriptors = list(map(held.pop, ordinals))
         self._inBox.extend(descriptors)
+        if self._budget is not None:
+            self._budget.give(count)
         return descriptors
 
     def refuse(self, error):
@@ -129,17 +166,29 @@ class ReceivedDescriptors:
         responder or caller will own it.
         """
         claimed, self._inBox = self._inBox, []
-        close_all(claimed)
+        self._dispose(claimed, counted=False)
 
     def closeAll(self):
         """
         Close every descriptor held, and those claimed by a box not yet
         dispatched.
         """
-        held = list(self._held.values()) + self._inBox
+        held = list(self._held.values())
         self._held.clear()
-        self._inBox = []
-        close_all(held)
+        claimed, self._inBox = self._inBox, []
+        self._dispose(held, counted=True)
+        self._dispose(claimed, counted=False)
+
+    def _dispose(self, fds, counted):
+        if not fds:
+            return
+        budget = self._budget
+        if budget is None:
+            close_all(fds)
+            return
+        if not counted:
+            budget.take(len(fds))
+        closeLater(fds, budget)
 
     def _violated(self, error):
         self._onViolation(error)

@@ -15,6 +15,7 @@ __all__ = [
     "UnknownDescriptor",
     "InvalidDescriptorOrdinal",
     "TooManyUnclaimedDescriptors",
+    "UnclaimedTooLong",
     "DescriptorListTooLong",
     "DescriptorsUnsupported",
 ]
@@ -107,6 +108,13 @@ class TooManyUnclaimedDescriptors(DescriptorProtocolError):
     """
     The peer sent more descriptors than any box claimed, past the
     connection's limit (C{maxUnclaimedDescriptors}).
+    """
+
+
+class UnclaimedTooLong(DescriptorProtocolError):
+    """
+    The peer left descriptors unclaimed for longer than the connection's
+    C{maxUnclaimedSeconds}.
     """
 
 

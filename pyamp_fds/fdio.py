@@ -177,9 +177,12 @@ class Receiver:
         self._fds = ffi.new("int[]", max(max_fds, 1))
         self._out = ffi.new("int[2]")
 
-    def receive(self, sockfd):
+    def receive(self, sockfd, max_fds=None):
         """
         One C{recvmsg}, as L{recv_with_fds}.
+
+        @param max_fds: room for this many descriptors this time, at most
+            the room given when made (L{None}: all of it).
 
         @return: C{(data, fds)}; C{data} is empty at end of stream and
             C{fds} is an C{array('i')} of the descriptors received (a
@@ -187,9 +190,8 @@ class Receiver:
         @raise DescriptorsTruncated: see L{recv_into_with_fds}.
         """
         out = self._out
-        got = lib.paf_recvmsg(
-            sockfd, self._buffer, self.bufferSize, self._fds, self._maxFds, out, out + 1
-        )
+        room = self._maxFds if max_fds is None or max_fds > self._maxFds else max_fds
+        got = lib.paf_recvmsg(sockfd, self._buffer, self.bufferSize, self._fds, room, out, out + 1)
         if got < 0:
             raise nativeError(ffi.errno)
         data = ffi.buffer(self._buffer, got)[:]

@@ -76,6 +76,12 @@ class IFileDescriptorsReceiver(IFileDescriptorReceiver):
     A protocol that takes the descriptors of one read in one call.
     """
 
+    descriptorsUnclaimed = Attribute(
+        "How many descriptors received are held for boxes not yet read: a "
+        "transport short of descriptor budget still reads for a protocol "
+        "holding some, so that their boxes can claim them."
+    )
+
     def fileDescriptorsReceived(descriptors):
         """
         Descriptors arrived, in order; the protocol owns them now.

@@ -53,7 +53,14 @@ class OutgoingDescriptors:
     name it start there or later.
     """
 
-    def __init__(self):
+    _budget = None
+
+    def __init__(self, budget=None):
+        """
+        @param budget: a L{pyamp_fds.budget.DescriptorBudget} that counts the
+            duplicates this queue makes until they leave it, or L{None}.
+        """
+        self._budget = budget
         # Three parallel lists, so that a group leaves with one slice and
         # one del each, with no per-descriptor Python work in the common
         # case (no lent descriptors queued).
@@ -91,6 +98,8 @@ class OutgoingDescriptors:
                 descriptors = [os.dup(descriptors[0])]
             else:
                 descriptors = duplicate_all(descriptors)
+            if self._budget is not None:
+                self._budget.take(len(descriptors))
         elif ownership is _LENT:
             self._lent += len(descriptors)
         count = len(descriptors)
@@ -120,7 +129,10 @@ class OutgoingDescriptors:
         ownerships = self._ownerships[index:]
         del self._fds[index:], self._positions[index:], self._ownerships[index:]
         self._lent -= ownerships.count(_LENT)
-        close_all([fd for fd, o in zip(withdrawn, ownerships) if o is _DUPLICATE])
+        duplicates = [fd for fd, o in zip(withdrawn, ownerships) if o is _DUPLICATE]
+        close_all(duplicates)
+        if self._budget is not None:
+            self._budget.give(len(duplicates))
 
     def nextGroup(self, sentPosition):
         """
@@ -147,9 +159,12 @@ class OutgoingDescriptors:
         queue, and those it owns are closed (never sent again).
         """
         fds = self._fds[:count]
-        if self._lent:
+        budget = self._budget
+        if self._lent or budget is not None:
             ownerships = self._ownerships[:count]
-            lent = ownerships.count(_LENT)
+            if budget is not None:
+                budget.give(ownerships.count(_DUPLICATE))
+            lent = ownerships.count(_LENT) if self._lent else 0
             if lent:
                 self._lent -= lent
                 fds = [fd for fd, o in zip(fds, ownerships) if o is not _LENT]
@@ -163,6 +178,8 @@ class OutgoingDescriptors:
         (duplicates and handed-over ones) and empty it.
         """
         owned = [fd for fd, o in zip(self._fds, self._ownerships) if o is not _LENT]
+        if self._budget is not None:
+            self._budget.give(self._ownerships.count(_DUPLICATE))
         self._left += len(self._fds)
         del self._fds[:], self._positions[:], self._ownerships[:]
         self._lent = 0

@@ -34,6 +34,7 @@ from zope.interface import implementer
 
 from pyamp_fds import _twisted
 from pyamp_fds.arguments import listUnsupported, unsupportedTransport
+from pyamp_fds.budget import processBudget
 from pyamp_fds.codec import (
     DEFAULT_MAX_BOX_SIZE,
     MAX_KEY_LENGTH,
@@ -44,7 +45,12 @@ from pyamp_fds.codec import (
 )
 from pyamp_fds.descriptors import ReceivedDescriptors
 from pyamp_fds.dispatch import FastDispatch
-from pyamp_fds.errors import DescriptorsUnsupported, FramingError, KeyTooLong
+from pyamp_fds.errors import (
+    DescriptorsUnsupported,
+    FramingError,
+    KeyTooLong,
+    UnclaimedTooLong,
+)
 from pyamp_fds.fdio import _fileno, close_all
 from pyamp_fds.interfaces import IBatchingTransport, IFileDescriptorsReceiver
 from pyamp_fds.outgoing import Ownership
@@ -63,16 +69,26 @@ class _Framing(_twisted.BoxProtocolHooks):
     What L{AMP} and L{BinaryBoxProtocol} add to Twisted's classes: framing,
     descriptor ordinals, and the connection's table of received descriptors.
 
-    @ivar maxUnclaimedDescriptors: how many descriptors the peer may have
-        sent that no box has claimed yet; past it, the connection is closed.
-        A L{DescriptorList}'s descriptors all arrive before its box, so this
-        leaves room for one of the longest by default (4096) and more.
     @ivar maxBoxSize: the largest box accepted from the peer, in bytes.
+    @ivar maxUnclaimedSeconds: if not L{None}, the longest the peer may
+        keep descriptors unclaimed without a pause (some unclaimed all that
+        time) before the connection is closed: a peer that sends descriptors
+        and never the boxes naming them holds part of the budget otherwise.
+    @ivar allowUncheckedDescriptors: whether to take descriptors from a
+        transport that cannot report the ones the kernel dropped
+        (C{MSG_CTRUNC}), such as Twisted's own UNIX transports: after a drop,
+        every later ordinal names the wrong descriptor, so a box could be
+        handed a different file than its sender meant.  Refused by default
+        (the connection is closed with L{DescriptorsUnsupported}); use
+        L{pyamp_fds.endpoints}, whose transports report drops.
     @ivar receivedDescriptors: the L{ReceivedDescriptors} of this connection.
     """
 
-    maxUnclaimedDescriptors = 8192
     maxBoxSize = DEFAULT_MAX_BOX_SIZE
+    maxUnclaimedSeconds = None
+    allowUncheckedDescriptors = False
+    _maxUnclaimed = 8192
+    _unclaimedTimer = None
     #: While dispatching a long run of boxes from one read, send what they
     #: produced every this many boxes: the peer starts on the first answers
     #: while later ones are still being made, so both ends work at once.
@@ -104,6 +120,31 @@ class _Framing(_twisted.BoxProtocolHooks):
         raise AttributeError(name)
 
     @property
+    def maxUnclaimedDescriptors(self):
+        """
+        How many descriptors the peer may have sent that no box has claimed
+        yet; past it, the connection is closed.  At most the descriptor
+        budget's per-connection share (L{DescriptorBudget.share}); 8192 by
+        default, and settable.  A L{DescriptorList}'s descriptors all arrive
+        before its box, so this must leave room for the longest expected.
+        """
+        budget = self.receivedDescriptors.budget
+        if budget is None:
+            return self._maxUnclaimed
+        return min(self._maxUnclaimed, budget.share)
+
+    @maxUnclaimedDescriptors.setter
+    def maxUnclaimedDescriptors(self, value):
+        self._maxUnclaimed = value
+
+    @property
+    def descriptorsUnclaimed(self):
+        """
+        How many descriptors the peer sent that no box has claimed yet.
+        """
+        return self.receivedDescriptors.unclaimed
+
+    @property
     def descriptorsSent(self):
         """
         How many descriptors this protocol has queued for sending: the next
@@ -115,11 +156,14 @@ class _Framing(_twisted.BoxProtocolHooks):
 
     def makeConnection(self, transport):
         self._batching = IBatchingTransport.providedBy(transport)
+        budget = getattr(transport, "descriptorBudget", None)
+        self.receivedDescriptors.useBudget(budget if budget is not None else processBudget())
         if self._decoder is None:
             self._decoder = BoxDecoder(amp.AmpBox, self.maxBoxSize)
         super().makeConnection(transport)
 
     def connectionLost(self, reason):
+        self._stopUnclaimedTimer()
         self.receivedDescriptors.closeAll()
         self._outgoing = []
         if self._decoder is not None:
@@ -249,9 +293,15 @@ class _Framing(_twisted.BoxProtocolHooks):
     # Descriptors
 
     def fileDescriptorReceived(self, descriptor):
-        # Only Twisted's own transports call this, one at a time, and they
-        # receive without MSG_CMSG_CLOEXEC: a child spawned before the box
-        # that names it is handled must not inherit it.
+        if self._batching:
+            # A batching transport reaching us through a wrapper (Twisted's
+            # endpoints wrap protocols) that passes descriptors one by one:
+            # it received them close-on-exec and checked for drops.
+            self.fileDescriptorsReceived((descriptor,))
+            return
+        # Twisted's own transports receive without MSG_CMSG_CLOEXEC: a
+        # child spawned before the box that names it is handled must not
+        # inherit it.
         try:
             os.set_inheritable(descriptor, False)
         except OSError as e:
@@ -259,6 +309,18 @@ class _Framing(_twisted.BoxProtocolHooks):
                 raise
             # Not open here (a fake transport's number): it still takes its
             # ordinal, and claiming it gives the number, as in Twisted.
+        if not self.allowUncheckedDescriptors:
+            close_all([descriptor])
+            self._protocolError(
+                DescriptorsUnsupported(
+                    "received a descriptor over %r, which cannot report descriptors the "
+                    "kernel dropped (MSG_CTRUNC): a later box could be handed the wrong "
+                    "file. Use pyamp_fds.endpoints (or adoptStreamConnection) for its "
+                    "transports, or set allowUncheckedDescriptors = True to accept the "
+                    "risk" % (type(self.transport).__name__,)
+                )
+            )
+            return
         self.fileDescriptorsReceived((descriptor,))
 
     def fileDescriptorsReceived(self, descriptors):
@@ -268,7 +330,39 @@ class _Framing(_twisted.BoxProtocolHooks):
         if self._failReason is not None:
             close_all(descriptors)
             return
-        self.receivedDescriptors.receive(descriptors, self.maxUnclaimedDescriptors)
+        table = self.receivedDescriptors
+        table.receive(descriptors, self.maxUnclaimedDescriptors)
+        if self.maxUnclaimedSeconds is not None and self._unclaimedTimer is None:
+            self._startUnclaimedTimer()
+
+    def _startUnclaimedTimer(self):
+        from twisted.internet import reactor
+
+        clock = getattr(self.transport, "reactor", None) or reactor
+        self._unclaimedTimer = clock.callLater(self.maxUnclaimedSeconds, self._unclaimedTooLong)
+        self._unclaimedSince = self.receivedDescriptors.received
+
+    def _stopUnclaimedTimer(self):
+        if self._unclaimedTimer is not None:
+            if self._unclaimedTimer.active():
+                self._unclaimedTimer.cancel()
+            self._unclaimedTimer = None
+
+    def _unclaimedTooLong(self):
+        self._unclaimedTimer = None
+        table = self.receivedDescriptors
+        if not table.unclaimed or self._failReason is not None:
+            return
+        if table.oldestUnclaimed >= self._unclaimedSince:
+            # Everything held then has been claimed since: start again.
+            self._startUnclaimedTimer()
+            return
+        self._protocolError(
+            UnclaimedTooLong(
+                "descriptors received were left unclaimed for over %g seconds"
+                % (self.maxUnclaimedSeconds,)
+            )
+        )
 
     def serializing(self, toStrings, *args, **kwargs):
         """

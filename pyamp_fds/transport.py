@@ -25,9 +25,11 @@ from twisted.python import log
 from zope.interface import implementer
 
 from pyamp_fds import _twisted
+from pyamp_fds.budget import processBudget
+from pyamp_fds.closer import closeLater
 from pyamp_fds.credentials import readPeerCredentials
 from pyamp_fds.errors import DescriptorsTruncated
-from pyamp_fds.fdio import MAX_FDS_PER_MESSAGE, Receiver, _fileno, close_all, send_with_fds
+from pyamp_fds.fdio import MAX_FDS_PER_MESSAGE, Receiver, _fileno, send_with_fds
 from pyamp_fds.interfaces import IBatchingTransport, IFileDescriptorsReceiver
 from pyamp_fds.outgoing import Ownership, OutgoingDescriptors
 
@@ -42,6 +44,8 @@ _log = Logger()
 _BACK_OFF = (errno.ENOBUFS, errno.ETOOMANYREFS)
 _FIRST_BACK_OFF = 0.001
 _LONGEST_BACK_OFF = 0.1
+# How often a reader waiting for budget headroom looks again by itself.
+_HEADROOM_RETRY = 0.05
 
 _DUPLICATE = Ownership.DUPLICATE
 _HANDED_OVER = Ownership.HANDED_OVER
@@ -54,20 +58,42 @@ class _Batching(_twisted.TransportHooks):
     @ivar maxQueuedDescriptors: descriptors queued beyond this count make
         the send buffer "full" for producers, so that a sender facing a slow
         reader pauses rather than filling its own descriptor table.
+    @ivar maxPendingDescriptors: descriptors queued beyond this count (by
+        default the budget's per-connection share) stop the transport
+        reading until its peer has taken them, so that a peer that sends
+        requests and never reads the answers cannot make it hold more.
+    @ivar maxPendingBytes: the same for bytes waiting to be sent.
+    @ivar descriptorBudget: the L{DescriptorBudget} this connection's
+        descriptors count in (by default the process's): the transport
+        reads only when a full receive fits in it.
     @ivar sendmsgCalls: C{sendmsg} calls made, for measurement.
     @ivar recvmsgCalls: C{recvmsg} calls made, for measurement.
+    @ivar backOffs: how many times the kernel could not take descriptors
+        (C{ENOBUFS}, C{ETOOMANYREFS}) and the transport backed off.
+    @ivar readPauses: how many times reading stopped for the budget or for
+        a peer that does not read.
     """
 
     maxQueuedDescriptors = MAX_FDS_PER_MESSAGE
+    maxPendingDescriptors = None
+    maxPendingBytes = 64 << 20
+    descriptorBudget = None
     sendmsgCalls = 0
     recvmsgCalls = 0
+    backOffs = 0
+    readPauses = 0
     _peerCredentials = None
     _backOffDelay = 0
     _backOffCall = None
+    _headroomCall = None
     _reading = False
 
     def _initBatching(self):
-        self._queue = OutgoingDescriptors()
+        if self.descriptorBudget is None:
+            self.descriptorBudget = processBudget()
+        # Why reading is stopped: "budget", "drain", "producer".
+        self._readStops = set()
+        self._queue = OutgoingDescriptors(self.descriptorBudget)
         # Stream positions: bytes written to this transport, and bytes sent.
         self._bytesWritten = 0
         self._bytesSent = 0
@@ -178,7 +204,10 @@ class _Batching(_twisted.TransportHooks):
     def doWrite(self):
         if self._writeHooks:
             self._runWriteHooks()
-        return super().doWrite()
+        result = super().doWrite()
+        if self._readStops:
+            self._peerMayHaveDrained()
+        return result
 
     def loseConnection(self, *args, **kwargs):
         if self._writeHooks and self.connected:
@@ -311,6 +340,7 @@ class _Batching(_twisted.TransportHooks):
     def _backOff(self):
         if self._backOffCall is not None:
             return
+        self.backOffs += 1
         self._backOffDelay = min(
             max(self._backOffDelay * 2, _FIRST_BACK_OFF), _LONGEST_BACK_OFF
         )
@@ -323,11 +353,77 @@ class _Batching(_twisted.TransportHooks):
 
         self._backOffCall = self.reactor.callLater(self._backOffDelay, retry)
 
+    def startWriting(self):
+        # While backing off, the timer registers for writing: anything else
+        # that would (a write, a queued descriptor, a flush) would have the
+        # reactor call doWrite in a loop, each sendmsg failing again.
+        if self._backOffCall is None:
+            super().startWriting()
+
+    # Reading, paused and resumed
+
+    def _stopReadingFor(self, reason):
+        if reason not in self._readStops:
+            self._readStops.add(reason)
+            self.readPauses += 1
+        self.stopReading()
+
+    def _resumeReadingFor(self, reason):
+        self._readStops.discard(reason)
+        if not self._readStops and self.connected and not self.disconnecting:
+            self.startReading()
+
+    def pauseProducing(self):
+        self._stopReadingFor("producer")
+
+    def resumeProducing(self):
+        self._resumeReadingFor("producer")
+
+    def _headroomAgain(self):
+        if self._headroomCall is not None:
+            if self._headroomCall.active():
+                self._headroomCall.cancel()
+            self._headroomCall = None
+        self._resumeReadingFor("budget")
+
+    def _holdsUnclaimed(self):
+        protocol = self.protocol
+        if self.TLS:
+            protocol = protocol.wrappedProtocol
+        return bool(getattr(protocol, "descriptorsUnclaimed", 0))
+
+    def _peerMayHaveDrained(self):
+        if "drain" in self._readStops and not self._outputOverBound():
+            self._resumeReadingFor("drain")
+
+    def _outputOverBound(self):
+        limit = self.maxPendingDescriptors
+        if limit is None:
+            limit = self.descriptorBudget.share
+        return (
+            len(self._queue) > limit or _twisted.bufferedOutput(self) > self.maxPendingBytes
+        )
+
     # Reading
 
     def doRead(self):
+        budget = self.descriptorBudget
+        room = budget.room()
+        if room < budget.fullReceive and not self._holdsUnclaimed():
+            # Short of headroom: what does not fit, the kernel would drop
+            # (MSG_CTRUNC), and this connection would be lost for it, though
+            # others hold the budget.  Wait for descriptors to be released
+            # (and look again now and then: budgets can be replaced).
+            self._stopReadingFor("budget")
+            budget.waitForHeadroom(self._headroomAgain, self.reactor.callFromThread)
+            if self._headroomCall is None:
+                self._headroomCall = self.reactor.callLater(_HEADROOM_RETRY, self._headroomAgain)
+            return None
+        # A connection holding unclaimed descriptors reads on with the room
+        # there is: the rest of the box that claims them may be in its
+        # socket, and one that sends more than fits is the one closed.
         try:
-            data, fds = self._receiver.receive(self.socket.fileno())
+            data, fds = self._receiver.receive(self.socket.fileno(), room)
         except BlockingIOError:
             return None
         except DescriptorsTruncated as e:
@@ -353,6 +449,10 @@ class _Batching(_twisted.TransportHooks):
         if result is None and self._outputPending() and not self.disconnecting:
             # Answers to what was just read go out now, in one sendmsg.
             result = self._flushAfterRead()
+        if result is None and self._outputOverBound():
+            # The peer is not taking what we send: read no more requests
+            # from it until it does.
+            self._stopReadingFor("drain")
         return result
 
     def _outputPending(self):
@@ -370,7 +470,9 @@ class _Batching(_twisted.TransportHooks):
             for fd in fds:
                 protocol.fileDescriptorReceived(fd)
         else:
-            close_all(fds)
+            budget = self.descriptorBudget
+            budget.take(len(fds))
+            closeLater(fds, budget)
             # Twisted's own event, which its users may be watching for; one
             # per read, as Twisted logs one per message of descriptors.
             log.msg(
@@ -389,6 +491,10 @@ class _Batching(_twisted.TransportHooks):
         if self._backOffCall is not None:
             self._backOffCall.cancel()
             self._backOffCall = None
+        if self._headroomCall is not None:
+            if self._headroomCall.active():
+                self._headroomCall.cancel()
+            self._headroomCall = None
         self._queue.drop()
         self._writeHooks = []
         # The receive buffers go now rather than when the collector breaks

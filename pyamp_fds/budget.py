@@ -1,0 +1,163 @@
+# -*- test-case-name: tests.test_budget -*-
+"""
+The process's descriptor budget, shared by every connection.
+
+Descriptors a peer sent that no box has claimed yet, duplicates queued for
+sending, and descriptors waiting to be closed are the library's, and each
+is a slot of the process's C{RLIMIT_NOFILE}.  The budget is that soft limit
+less a reserve the application keeps for itself.  A transport reads only
+when the budget's headroom covers a full receive (L{MAX_FDS_PER_MESSAGE}
+descriptors): otherwise the kernel would drop descriptors (C{MSG_CTRUNC})
+and some innocent connection would be closed for it.  Short of headroom, a
+transport stops reading and waits; it reads again when descriptors are
+released.  Each connection may hold at most its L{share}: the one that goes
+over it is the one closed.
+"""
+
+import resource
+import threading
+
+from pyamp_fds.fdio import MAX_FDS_PER_MESSAGE
+
+__all__ = ["DescriptorBudget", "processBudget", "setProcessBudget"]
+
+_ROOMY_SHARE = 8192
+
+
+class DescriptorBudget:
+    """
+    Descriptors held by the library, against a limit.
+
+    Counts may change on the reactor thread and on the thread that closes
+    descriptors (L{pyamp_fds.closer}), so they change under a lock.
+
+    @ivar limit: the most descriptors the library may hold.
+    @ivar share: the most one connection may hold (unclaimed plus queued).
+    """
+
+    def __init__(self, limit=None, share=None, reserve=None):
+        """
+        @param limit: the budget; by default the soft C{RLIMIT_NOFILE} less
+            C{reserve}.
+        @param share: one connection's most; by default a quarter of the
+            budget, or up to half of it to make room for 8192 (two of the
+            longest default L{pyamp_fds.DescriptorList}s), and never less
+            than one full receive.
+        @param reserve: what the application keeps for itself when C{limit}
+            is derived; by default a quarter of the soft limit (at least 32).
+        """
+        if limit is None:
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            if soft == resource.RLIM_INFINITY:
+                soft = 1 << 20
+            if reserve is None:
+                reserve = max(32, soft // 4)
+            limit = max(0, soft - reserve)
+        if share is None:
+            # Well below the budget, yet room for long lists when the limit
+            # allows (a DescriptorList's descriptors all arrive before its
+            # box, 4096 by default).
+            share = max(MAX_FDS_PER_MESSAGE, limit // 4, min(limit // 2, _ROOMY_SHARE))
+        self.limit = limit
+        self.share = share
+        self._used = 0
+        self._lock = threading.Lock()
+        self._waiting = {}
+
+    @property
+    def used(self):
+        """
+        How many descriptors the library holds now.
+        """
+        return self._used
+
+    @property
+    def headroom(self):
+        """
+        How many more the library may hold.
+        """
+        return self.limit - self._used
+
+    def room(self):
+        """
+        How many descriptors the next receive may take: a full receive's
+        worth (L{MAX_FDS_PER_MESSAGE}), or less when the headroom is short
+        (0 when there is none).
+        """
+        headroom = self.limit - self._used
+        if headroom >= MAX_FDS_PER_MESSAGE:
+            return MAX_FDS_PER_MESSAGE
+        return max(0, headroom)
+
+    @property
+    def fullReceive(self):
+        """
+        The room a reader waits for: a full receive, or the whole budget if
+        it is smaller than one.
+        """
+        return min(MAX_FDS_PER_MESSAGE, self.limit)
+
+    def take(self, count):
+        """
+        The library now holds C{count} more descriptors.
+        """
+        with self._lock:
+            self._used += count
+
+    def give(self, count):
+        """
+        The library holds C{count} fewer descriptors: wake the readers that
+        were waiting for headroom if a full receive now fits.
+        """
+        with self._lock:
+            self._used -= count
+            waiting = self._waiting if self.limit - self._used >= self.fullReceive else None
+            if waiting:
+                self._waiting = {}
+        if waiting:
+            for resume, wake in waiting.items():
+                self._wakeUp(resume, wake)
+
+    def waitForHeadroom(self, resume, wake=None):
+        """
+        Call C{resume()} once a full receive (L{fullReceive}) fits again.
+
+        @param wake: how to call it from another thread (e.g. the reactor's
+            C{callFromThread}); by default it is called directly.
+        """
+        with self._lock:
+            fits = self.limit - self._used >= self.fullReceive
+            if not fits:
+                # Keyed by the callable: one waiting reader waits once.
+                self._waiting[resume] = wake
+        if fits:
+            resume()
+
+    def _wakeUp(self, resume, wake):
+        if wake is None or threading.current_thread() is threading.main_thread():
+            resume()
+        else:
+            wake(resume)
+
+
+_process = None
+
+
+def processBudget():
+    """
+    The budget every connection shares unless given another: made from the
+    soft C{RLIMIT_NOFILE} when first asked for.  Replace it with
+    L{setProcessBudget} before making connections to configure it.
+    """
+    global _process
+    if _process is None:
+        _process = DescriptorBudget()
+    return _process
+
+
+def setProcessBudget(budget):
+    """
+    Make C{budget} the one new connections share.
+    """
+    global _process
+    _process = budget

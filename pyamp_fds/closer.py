@@ -1,0 +1,59 @@
+# -*- test-case-name: tests.test_closer -*-
+"""
+Closing descriptors a peer sent, away from the reactor thread.
+
+Closing can block: a socket with C{SO_LINGER} whose data cannot leave
+blocks until the linger time runs out, a file on FUSE until its server
+answers.  A peer could leave such a descriptor unclaimed and disconnect, and
+every other connection would wait.  Descriptors we close on a peer's behalf
+are closed by one background thread instead; they count in the descriptor
+budget until they are closed.
+"""
+
+import queue
+import threading
+
+from pyamp_fds.fdio import close_all
+
+__all__ = ["closeLater", "waitUntilClosed"]
+
+_queue = queue.Queue()
+_thread = None
+_threadLock = threading.Lock()
+
+
+def _run():
+    while True:
+        fds, budget = _queue.get()
+        try:
+            close_all(fds)
+            if budget is not None:
+                budget.give(len(fds))
+        finally:
+            _queue.task_done()
+
+
+def closeLater(fds, budget=None):
+    """
+    Close C{fds} (a sequence of ints) in the background.
+
+    @param budget: a L{pyamp_fds.budget.DescriptorBudget} they count in until
+        closed, or L{None}.
+    """
+    global _thread
+    if not len(fds):
+        return
+    if _thread is None:
+        with _threadLock:
+            if _thread is None:
+                _thread = threading.Thread(target=_run, name="pyamp_fds closer", daemon=True)
+                _thread.start()
+    _queue.put((list(fds), budget))
+
+
+def waitUntilClosed():
+    """
+    Block until everything given to L{closeLater} so far is closed: for
+    tests and orderly shutdown.
+    """
+    _queue.join()
