@@ -8,6 +8,7 @@ requests, losing a worker, and stopped with SIGTERM; every process must end
 with the descriptors it started with.
 """
 
+import errno
 import http.client
 import os
 import re
@@ -24,7 +25,7 @@ import pytest
 from twisted.internet.testing import MemoryReactor
 
 from benchmarks.broker_tuned import keepsAlive, makeResponses
-from pyamp_fds.examples.broker import Broker, Serve
+from pyamp_fds.examples.broker import Broker, Serve, WorkerChannel
 from tests.fdcheck import assertNoNewDescriptors, openDescriptors
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -274,6 +275,74 @@ class HandOverTests(unittest.TestCase):
         assert set(openDescriptors()) == set(before) | {peer.fileno() for _, peer in pairs}
         for _, peer in pairs:
             assert peer.recv(1) == b""
+
+
+class AdoptingReactor(MemoryReactor):
+    """
+    Records the connections adopted, whether each was non-blocking then,
+    and fails to adopt those in C{gone}, as when the client has reset the
+    connection already.
+    """
+
+    def __init__(self, gone=()):
+        MemoryReactor.__init__(self)
+        self.gone = gone
+        self.blocking = []
+
+    def adoptStreamConnection(self, fileDescriptor, addressFamily, factory):
+        if fileDescriptor in self.gone:
+            raise OSError(errno.ENOTCONN, os.strerror(errno.ENOTCONN))
+        self.blocking.append(os.get_blocking(fileDescriptor))
+        MemoryReactor.adoptStreamConnection(self, fileDescriptor, addressFamily, factory)
+
+
+class WorkerChannelTests(unittest.TestCase):
+    """
+    Tests for L{WorkerChannel.serve}: a worker taking the connections the
+    example broker hands it.
+    """
+
+    def setUp(self):
+        before = openDescriptors()
+        self.addCleanup(assertNoNewDescriptors, before)
+        pairs = [socket.socketpair() for _ in range(3)]
+        self.peers = [peer for _, peer in pairs]
+        for peer in self.peers:
+            self.addCleanup(peer.close)
+        self.fds = [ours.detach() for ours, _ in pairs]
+
+    def assertAllClosed(self):
+        for fd in self.fds:
+            with pytest.raises(OSError) as raised:
+                os.fstat(fd)
+            assert raised.value.errno == errno.EBADF
+
+    def test_adopts(self):
+        """
+        Every connection is adopted, non-blocking, as a TCP connection served
+        by the worker's site, and the descriptor handed over is closed: the
+        transport has its own.
+        """
+        reactor = AdoptingReactor()
+        channel = WorkerChannel(reactor)
+        assert channel.serve(connections=list(self.fds)) == {}
+        assert reactor.adoptedStreamConnections == [
+            (fd, socket.AF_INET, channel.site) for fd in self.fds
+        ]
+        assert reactor.blocking == [False] * len(self.fds)
+        self.assertAllClosed()
+
+    def test_clientGone(self):
+        """
+        A connection whose client has gone before the worker adopts it is
+        closed, and the others are served all the same.
+        """
+        first, gone, last = self.fds
+        reactor = AdoptingReactor(gone={gone})
+        channel = WorkerChannel(reactor)
+        assert channel.serve(connections=list(self.fds)) == {}
+        assert [fd for fd, _, _ in reactor.adoptedStreamConnections] == [first, last]
+        self.assertAllClosed()
 
 
 class ServerTestsMixin:

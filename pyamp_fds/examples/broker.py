@@ -55,8 +55,9 @@ def openDescriptors():
 
 class Serve(amp.Command):
     """
-    Broker to worker: serve these connections.  With C{transfer=True},
-    pyamp_fds closes the broker's copies once sent; the worker owns its own.
+    Broker to worker: serve these connections (at most what the L{Acceptor}
+    takes in one turn).  With C{transfer=True}, pyamp_fds closes the
+    broker's copies once sent; the worker owns its own.
     """
 
     arguments = [(b"connections", DescriptorList(transfer=True, maxDescriptors=250))]
@@ -82,13 +83,16 @@ class WorkerChannel(AMP):
     def __init__(self, reactor):
         AMP.__init__(self)
         self.reactor = reactor
-        self.site = server.Site(Hello())
+        self.site = server.Site(Hello(), reactor=reactor)
 
     @Serve.responder
     def serve(self, connections):
         for fd in connections:
             try:
+                os.set_blocking(fd, False)  # As adoptStreamConnection requires.
                 self.reactor.adoptStreamConnection(fd, socket.AF_INET, self.site)
+            except OSError:
+                pass  # The client has gone already: getpeername fails.
             finally:
                 os.close(fd)  # The transport has its own duplicate.
         return {}
@@ -145,9 +149,6 @@ class WorkerProcess(protocol.ProcessProtocol):
     def __init__(self, broker, started):
         self.broker, self.started, self.ended = broker, started, defer.Deferred()
 
-    def connectionMade(self):
-        self.pid = self.transport.pid  # Gone once the process is reaped.
-
     def signal(self, name):
         if not self.ended.called:
             self.transport.signalProcess(name)
@@ -202,10 +203,10 @@ class Broker:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         with ours, theirs:  # The worker and the transport get their own copies.
             arguments = ["-m", self.workerModule, "--worker", str(CHANNEL_FD)]
-            self.reactor.spawnProcess(
+            process.pid = self.reactor.spawnProcess(
                 process, sys.executable, [sys.executable] + arguments + self.workerArguments,
                 env=os.environ, childFDs={0: 0, 1: 1, 2: 2, CHANNEL_FD: theirs.fileno()},
-            )
+            ).pid
             self.processes.append(process)
             adoptStreamConnection(self.reactor, ours, protocol.Factory.forProtocol(lambda: channel))
         self.channels.append(channel)
