@@ -159,7 +159,7 @@ else:
     SCENARIOS = [
         Scenario(
             name="broker",
-            title="HTTP through the example broker (%d workers, wrk, %d connections)"
+            title="HTTP through the example broker, tuned (%d workers, wrk, %d connections)"
             % (WORKERS, CONNECTIONS),
             unit="requests/s",
             params=list(MODES),
