@@ -268,12 +268,14 @@ class HandOverTests(unittest.TestCase):
         """
         before = openDescriptors()
         pairs = [socket.socketpair() for _ in range(3)]
-        fds = [sock.detach() for pair in pairs for sock in pair[:1]]
-        for _, peer in pairs:
+        fds = [ours.detach() for ours, _ in pairs]
+        peers = [peer for _, peer in pairs]
+        for peer in peers:
             self.addCleanup(peer.close)
+            peer.settimeout(TIMEOUT)
         self.broker.handOver(fds)
-        assert set(openDescriptors()) == set(before) | {peer.fileno() for _, peer in pairs}
-        for _, peer in pairs:
+        assert set(openDescriptors()) == set(before) | {peer.fileno() for peer in peers}
+        for peer in peers:
             assert peer.recv(1) == b""
 
 
