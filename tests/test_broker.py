@@ -1,10 +1,14 @@
 """
-Tests for L{pyamp_fds.examples.broker}: the broker run as its users run it,
-in its own processes on a free port of 127.0.0.1, loaded with requests,
-losing a worker, and stopped with SIGTERM; every process must end with the
-descriptors it started with.
+Tests for L{pyamp_fds.examples.broker}, and for the two servers the broker
+benchmark runs: L{benchmarks.broker_tuned} (the example with a faster
+acceptor and HTTP server, and connections shared out by load) and
+L{benchmarks.reuseport} (its C{SO_REUSEPORT} baseline).  Each is run as its
+users run it, in its own processes on a free port of 127.0.0.1, loaded with
+requests, losing a worker, and stopped with SIGTERM; every process must end
+with the descriptors it started with.
 """
 
+import errno
 import http.client
 import os
 import re
@@ -18,8 +22,10 @@ import time
 import unittest
 
 import pytest
+from twisted.internet.testing import MemoryReactor
 
-from pyamp_fds.examples.broker import keepsAlive, makeResponses
+from benchmarks.broker_tuned import keepsAlive, makeResponses
+from pyamp_fds.examples.broker import Broker, Serve, WorkerChannel
 from tests.fdcheck import assertNoNewDescriptors, openDescriptors
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,13 +36,13 @@ BODY = re.compile(rb"Hello from worker (\d+)\n")
 
 class Server:
     """
-    The broker (or the baseline) in a child process, with its status lines.
+    A broker (or the baseline), run with C{python -m module}, in a child
+    process, with its status lines.
     """
 
-    def __init__(self, *arguments):
+    def __init__(self, module, *arguments):
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "pyamp_fds.examples.broker", "--port", "0", "--report-fds"]
-            + list(arguments),
+            [sys.executable, "-m", module, "--port", "0", "--report-fds"] + list(arguments),
             cwd=ROOT,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -175,7 +181,8 @@ def gone(pid):
 
 class KeepsAliveTests(unittest.TestCase):
     """
-    Tests for L{keepsAlive}: when a connection stays open after a request.
+    Tests for L{benchmarks.broker_tuned.keepsAlive}: when a connection stays
+    open after a request.
     """
 
     def test_http11(self):
@@ -217,10 +224,138 @@ class KeepsAliveTests(unittest.TestCase):
         )
 
 
-class BrokerTests(unittest.TestCase):
+class RecordingChannel:
     """
-    The broker and its workers, in their own processes.
+    Stands for the broker's end of a worker's channel: records the commands
+    sent on it.
     """
+
+    def __init__(self):
+        self.sent = []
+
+    def callRemote(self, command, **arguments):
+        self.sent.append((command, arguments))
+
+
+class HandOverTests(unittest.TestCase):
+    """
+    Tests for L{Broker.handOver}: how the example broker shares accepted
+    connections out among its workers.
+    """
+
+    def setUp(self):
+        before = openDescriptors()
+        self.addCleanup(assertNoNewDescriptors, before)
+        listener = socket.socket()
+        self.addCleanup(listener.close)
+        self.broker = Broker(MemoryReactor(), 2, listener)
+
+    def test_inTurn(self):
+        """
+        The connections accepted in one turn go to the workers in turn, each
+        worker's share in one L{Serve} command.
+        """
+        first, second = self.broker.channels = [RecordingChannel(), RecordingChannel()]
+        self.broker.handOver([10, 11, 12])
+        self.broker.handOver([13])
+        assert second.sent == [(Serve, {"connections": [10, 12]})]
+        assert first.sent == [(Serve, {"connections": [11]}), (Serve, {"connections": [13]})]
+
+    def test_noWorker(self):
+        """
+        While no worker is there to take them (all restarting), the
+        connections are closed at once: the broker keeps none.
+        """
+        before = openDescriptors()
+        pairs = [socket.socketpair() for _ in range(3)]
+        fds = [ours.detach() for ours, _ in pairs]
+        peers = [peer for _, peer in pairs]
+        for peer in peers:
+            self.addCleanup(peer.close)
+            peer.settimeout(TIMEOUT)
+        self.broker.handOver(fds)
+        assert set(openDescriptors()) == set(before) | {peer.fileno() for peer in peers}
+        for peer in peers:
+            assert peer.recv(1) == b""
+
+
+class AdoptingReactor(MemoryReactor):
+    """
+    Records the connections adopted, whether each was non-blocking then,
+    and fails to adopt those in C{gone}, as when the client has reset the
+    connection already.
+    """
+
+    def __init__(self, gone=()):
+        MemoryReactor.__init__(self)
+        self.gone = gone
+        self.blocking = []
+
+    def adoptStreamConnection(self, fileDescriptor, addressFamily, factory):
+        if fileDescriptor in self.gone:
+            raise OSError(errno.ENOTCONN, os.strerror(errno.ENOTCONN))
+        self.blocking.append(os.get_blocking(fileDescriptor))
+        MemoryReactor.adoptStreamConnection(self, fileDescriptor, addressFamily, factory)
+
+
+class WorkerChannelTests(unittest.TestCase):
+    """
+    Tests for L{WorkerChannel.serve}: a worker taking the connections the
+    example broker hands it.
+    """
+
+    def setUp(self):
+        before = openDescriptors()
+        self.addCleanup(assertNoNewDescriptors, before)
+        pairs = [socket.socketpair() for _ in range(3)]
+        self.peers = [peer for _, peer in pairs]
+        for peer in self.peers:
+            self.addCleanup(peer.close)
+        self.fds = [ours.detach() for ours, _ in pairs]
+
+    def assertAllClosed(self):
+        for fd in self.fds:
+            with pytest.raises(OSError) as raised:
+                os.fstat(fd)
+            assert raised.value.errno == errno.EBADF
+
+    def test_adopts(self):
+        """
+        Every connection is adopted, non-blocking, as a TCP connection served
+        by the worker's site, and the descriptor handed over is closed: the
+        transport has its own.
+        """
+        reactor = AdoptingReactor()
+        channel = WorkerChannel(reactor)
+        assert channel.serve(connections=list(self.fds)) == {}
+        assert reactor.adoptedStreamConnections == [
+            (fd, socket.AF_INET, channel.site) for fd in self.fds
+        ]
+        assert reactor.blocking == [False] * len(self.fds)
+        self.assertAllClosed()
+
+    def test_clientGone(self):
+        """
+        A connection whose client has gone before the worker adopts it is
+        closed, and the others are served all the same.
+        """
+        first, gone, last = self.fds
+        reactor = AdoptingReactor(gone={gone})
+        channel = WorkerChannel(reactor)
+        assert channel.serve(connections=list(self.fds)) == {}
+        assert [fd for fd, _, _ in reactor.adoptedStreamConnections] == [first, last]
+        self.assertAllClosed()
+
+
+class ServerTestsMixin:
+    """
+    Servers in their own processes, for a L{unittest.TestCase}: this process
+    must end each test with the descriptors it started it with.
+
+    @ivar module: the server's module, run with C{python -m}.
+    """
+
+    module = None
 
     def setUp(self):
         before = openDescriptors()
@@ -228,10 +363,10 @@ class BrokerTests(unittest.TestCase):
 
     def server(self, *arguments):
         """
-        Start the broker with C{arguments}; it is killed when the test ends
+        Start the server with C{arguments}; it is killed when the test ends
         if the test has not stopped it.
         """
-        started = Server(*arguments)
+        started = Server(self.module, *arguments)
 
         def cleanUp():
             if not started.process.stdout.closed:
@@ -239,6 +374,23 @@ class BrokerTests(unittest.TestCase):
 
         self.addCleanup(cleanUp)
         return started
+
+
+class BrokerTestsMixin(ServerTestsMixin):
+    """
+    A broker and its workers, in their own processes.
+    """
+
+    def checkClosingLast(self, received):
+        """
+        Check that the last of the responses C{received} on one connection
+        announced that the connection was closing.
+        """
+        last = received[received.rindex(b"HTTP/1.1 200 OK\r\n"):]
+        head, _, body = last.partition(b"\r\n\r\n")
+        assert b"Connection: close" in head.split(b"\r\n")
+        assert b"Content-Length: %d" % (len(body),) in head.split(b"\r\n")
+        servedBy(body)
 
     def test_serveLoseAWorkerAndStop(self):
         """
@@ -296,7 +448,7 @@ class BrokerTests(unittest.TestCase):
             sender.join()
         received = b"".join(chunks)
         assert received.count(b"HTTP/1.1 200 OK\r\n") == count + 1
-        assert received.endswith(b"Connection: close\r\n\r\n" + BODY.search(received).group(0))
+        self.checkClosingLast(received)
 
         # Every connection was handed over: the broker holds none of them.
         deadline = time.monotonic() + TIMEOUT
@@ -346,12 +498,44 @@ class BrokerTests(unittest.TestCase):
         for pid in (second, replacement):
             assert gone(pid)
 
+
+
+class ExampleBrokerTests(BrokerTestsMixin, unittest.TestCase):
+    """
+    The example broker, L{pyamp_fds.examples.broker}: its workers answer
+    through C{twisted.web}.
+    """
+
+    module = "pyamp_fds.examples.broker"
+
+
+class TunedBrokerTests(BrokerTestsMixin, unittest.TestCase):
+    """
+    The broker the benchmark runs, L{benchmarks.broker_tuned}: its workers
+    answer with L{benchmarks.broker_tuned.HTTPConnection}, whose responses
+    are exactly L{makeResponses}'s.
+    """
+
+    module = "benchmarks.broker_tuned"
+
+    def checkClosingLast(self, received):
+        BrokerTestsMixin.checkClosingLast(self, received)
+        assert received.endswith(b"Connection: close\r\n\r\n" + BODY.search(received).group(0))
+
+
+class ReusePortTests(ServerTestsMixin, unittest.TestCase):
+    """
+    The benchmark's baseline, L{benchmarks.reuseport}: no broker.
+    """
+
+    module = "benchmarks.reuseport"
+
     def test_baseline(self):
         """
-        With C{--baseline} the workers share the port with C{SO_REUSEPORT}
-        and serve the same responses; SIGTERM stops them all, cleanly.
+        The workers share the port with C{SO_REUSEPORT} and serve the same
+        responses as the tuned broker's; SIGTERM stops them all, cleanly.
         """
-        baseline = self.server("--workers", "2", "--baseline")
+        baseline = self.server("--workers", "2")
         workers = baseline.waitForWorkers(2)
         served = [checkClosingResponse(baseline.port) for _ in range(40)]
         assert set(served) <= set(workers)

@@ -1,6 +1,8 @@
 """
-The example broker (C{python -m pyamp_fds.examples.broker}) under load from
-wrk, against the setup one would pick without it: the same number of
+The example broker tuned for speed (C{python -m benchmarks.broker_tuned}:
+the example's processes, channels and C{Serve} commands, with a faster
+acceptor and HTTP server) under load from wrk, against the setup one would
+pick without it (C{python -m benchmarks.reuseport}): the same number of
 workers sharing the port with C{SO_REUSEPORT}, serving the same response
 with the same code.  Both with a new connection per request (wrk sends
 C{Connection: close} and reconnects) and with keep-alive connections.
@@ -49,10 +51,8 @@ def _startServer(baseline):
 
     @return: the process and its port.
     """
-    command = [sys.executable, "-m", "pyamp_fds.examples.broker", "--port", "0",
-               "--workers", str(WORKERS)]
-    if baseline:
-        command.append("--baseline")
+    module = "benchmarks.reuseport" if baseline else "benchmarks.broker_tuned"
+    command = [sys.executable, "-m", module, "--port", "0", "--workers", str(WORKERS)]
     server = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.DEVNULL,
                               stdout=subprocess.PIPE)
     port, ready, pending = None, 0, b""
@@ -159,7 +159,7 @@ else:
     SCENARIOS = [
         Scenario(
             name="broker",
-            title="HTTP through the example broker (%d workers, wrk, %d connections)"
+            title="HTTP through the example broker, tuned (%d workers, wrk, %d connections)"
             % (WORKERS, CONNECTIONS),
             unit="requests/s",
             params=list(MODES),
