@@ -4,16 +4,25 @@ Who is at the other end of a UNIX socket, and a listening port that admits
 only some users or groups.
 """
 
+import os
 import socket
 import struct
-from collections import namedtuple
+from collections import Counter, namedtuple
 
-from twisted.internet import unix
+from twisted.internet import address, unix
 from twisted.logger import Logger
 
 from pyamp_fds import _twisted
 
-__all__ = ["PeerCredentials", "readPeerCredentials", "Port"]
+__all__ = [
+    "PeerCredentials",
+    "readPeerCredentials",
+    "describeCredentials",
+    "describePeer",
+    "isAbstractAddress",
+    "checkMode",
+    "Port",
+]
 
 _log = Logger()
 
@@ -43,6 +52,67 @@ def readPeerCredentials(skt):
     )
 
 
+def describeCredentials(credentials):
+    """
+    Name a peer by its credentials, for log lines.
+
+    @param credentials: L{PeerCredentials}, or L{None} if they could not be
+        read.
+    @return: e.g. C{"pid 123 uid 1000 gid 1000"}.
+    @rtype: L{str}
+    """
+    if credentials is None:
+        return "a peer whose credentials could not be read"
+    return "pid %d uid %d gid %d" % tuple(credentials)
+
+
+def describePeer(transport):
+    """
+    Name the peer of C{transport} for log lines: by its credentials when the
+    transport provides them (C{getPeerCredentials}), since the address of a
+    UNIX socket's client is usually unnamed (C{UNIXAddress(None)}) and
+    identifies nobody; otherwise by its address.
+
+    @return: e.g. C{"pid 123 uid 1000 gid 1000"}.
+    @rtype: L{str}
+    """
+    getPeerCredentials = getattr(transport, "getPeerCredentials", None)
+    if getPeerCredentials is not None:
+        try:
+            return describeCredentials(getPeerCredentials())
+        except OSError:
+            # Lost before they were read: the address is all there is.
+            pass
+    peer = transport.getPeer()
+    if isinstance(peer, address.UNIXAddress):
+        if peer.name:
+            return "the socket at %r" % (peer.name,)
+        return "an unnamed UNIX socket peer"
+    return str(peer)
+
+
+def isAbstractAddress(path):
+    """
+    Whether C{path} (L{bytes} or L{str}) names a socket in Linux's abstract
+    namespace (it begins with a NUL byte): such a socket has no file, so no
+    file mode keeps anyone out.
+    """
+    path = os.fspath(path)
+    return path[:1] in (b"\0", "\0")
+
+
+def checkMode(mode):
+    """
+    Refuse a listening socket's mode outside C{0..0o777}: C{chmod()} would
+    take the bits above those (set-user-id, set-group-id, sticky), or all
+    twelve for a negative mode.
+
+    @raise ValueError: it is outside.
+    """
+    if not 0 <= mode <= 0o777:
+        raise ValueError("a socket's mode must be within 0 and 0o777, not %r" % (mode,))
+
+
 def _credentialsOrNone(skt):
     try:
         return readPeerCredentials(skt)
@@ -58,15 +128,29 @@ class Port(unix.Port):
 
     A connection from a peer that is not admitted is closed as soon as it is
     accepted, before any protocol is built for it or anything is read from
-    it, and logged with the peer's credentials.
+    it, and logged with the peer's credentials.  A peer that connects again
+    and again must not flood the log: at most one refusal is logged per
+    C{refusalLogInterval} seconds, and the refusals in between are counted
+    and summed up in one line at the end of that interval.
 
     @ivar allowedUIDs: the user ids admitted, or L{None}.
     @ivar allowedGIDs: the group ids admitted, or L{None}.  When both are
         given, a peer is admitted if its user id is in C{allowedUIDs} or its
         group id is in C{allowedGIDs}; when neither is, every peer the socket
         file's mode lets in is admitted.  The group is the peer's effective
-        group: supplementary groups are not seen.
+        group: supplementary groups are not seen.  A socket in the abstract
+        namespace (an address beginning with a NUL byte) has no file and no
+        mode, so with neither list it admits only the listening process's
+        own user (C{os.getuid()}).
+    @ivar refusalLogInterval: the seconds between log lines about refused
+        connections.
     """
+
+    refusalLogInterval = 1.0
+
+    # How many different peers a summary of refusals names; the others are
+    # only counted, so a flood from many processes takes bounded memory.
+    _summaryPeers = 5
 
     def __init__(
         self,
@@ -82,10 +166,16 @@ class Port(unix.Port):
         # Imported here: the transport module reads credentials from this one.
         from pyamp_fds.transport import Server
 
+        checkMode(mode)
         self.transport = Server
         unix.Port.__init__(self, fileName, factory, backlog, mode, reactor, wantPID)
+        if allowedUIDs is None and allowedGIDs is None and isAbstractAddress(fileName):
+            allowedUIDs = [os.getuid()]
         self.allowedUIDs = None if allowedUIDs is None else frozenset(allowedUIDs)
         self.allowedGIDs = None if allowedGIDs is None else frozenset(allowedGIDs)
+        self._refusalCall = None
+        self._refusedSince = Counter()
+        self._refusedOthers = 0
 
     def admits(self, credentials):
         """
@@ -104,8 +194,59 @@ class Port(unix.Port):
         _twisted.acceptAdmitted(self, _credentialsOrNone, self.admits, self._refused)
 
     def _refused(self, credentials, logger):
+        if self._refusalCall is not None:
+            peer = describeCredentials(credentials)
+            if peer in self._refusedSince or len(self._refusedSince) < self._summaryPeers:
+                self._refusedSince[peer] += 1
+            else:
+                self._refusedOthers += 1
+            return
         logger.warn(
-            "{port}: refused a connection from {credentials}: not an allowed user or group",
+            "{port}: refused a connection from {peer}: not an allowed user or group",
             port=self,
+            peer=describeCredentials(credentials),
             credentials=credentials,
         )
+        self._refusalCall = self.reactor.callLater(self.refusalLogInterval, self._refusalsLogged)
+
+    def _refusalsLogged(self):
+        """
+        The end of an interval of refusals: sum up those not logged, and
+        keep counting for another interval if there were any.
+        """
+        self._refusalCall = None
+        if self._logRefusedSince():
+            self._refusalCall = self.reactor.callLater(
+                self.refusalLogInterval, self._refusalsLogged
+            )
+
+    def _logRefusedSince(self):
+        """
+        Log one line summing up the refusals counted since the last line.
+
+        @return: whether there were any.
+        """
+        counted, others = self._refusedSince, self._refusedOthers
+        count = sum(counted.values()) + others
+        if not count:
+            return False
+        peers = ", ".join("%s (%d)" % item for item in counted.most_common())
+        if others:
+            peers += ", and %d from other peers" % (others,)
+        _log.warn(
+            "{port}: refused {count} more {connections} from {peers}: not allowed users or groups",
+            port=self,
+            count=count,
+            connections="connection" if count == 1 else "connections",
+            peers=peers,
+        )
+        self._refusedSince = Counter()
+        self._refusedOthers = 0
+        return True
+
+    def connectionLost(self, reason):
+        if self._refusalCall is not None:
+            self._refusalCall.cancel()
+            self._refusalCall = None
+            self._logRefusedSince()
+        super().connectionLost(reason)

@@ -10,8 +10,13 @@ are C{fdunix:}, with the keywords of Twisted's C{unix:}::
 
     serverFromString(reactor, "fdunix:/run/broker.sock:mode=660:allowedGIDs=100,101")
     clientFromString(reactor, "fdunix:path=/run/broker.sock:timeout=5")
+
+A listening socket in the abstract namespace (an address beginning with a
+NUL byte) has no file mode to keep anyone out: with no allow-list given, it
+admits only the listening process's own user.
 """
 
+import re
 import socket
 
 from twisted.internet import endpoints
@@ -23,7 +28,7 @@ from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 from pyamp_fds import _twisted
-from pyamp_fds.credentials import Port
+from pyamp_fds.credentials import Port, checkMode
 from pyamp_fds.transport import Connector, Server
 
 __all__ = [
@@ -50,12 +55,16 @@ def listenUNIX(
     """
     Listen on a UNIX socket, like C{reactor.listenUNIX}.
 
+    @param mode: the socket file's mode, within C{0..0o777}.
     @param allowedUIDs: if given, the user ids that may connect.
     @param allowedGIDs: if given, the group ids that may connect.  With
         both, a peer whose user or group is allowed may connect.  Others are
-        disconnected at once, before a protocol is built; see L{Port}.
+        disconnected at once, before a protocol is built; see L{Port}.  With
+        neither, an C{address} in the abstract namespace admits only this
+        process's user.
 
     @return: the listening port (L{IListeningPort}).
+    @raise ValueError: C{mode} is outside C{0..0o777}.
     """
     port = Port(address, factory, backlog, mode, reactor, wantPID, allowedUIDs, allowedGIDs)
     port.startListening()
@@ -132,9 +141,12 @@ class UNIXServerEndpoint(endpoints.UNIXServerEndpoint):
     """
     A UNIX socket server endpoint producing batching transports, admitting
     every peer the socket file's mode lets in, or only the users and groups
-    given (see L{listenUNIX}).
+    given (see L{listenUNIX}; an abstract address admits only this
+    process's user unless lists are given).
 
     The arguments are kept as read-only attributes of the same names.
+
+    @raise ValueError: C{mode} is outside C{0..0o777}.
     """
 
     def __init__(
@@ -147,6 +159,9 @@ class UNIXServerEndpoint(endpoints.UNIXServerEndpoint):
         allowedUIDs=None,
         allowedGIDs=None,
     ):
+        # Checked now rather than when listen() is called, or the mistake
+        # would only surface as a failed Deferred.
+        checkMode(mode)
         endpoints.UNIXServerEndpoint.__init__(
             self,
             _BatchingUNIXReactor(reactor, allowedUIDs, allowedGIDs),
@@ -185,15 +200,65 @@ class UNIXClientEndpoint(endpoints.UNIXClientEndpoint):
     checkPID = property(lambda self: self._arguments[3])
 
 
-def _flag(value):
-    return bool(int(value))
+# What an integer option may look like: int() also takes signs, underscores,
+# surrounding whitespace and other scripts' digits ("\u0661\u0662"), none of
+# which a configuration file should be able to slip past a reader.
+_DECIMAL = re.compile("[0-9]+")
+_OCTAL = re.compile("[0-7]+")
+
+# The largest id: (uid_t)-1 means "no change" to the kernel, never a user.
+_MAX_ID = 2**32 - 2
 
 
-def _ids(value):
-    ids = [int(part) for part in value.split(",") if part.strip()]
+def _text(name, value):
+    if isinstance(value, bytes):
+        try:
+            return value.decode("ascii")
+        except UnicodeDecodeError:
+            raise ValueError("%s must be ASCII, not %r" % (name, value)) from None
+    return value
+
+
+def _decimal(name, value):
+    value = _text(name, value)
+    if not _DECIMAL.fullmatch(value):
+        raise ValueError("%s must be a decimal number (digits 0-9 only), not %r" % (name, value))
+    return int(value)
+
+
+def _octal(name, value):
+    value = _text(name, value)
+    if not _OCTAL.fullmatch(value):
+        raise ValueError("%s must be an octal number (digits 0-7 only), not %r" % (name, value))
+    return int(value, 8)
+
+
+def _flag(name, value):
+    value = _text(name, value)
+    if value not in ("0", "1"):
+        raise ValueError("%s must be 0 or 1, not %r" % (name, value))
+    return value == "1"
+
+
+def _eitherFlag(name, value, alias, aliasValue):
+    # Twisted's parser keeps only the last of a repeated keyword, so a
+    # repetition cannot be seen here; a keyword and its alias can.
+    if value is not None and aliasValue is not None:
+        raise ValueError("%s and %s say the same thing: give one" % (name, alias))
+    if aliasValue is not None:
+        return _flag(alias, aliasValue)
+    return _flag(name, "0" if value is None else value)
+
+
+def _ids(name, value):
+    value = _text(name, value)
+    ids = [_decimal(name, part) for part in value.split(",")] if value else []
     if not ids:
         # Admitting nobody is never what an empty value means to say.
         raise ValueError("an allow-list needs at least one id, not %r" % (value,))
+    for i in ids:
+        if i > _MAX_ID:
+            raise ValueError("%s: %d is not a user or group id" % (name, i))
     return ids
 
 
@@ -203,9 +268,11 @@ class UNIXServerParser:
     Parses C{fdunix:} server endpoint strings into L{UNIXServerEndpoint}s.
 
     The keywords are those of Twisted's C{unix:}: C{address} (or the first
-    positional argument), C{backlog}, C{mode} (octal, default C{600}),
-    C{lockfile} (C{0} or C{1}; C{wantPID} is taken too), and the
-    comma-separated id lists C{allowedUIDs} and C{allowedGIDs}.
+    positional argument), C{backlog}, C{mode} (octal, default C{600}, at
+    most C{777}), C{lockfile} (C{0} or C{1}; C{wantPID} is taken instead,
+    not as well), and the comma-separated id lists C{allowedUIDs} and
+    C{allowedGIDs}.  Numbers are ASCII digits only: no signs, spaces or
+    underscores.
     """
 
     prefix = "fdunix"
@@ -216,7 +283,7 @@ class UNIXServerParser:
         address,
         backlog="50",
         mode="600",
-        lockfile="0",
+        lockfile=None,
         wantPID=None,
         allowedUIDs=None,
         allowedGIDs=None,
@@ -224,11 +291,11 @@ class UNIXServerParser:
         return UNIXServerEndpoint(
             reactor,
             address,
-            backlog=int(backlog),
-            mode=int(mode, 8),
-            wantPID=_flag(lockfile if wantPID is None else wantPID),
-            allowedUIDs=None if allowedUIDs is None else _ids(allowedUIDs),
-            allowedGIDs=None if allowedGIDs is None else _ids(allowedGIDs),
+            backlog=_decimal("backlog", backlog),
+            mode=_octal("mode", mode),
+            wantPID=_eitherFlag("lockfile", lockfile, "wantPID", wantPID),
+            allowedUIDs=None if allowedUIDs is None else _ids("allowedUIDs", allowedUIDs),
+            allowedGIDs=None if allowedGIDs is None else _ids("allowedGIDs", allowedGIDs),
         )
 
 
@@ -239,15 +306,16 @@ class UNIXClientParser:
 
     The keywords are those of Twisted's C{unix:}: C{path} (or the first
     positional argument), C{timeout} (seconds), and C{lockfile} (C{0} or
-    C{1}; C{checkPID} is taken too).
+    C{1}; C{checkPID} is taken instead, not as well).  Numbers are ASCII
+    digits only.
     """
 
     prefix = "fdunix"
 
-    def parseStreamClient(self, reactor, path, timeout="30", lockfile="0", checkPID=None):
+    def parseStreamClient(self, reactor, path, timeout="30", lockfile=None, checkPID=None):
         return UNIXClientEndpoint(
             reactor,
             path,
-            timeout=int(timeout),
-            checkPID=_flag(lockfile if checkPID is None else checkPID),
+            timeout=_decimal("timeout", timeout),
+            checkPID=_eitherFlag("lockfile", lockfile, "checkPID", checkPID),
         )

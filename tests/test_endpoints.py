@@ -11,7 +11,12 @@ import tempfile
 from twisted.internet import defer, protocol, reactor
 
 import pyamp_fds
-from pyamp_fds.endpoints import UNIXClientEndpoint, UNIXServerEndpoint, adoptStreamConnection
+from pyamp_fds.endpoints import (
+    UNIXClientEndpoint,
+    UNIXServerEndpoint,
+    adoptStreamConnection,
+    listenUNIX,
+)
 from pyamp_fds.interfaces import IBatchingTransport
 from tests.reactorhelpers import ReactorTestCase, watchLost
 
@@ -65,3 +70,44 @@ class EndpointTests(ReactorTestCase):
                 with self.assertRaises(ValueError):
                     adoptStreamConnection(reactor, sock.fileno(), protocol.Factory())
                 self.assertEqual(sock.family, family)
+
+
+class ModeTests(ReactorTestCase):
+    """
+    A listening socket's mode must be within C{0..0o777}: C{chmod()} would
+    otherwise set the set-user-id, set-group-id and sticky bits, or all of
+    them for a negative mode.
+    """
+
+    def test_endpoint(self):
+        """
+        L{UNIXServerEndpoint} refuses such a mode when it is made, before
+        anything listens.
+        """
+        for mode in (-1, 0o1000, 0o7777):
+            self.assertRaises(ValueError, UNIXServerEndpoint, reactor, "/nonexistent", mode=mode)
+        self.assertEqual(UNIXServerEndpoint(reactor, "/nonexistent", mode=0o777).mode, 0o777)
+
+    def test_listenUNIX(self):
+        """
+        L{listenUNIX} refuses such a mode, and makes no socket file.
+        """
+        directory = tempfile.mkdtemp()
+        self.addCleanup(os.rmdir, directory)
+        path = os.path.join(directory, "sock")
+        for mode in (-1, 0o1000):
+            self.assertRaises(
+                ValueError, listenUNIX, reactor, path, protocol.Factory(), mode=mode
+            )
+            self.assertFalse(os.path.lexists(path))
+
+    @defer.inlineCallbacks
+    def test_largestMode(self):
+        """
+        C{0o777} is allowed and is the socket file's mode.
+        """
+        path = os.path.join(tempfile.mkdtemp(), "sock")
+        self.addCleanup(os.rmdir, os.path.dirname(path))
+        port = yield UNIXServerEndpoint(reactor, path, mode=0o777).listen(protocol.Factory())
+        self.addCleanup(port.stopListening)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o777)

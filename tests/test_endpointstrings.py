@@ -32,6 +32,10 @@ class Taker(pyamp_fds.AMP):
         return {"inode": inode}
 
 
+# Values int() takes but an option must not.
+NOT_DECIMAL = ["+5", "-5", "1_0", " 5", "5 ", "\t5", "5\n", "\u0661\u0662", "\uff15", "0x10", "5.0", ""]
+
+
 class ServerStringTests(ReactorTestCase):
     """
     C{serverFromString(reactor, "fdunix:...")}.
@@ -102,6 +106,80 @@ class ServerStringTests(ReactorTestCase):
         """
         self.assertRaises(TypeError, serverFromString, reactor, "fdunix:/run/b.sock:colour=blue")
 
+    def test_decimalOnly(self):
+        """
+        Numbers are ASCII digits only: C{int()} would also take a sign,
+        underscores, surrounding whitespace and other scripts' digits.
+        """
+        for keyword in ("backlog", "allowedUIDs", "allowedGIDs"):
+            for value in NOT_DECIMAL:
+                self.assertRaises(
+                    ValueError, serverFromString, reactor,
+                    "fdunix:/run/b.sock:%s=%s" % (keyword, value),
+                )
+        for value in NOT_DECIMAL + ["1,+2", "1, 2", "1,,2", "1,"]:
+            self.assertRaises(
+                ValueError, serverFromString, reactor, "fdunix:/run/b.sock:allowedUIDs=" + value
+            )
+        for value in ("2", "01", "+1", " 1", "\u0661"):
+            for keyword in ("lockfile", "wantPID"):
+                self.assertRaises(
+                    ValueError, serverFromString, reactor,
+                    "fdunix:/run/b.sock:%s=%s" % (keyword, value),
+                )
+
+    def test_mode(self):
+        """
+        The mode is octal digits only, at most C{777}.
+        """
+        for value in NOT_DECIMAL + ["8", "1000", "4777", "0o600"]:
+            self.assertRaises(
+                ValueError, serverFromString, reactor, "fdunix:/run/b.sock:mode=" + value
+            )
+        self.assertEqual(serverFromString(reactor, "fdunix:/run/b.sock:mode=0777").mode, 0o777)
+        self.assertEqual(serverFromString(reactor, "fdunix:/run/b.sock:mode=0").mode, 0)
+
+    def test_idRange(self):
+        """
+        An id is at most 2**32 - 2: 2**32 - 1 is C{(uid_t)-1}, which names
+        nobody.
+        """
+        endpoint = serverFromString(reactor, "fdunix:/run/b.sock:allowedUIDs=%d" % (2**32 - 2,))
+        self.assertEqual(endpoint.allowedUIDs, [2**32 - 2])
+        for value in (2**32 - 1, 2**32):
+            self.assertRaises(
+                ValueError, serverFromString, reactor, "fdunix:/run/b.sock:allowedGIDs=%d" % value
+            )
+
+    def test_lockfileAndAlias(self):
+        """
+        C{lockfile} and C{wantPID} are the same option: both at once is an
+        error rather than one silently winning.
+        """
+        self.assertRaises(
+            ValueError, serverFromString, reactor, "fdunix:/run/b.sock:lockfile=1:wantPID=0"
+        )
+
+    def test_bytes(self):
+        """
+        A description given as bytes is read as one given as text.
+        """
+        endpoint = serverFromString(reactor, b"fdunix:/run/b.sock:mode=640:allowedUIDs=5")
+        self.assertEqual(endpoint.mode, 0o640)
+        self.assertEqual(endpoint.allowedUIDs, [5])
+        self.assertRaises(
+            ValueError, serverFromString, reactor, "fdunix:/run/b.sock:backlog=\u0661".encode()
+        )
+
+    def test_abstract(self):
+        """
+        An address in the abstract namespace is taken as it is; with no
+        allow-list, the port it listens on admits only this process's user
+        (see L{tests.test_credentials.AbstractNamespaceTests}).
+        """
+        endpoint = serverFromString(reactor, "fdunix:\0pyamp_fds-name")
+        self.assertEqual(endpoint.address, "\0pyamp_fds-name")
+
 
 class ClientStringTests(ReactorTestCase):
     """
@@ -141,6 +219,29 @@ class ClientStringTests(ReactorTestCase):
         A keyword Twisted's C{unix:} does not know is refused.
         """
         self.assertRaises(TypeError, clientFromString, reactor, "fdunix:/run/b.sock:mode=600")
+
+    def test_decimalOnly(self):
+        """
+        The timeout is ASCII digits only, and the lock file flag C{0} or C{1}.
+        """
+        for value in NOT_DECIMAL:
+            self.assertRaises(
+                ValueError, clientFromString, reactor, "fdunix:/run/b.sock:timeout=" + value
+            )
+        for value in ("2", "01", "+1", " 1", "\u0661"):
+            for keyword in ("lockfile", "checkPID"):
+                self.assertRaises(
+                    ValueError, clientFromString, reactor,
+                    "fdunix:/run/b.sock:%s=%s" % (keyword, value),
+                )
+
+    def test_lockfileAndAlias(self):
+        """
+        C{lockfile} and C{checkPID} both at once is an error.
+        """
+        self.assertRaises(
+            ValueError, clientFromString, reactor, "fdunix:/run/b.sock:lockfile=0:checkPID=1"
+        )
 
 
 class RealTests(ReactorTestCase):
