@@ -11,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 
-from twisted.internet import defer, endpoints, protocol, reactor
+from twisted.internet import defer, endpoints, error, protocol, reactor
 
 from pyamp_fds import endpoints as fastEndpoints
 from tests import peer
@@ -87,9 +87,19 @@ class InteropTests(ReactorTestCase):
             p = yield connected
         else:
             child = self.spawn(childKind, "serve", path, childReactor)
+            deadline = reactor.seconds() + 30
             while not os.path.exists(path):
                 yield settle(0.02)
-            p = yield clientEndpoint(reactor, path).connect(factory)
+            while True:
+                try:
+                    p = yield clientEndpoint(reactor, path).connect(factory)
+                    break
+                except error.ConnectionRefusedError:
+                    # The child binds the path before it listens on it:
+                    # in between, connections are refused.
+                    if child.poll() is not None or reactor.seconds() > deadline:
+                        raise
+                    yield settle(0.02)
         # Child to parent: arguments from the child, responses from us.
         answer = yield p.callRemote(peer.CallMeBack, count=40)
         self.assertEqual(answer["matched"], 40)
