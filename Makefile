@@ -10,7 +10,7 @@ BENCH_ARGS ?=
 SOAK_ARGS ?=
 FUZZ_SECONDS ?= 60
 
-.PHONY: all test bench soak sanitize fuzz lint clean
+.PHONY: all test matrix bench soak sanitize fuzz lint clean
 
 all: $(INSTALLED)
 
@@ -24,6 +24,19 @@ $(INSTALLED): $(PY) pyproject.toml setup.py $(NATIVE_SOURCES)
 
 test: $(INSTALLED)
 	$(PY) -m pytest -q
+
+# The tests under Python 3.10 to 3.13, each with the oldest Twisted that
+# pyproject.toml allows and with the newest (noxfile.py).  Where pyenv holds
+# those Pythons, the newest of each goes first on PATH for nox to find.
+NOX_VERSION := 2026.10.20
+NOX_ARGS ?=
+MATRIX_PATH = $(shell command -v pyenv >/dev/null 2>&1 && for v in 3.10 3.11 3.12 3.13; do \
+	d="$$(pyenv root)/versions/$$(pyenv latest $$v 2>/dev/null)/bin"; \
+	[ -x "$$d/python$$v" ] && printf '%s:' "$$d"; done)
+
+matrix: $(PY)
+	$(PY) -m pip install -q nox==$(NOX_VERSION)
+	PATH="$(MATRIX_PATH)$$PATH" $(VENV)/bin/nox $(NOX_ARGS)
 
 benchmarks/c_fdloop: benchmarks/c_fdloop.c
 	$(CC) -O2 $(CWARN) -o $@ $<

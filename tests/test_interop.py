@@ -87,18 +87,19 @@ class InteropTests(ReactorTestCase):
             p = yield connected
         else:
             child = self.spawn(childKind, "serve", path, childReactor)
-            # The socket file appears at bind(), a moment before listen():
-            # until then a connection is refused.
-            for attempt in range(250):
-                if os.path.exists(path):
-                    try:
-                        p = yield clientEndpoint(reactor, path).connect(factory)
-                        break
-                    except error.ConnectionRefusedError:
-                        pass
+            deadline = reactor.seconds() + 30
+            while not os.path.exists(path):
                 yield settle(0.02)
-            else:
-                self.fail("the child never listened on %s" % (path,))
+            while True:
+                try:
+                    p = yield clientEndpoint(reactor, path).connect(factory)
+                    break
+                except error.ConnectionRefusedError:
+                    # The child binds the path before it listens on it:
+                    # in between, connections are refused.
+                    if child.poll() is not None or reactor.seconds() > deadline:
+                        raise
+                    yield settle(0.02)
         # Child to parent: arguments from the child, responses from us.
         answer = yield p.callRemote(peer.CallMeBack, count=40)
         self.assertEqual(answer["matched"], 40)
@@ -173,9 +174,9 @@ class InteropTests(ReactorTestCase):
             child = self.spawn(childKind, "flood", path)
             p = yield connected
             lost = watchLost(p)
-            while p.receivedDescriptors.received < 300:
+            while p._received < 300:
                 yield settle(0.01)
             os.kill(child.pid, signal.SIGKILL)
             yield lost
             yield port.stopListening()
-            self.assertEqual(p.receivedDescriptors.unclaimed, 0)
+            self.assertEqual(p._descriptors, {})

@@ -4,11 +4,15 @@ answer on, and commands, descriptors included, keep working both ways and
 with stock peers.
 """
 
+import datetime
 import os
 import tempfile
-import warnings
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 from twisted.internet import defer, endpoints, protocol, reactor, ssl
 from twisted.protocols import amp
 
@@ -20,19 +24,38 @@ from tests.test_protocol import Give, Hello, Take, makeResponder
 
 
 def selfSigned():
-    # Twisted's certificate helpers still go through pyOpenSSL's deprecated
-    # API.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        dn = ssl.DN(CN="pyamp_fds")
-        key = ssl.KeyPair.generate(size=2048)
-        request = key.certificateRequest(dn)
-        return key.newCertificate(
-            key.signCertificateRequest(dn, request, lambda dn: True, 1, digestAlgorithm="sha256")
+    """
+    A self-signed certificate with its key, made with C{cryptography}:
+    before 26.10, Twisted's own C{KeyPair} helpers build certificate
+    requests with pyOpenSSL's C{X509Req}, which current pyOpenSSL (26.4)
+    no longer has.
+
+    @rtype: L{ssl.PrivateCertificate}
+    """
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pyamp_fds")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=365))
+        .sign(key, hashes.SHA256())
+    )
+    return ssl.PrivateCertificate.loadPEM(
+        certificate.public_bytes(serialization.Encoding.PEM)
+        + key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
         )
+    )
 
 
-# And so does the handshake.
+# Twisted's TLS goes through pyOpenSSL's deprecated API.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 CERTIFICATE = selfSigned()
