@@ -154,6 +154,17 @@ class WrongAnswer(amp.Command):
     response = [(b"n", amp.Integer())]
 
 
+class WrongAnswerAsString(amp.Command):
+    """
+    L{WrongAnswer} as its responder declares it: the answer is a string, which
+    the caller's integer cannot parse.
+    """
+
+    commandName = b"WrongAnswer"
+    arguments = []
+    response = [(b"n", amp.String())]
+
+
 class Forget(amp.Command):
     arguments = []
     requiresAnswer = False
@@ -177,9 +188,7 @@ class ErrorResponder(amp.AMP):
     def unexpected(self):
         raise RuntimeError("not declared")
 
-    @amp.Command.responder.__get__(
-        type("WrongAnswer", (amp.Command,), {"arguments": [], "response": [(b"n", amp.String())]})
-    )
+    @WrongAnswerAsString.responder
     def wrongAnswer(self):
         return {"n": b"not a number"}
 
