@@ -4,9 +4,9 @@ answer on, and commands, descriptors included, keep working both ways and
 with stock peers.
 """
 
+import datetime
 import os
 import tempfile
-import warnings
 
 import pytest
 
@@ -14,6 +14,10 @@ import pytest
 # skipped, and the rest of the suite still runs.
 pytest.importorskip("OpenSSL", reason="TLS needs pyOpenSSL (twisted[tls])")
 
+from cryptography import x509  # noqa: E402
+from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
+from cryptography.x509.oid import NameOID  # noqa: E402
 from twisted.internet import defer, endpoints, protocol, reactor, ssl  # noqa: E402
 from twisted.protocols import amp  # noqa: E402
 
@@ -25,19 +29,34 @@ from tests.test_protocol import Give, Hello, Take, makeResponder  # noqa: E402
 
 
 def selfSigned():
-    # Twisted's certificate helpers still go through pyOpenSSL's deprecated
-    # API.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        dn = ssl.DN(CN="pyamp_fds")
-        key = ssl.KeyPair.generate(size=2048)
-        request = key.certificateRequest(dn)
-        return key.newCertificate(
-            key.signCertificateRequest(dn, request, lambda dn: True, 1, digestAlgorithm="sha256")
+    # Made with cryptography itself, not Twisted's KeyPair: older Twisted
+    # releases make certificates with pyOpenSSL calls that recent pyOpenSSL
+    # releases no longer have.
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pyamp_fds")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return ssl.PrivateCertificate.loadPEM(
+        certificate.public_bytes(serialization.Encoding.PEM)
+        + key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
         )
+    )
 
 
-# And so does the handshake.
+# The handshake goes through pyOpenSSL's deprecated API too.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 CERTIFICATE = selfSigned()
