@@ -12,11 +12,7 @@ FUZZ_SECONDS ?= 60
 # Written once, in pyamp_fds/__init__.py; setuptools reads it from there too.
 VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' pyamp_fds/__init__.py)
 
-<<<<<<< HEAD
-.PHONY: all test matrix bench soak sanitize fuzz lint clean
-=======
-.PHONY: all test bench soak sanitize fuzz lint docs wheel dist clean
->>>>>>> pkg
+.PHONY: all test matrix bench soak sanitize fuzz lint docs wheel dist clean
 
 all: $(INSTALLED)
 
@@ -112,14 +108,10 @@ fuzz:
 # pyproject.toml), the news fragments, and the C under -Wall -Wextra -Werror.
 lint: $(INSTALLED)
 	$(PY) -m ruff check --no-cache --select F,E9 pyamp_fds tests benchmarks twisted
-<<<<<<< HEAD
-	for c in csrc/*.c tests/c/*.c fuzz/*.c; do \
-		$(CC) -fsyntax-only $(CWARN) -Icsrc -Itests/c $$c || exit 1; done
-=======
 	$(PY) -m mypy
 	$(VENV)/bin/towncrier build --draft --version $(VERSION) >/dev/null
-	for c in csrc/*.c; do $(CC) -fsyntax-only $(CWARN) -Icsrc $$c || exit 1; done
->>>>>>> pkg
+	for c in csrc/*.c tests/c/*.c fuzz/*.c; do \
+		$(CC) -fsyntax-only $(CWARN) -Icsrc -Itests/c $$c || exit 1; done
 
 # The API reference, from the epytext docstrings, in docs/api/index.html;
 # any warning fails the build.  L{twisted...} links go to Twisted's own API
