@@ -64,6 +64,7 @@ class _Batching(_twisted.TransportHooks):
     _peerCredentials = None
     _backOffDelay = 0
     _backOffCall = None
+    _backOffs = 0
     _reading = False
 
     def _initBatching(self):
@@ -73,6 +74,15 @@ class _Batching(_twisted.TransportHooks):
         self._bytesSent = 0
         self._writeHooks = []
         self._receiver = Receiver(self.bufferSize)
+
+    @property
+    def backOffs(self):
+        """
+        How many times this transport has stopped writing for a while
+        because the kernel could not take its descriptors then (C{ENOBUFS},
+        C{ETOOMANYREFS}), for measurement.
+        """
+        return self._backOffs
 
     @property
     def queuedDescriptors(self):
@@ -311,6 +321,7 @@ class _Batching(_twisted.TransportHooks):
     def _backOff(self):
         if self._backOffCall is not None:
             return
+        self._backOffs += 1
         self._backOffDelay = min(
             max(self._backOffDelay * 2, _FIRST_BACK_OFF), _LONGEST_BACK_OFF
         )
