@@ -25,7 +25,8 @@ class DrivenConnection:
     @ivar transport: the transport under test.
     @ivar peer: the other end.
     @ivar reactor: the L{MemoryReactorClock} the transport registers with.
-    @ivar lost: the exception that ended the connection, once it has.
+    @ivar lost: the reason the transport gave to disconnect, once it has
+        (an abort's connection loss is scheduled, and not seen here).
     """
 
     def __init__(self, proto):
@@ -38,6 +39,12 @@ class DrivenConnection:
         ours.close()
         self.proto = proto
         self.lost = None
+
+    def open(self):
+        """
+        Whether the transport is still connected.
+        """
+        return not self.transport.disconnected
 
     def wantsToWrite(self):
         return self.transport in self.reactor.getWriters()
@@ -52,11 +59,14 @@ class DrivenConnection:
 
         @return: whether it did either.
         """
+        # Calls the transport scheduled to run at once (an abort's
+        # connectionLost) run first, as on the reactor's next pass.
+        self.reactor.advance(0)
         acted = False
-        if self.lost is None and self.wantsToWrite():
+        if self.open() and self.wantsToWrite():
             acted = True
             self._run(self.transport.doWrite)
-        if self.lost is None and self.wantsToRead():
+        if self.open() and self.wantsToRead():
             readable, _, _ = select.select([self.transport.fileno()], [], [], 0)
             if readable:
                 acted = True
@@ -84,10 +94,10 @@ class DrivenConnection:
         """
         Close both ends, whatever state they are in.
         """
-        if self.lost is None:
+        if self.open():
             self.transport.loseConnection()
             self.run()
-        if self.lost is None:
+        if self.open():
             self._run(lambda: ConnectionAbandoned())
         self.peer.close()
 
