@@ -3,10 +3,12 @@ Tests for L{pyamp_fds.protocol}.
 
 Framing, dispatch, ordinals, argument parsing and errors run over in-memory
 connections (L{tests.unixsim}, built on L{twisted.test.iosim}), pumped by
-hand: no reactor, no waiting.  Descriptors passed end to end, a receiver at
-its descriptor limit, and what depends on the transport over a socket (its
-flow control, its flush on C{loseConnection}, how a peer that closed looks
-to the caller) run over real UNIX sockets on the reactor.
+hand: no reactor, no waiting.  What depends on the kernel or on the
+transport over a socket (a receiver at its descriptor limit, flow control,
+the flush on C{loseConnection}) runs over a real socket on a reactor run by
+hand (L{tests.socketdriver}).  Descriptors passed end to end between two
+protocols, and how a peer that closed looks to the caller, run over real
+UNIX sockets on the reactor.
 """
 
 import os
@@ -30,7 +32,8 @@ from pyamp_fds.errors import (
 )
 from tests import unixsim
 from tests.fdcheck import identity, openDescriptors
-from tests.reactorhelpers import BadPeerMixin, ReactorTestCase, settle, watchLost
+from tests.reactorhelpers import ReactorTestCase, settle
+from tests.socketdriver import DrivenTestCase
 from tests.unixsim import FakeConnectionTestCase
 
 
@@ -292,26 +295,6 @@ class DescriptorTests(ReactorTestCase):
         yield settle()
         with self.assertRaises(OSError):
             os.fstat(server.handedOver)
-
-    @defer.inlineCallbacks
-    def test_transferLostConnection(self):
-        """
-        A descriptor handed over but not yet sent when the connection is lost
-        is closed.
-        """
-        client = pyamp_fds.AMP()
-        self.rawPeer(client)
-        fd = os.open("/dev/null", os.O_RDONLY)
-        client.callRemote(
-            amp.Command.__class__(
-                "Hand", (amp.Command,), {"arguments": [(b"fd", pyamp_fds.Descriptor(transfer=True))]}
-            ),
-            fd=fd,
-        ).addErrback(lambda f: None)
-        client.transport.abortConnection()
-        yield settle()
-        with self.assertRaises(OSError):
-            os.fstat(fd)
 
     @defer.inlineCallbacks
     def test_withdrawnWhenALaterArgumentFails(self):
@@ -781,16 +764,34 @@ class AMPBehaviourTests(FakeConnectionTestCase):
         self.assertEqual(proto.pendingBytes, 0)
 
 
-class RealSocketBadPeerTests(BadPeerMixin, ReactorTestCase):
+class OverDrivenSocketTests(DrivenTestCase):
     """
-    A peer that breaks the rules where the kernel's part is what is tested:
-    a receiver at its descriptor limit, and descriptors for a protocol that
-    takes none, which the transport closes.
+    What the protocol relies on the kernel and its transport for, over a
+    real socket on a reactor run by hand: a receiver at its descriptor
+    limit, descriptors for a protocol that takes none, and what the
+    transport still holds when the connection goes.
     """
 
-    responderClass = FastResponder
+    def test_transferLostConnection(self):
+        """
+        A descriptor handed over but not yet sent when the connection is lost
+        is closed.
+        """
+        client = pyamp_fds.AMP()
+        connection = self.connect(client)
+        fd = os.open("/dev/null", os.O_RDONLY)
+        client.callRemote(
+            amp.Command.__class__(
+                "Hand", (amp.Command,), {"arguments": [(b"fd", pyamp_fds.Descriptor(transfer=True))]}
+            ),
+            fd=fd,
+        ).addErrback(lambda f: None)
+        client.transport.abortConnection()
+        connection.run()
+        self.assertFalse(connection.open())
+        with self.assertRaises(OSError):
+            os.fstat(fd)
 
-    @defer.inlineCallbacks
     def test_truncated(self):
         """
         A receiver at its descriptor limit loses the connection with
@@ -798,9 +799,11 @@ class RealSocketBadPeerTests(BadPeerMixin, ReactorTestCase):
         nothing leaks.
         """
         proto = FastResponder()
-        peer = self.rawPeer(proto)
-        lost = watchLost(proto)
-        fdio.send_with_fds(peer, self.box(_ask="1", _command="Take", fd=0, n=1), [0] * 20)
+        connection = self.connect(proto)
+        lost = unixsim.watchLost(proto)
+        box = pyamp_fds.encode_box({b"_ask": b"1", b"_command": b"Take", b"fd": b"0", b"n": b"1"})
+        fdio.send_with_fds(connection.peer, box, [0] * 20)
+        waiting = proto.callRemote(Hello, text="waiting")
         open_ = sorted(openDescriptors())
         limit, free = 0, 0
         while free < 5:
@@ -808,26 +811,76 @@ class RealSocketBadPeerTests(BadPeerMixin, ReactorTestCase):
             limit += 1
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
-        waiting = proto.callRemote(Hello, text="waiting")
         try:
-            reason = yield lost
+            connection.turn()
         finally:
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-        self.assertIsInstance(reason, DescriptorsTruncated)
-        yield self.assertFailure(waiting, DescriptorsTruncated)
+        self.assertEqual(len(lost), 1, "the connection is still open")
+        self.assertIsInstance(lost[0], DescriptorsTruncated)
+        self.failureResultOf(waiting, DescriptorsTruncated)
         self.assertEqual(proto.taken, [])
 
-    @defer.inlineCallbacks
     def test_notAReceiver(self):
         """
         A protocol that is not an C{IFileDescriptorReceiver} gets no
         descriptors: they are closed.
         """
         proto = Collector()
-        peer = self.rawPeer(proto)
-        fdio.send_with_fds(peer, b"data", [0, 1, 2])
-        yield settle()
+        connection = self.connect(proto)
+        fdio.send_with_fds(connection.peer, b"data", [0, 1, 2])
+        connection.turn()
         self.assertEqual(proto.data, b"data")
+
+    def test_boxesAfterLoseConnection(self):
+        """
+        Boxes sent just before C{loseConnection} are still written.
+        """
+        client = pyamp_fds.AMP()
+        connection = self.connect(client)
+        client.sendBox(amp.AmpBox({b"last": b"words"}))
+        client.transport.loseConnection()
+        connection.run()
+        self.assertFalse(connection.open())
+        peer = connection.peer
+        peer.settimeout(10)
+        data = b""
+        while True:
+            chunk = peer.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        self.assertEqual(amp.parseString(data), [{b"last": b"words"}])
+
+    def test_flowControl(self):
+        """
+        Queued descriptors count toward a full send buffer: a producer is
+        paused when more than C{maxQueuedDescriptors} wait, and resumed once
+        they are sent.
+        """
+        client = pyamp_fds.AMP()
+        connection = self.connect(client)
+        events = []
+
+        class Producer:
+            def pauseProducing(self):
+                events.append("pause")
+
+            def resumeProducing(self):
+                events.append("resume")
+
+            def stopProducing(self):
+                pass
+
+        client.transport.registerProducer(Producer(), True)
+        for _ in range(client.transport.maxQueuedDescriptors + 1):
+            client.transport.sendFileDescriptor(0)
+        self.assertEqual(events, ["pause"])
+        client.transport.write(b"x")
+        connection.run()
+        # Twisted pauses again on each write while full; then one resume.
+        self.assertEqual(set(events[:-1]), {"pause"})
+        self.assertEqual(events[-1], "resume")
+        client.transport.unregisterProducer()
 
 
 class AMPOverSocketTests(ReactorTestCase):
@@ -873,53 +926,6 @@ class AMPOverSocketTests(ReactorTestCase):
                 None, "answer",
             ],
         )
-
-    @defer.inlineCallbacks
-    def test_boxesAfterLoseConnection(self):
-        """
-        Boxes sent just before C{loseConnection} are still written.
-        """
-        server, client = self.connect(FastResponder(), pyamp_fds.AMP())
-        got = []
-        server.boxReceiver = type(
-            "R", (), {"ampBoxReceived": lambda self, box: got.append(box), "stopReceivingBoxes": lambda self, r: None}
-        )()
-        client.sendBox(amp.AmpBox({b"last": b"words"}))
-        client.transport.loseConnection()
-        yield settle()
-        self.assertEqual(got, [{b"last": b"words"}])
-
-    @defer.inlineCallbacks
-    def test_flowControl(self):
-        """
-        Queued descriptors count toward a full send buffer: a producer is
-        paused when more than C{maxQueuedDescriptors} wait, and resumed once
-        they are sent.
-        """
-        server, client = self.connect(Collector(), pyamp_fds.AMP())
-        events = []
-
-        class Producer:
-            def pauseProducing(self):
-                events.append("pause")
-
-            def resumeProducing(self):
-                events.append("resume")
-
-            def stopProducing(self):
-                pass
-
-        client.transport.registerProducer(Producer(), True)
-        for _ in range(client.transport.maxQueuedDescriptors + 1):
-            client.transport.sendFileDescriptor(0)
-        self.assertEqual(events, ["pause"])
-        client.transport.write(b"x")
-        yield settle()
-        # Twisted pauses again on each write while full; then one resume.
-        self.assertEqual(set(events[:-1]), {"pause"})
-        self.assertEqual(events[-1], "resume")
-        client.transport.unregisterProducer()
-
 
 class TwistedParityTests(FakeConnectionTestCase):
     """
