@@ -885,8 +885,10 @@ class OverDrivenSocketTests(DrivenTestCase):
 
 class AMPOverSocketTests(ReactorTestCase):
     """
-    What Twisted's AMP does that depends on the transport and the kernel
-    under it: real sockets on the reactor.
+    Outcomes that depend on the kernel under the transport, on real sockets
+    on the reactor: after an undeclared error the responder closes the
+    connection, and the caller's next call meets the closed socket
+    (C{ConnectionLost}), which an in-memory connection does not give.
     """
 
     @defer.inlineCallbacks
