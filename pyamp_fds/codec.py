@@ -207,7 +207,16 @@ _LENGTH = Struct(">H").pack
 # a few dozen command shapes in steady traffic; bounded, since a peer's
 # traffic can carry any keys.
 _keyOrders = {}
-_KEY_ORDERS_KEPT = 256
+#: The most key orders L{encode_boxes} keeps.
+KEY_ORDERS_KEPT = 256
+
+
+def key_orders_held():
+    """
+    How many key orders L{encode_boxes} keeps now: never more than
+    L{KEY_ORDERS_KEPT}, whatever keys the boxes it encoded had.
+    """
+    return len(_keyOrders)
 
 
 def encode_boxes(boxes):
@@ -231,7 +240,7 @@ def encode_boxes(boxes):
             if b"" in box:
                 raise ValueError("an AMP key must not be empty: it would end the box")
             order = sorted(shape)
-            if len(orders) >= _KEY_ORDERS_KEPT:
+            if len(orders) >= KEY_ORDERS_KEPT:
                 orders.clear()
             orders[shape] = order
         for key in order:

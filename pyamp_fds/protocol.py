@@ -152,6 +152,15 @@ class _Framing(_twisted.BoxProtocolHooks):
         """
         return self._sent
 
+    @property
+    def pendingBytes(self):
+        """
+        How many received bytes are held for a box not yet complete (none
+        once the connection is lost).
+        """
+        decoder = self._decoder
+        return 0 if decoder is None else decoder.pending
+
     # Connection
 
     def makeConnection(self, transport):

@@ -68,8 +68,6 @@ class _Batching(_twisted.TransportHooks):
         reads only when a full receive fits in it.
     @ivar sendmsgCalls: C{sendmsg} calls made, for measurement.
     @ivar recvmsgCalls: C{recvmsg} calls made, for measurement.
-    @ivar backOffs: how many times the kernel could not take descriptors
-        (C{ENOBUFS}, C{ETOOMANYREFS}) and the transport backed off.
     @ivar readPauses: how many times reading stopped for the budget or for
         a peer that does not read.
     """
@@ -80,12 +78,12 @@ class _Batching(_twisted.TransportHooks):
     descriptorBudget = None
     sendmsgCalls = 0
     recvmsgCalls = 0
-    backOffs = 0
     readPauses = 0
     _peerCredentials = None
     _backOffDelay = 0
     _backOffCall = None
     _headroomCall = None
+    _backOffs = 0
     _reading = False
 
     def _initBatching(self):
@@ -99,6 +97,15 @@ class _Batching(_twisted.TransportHooks):
         self._bytesSent = 0
         self._writeHooks = []
         self._receiver = Receiver(self.bufferSize)
+
+    @property
+    def backOffs(self):
+        """
+        How many times this transport has stopped writing for a while
+        because the kernel could not take its descriptors then (C{ENOBUFS},
+        C{ETOOMANYREFS}), for measurement.
+        """
+        return self._backOffs
 
     @property
     def queuedDescriptors(self):
@@ -340,7 +347,7 @@ class _Batching(_twisted.TransportHooks):
     def _backOff(self):
         if self._backOffCall is not None:
             return
-        self.backOffs += 1
+        self._backOffs += 1
         self._backOffDelay = min(
             max(self._backOffDelay * 2, _FIRST_BACK_OFF), _LONGEST_BACK_OFF
         )

@@ -5,6 +5,8 @@ that the process has exactly the descriptors it started with.
 
 import os
 
+from pyamp_fds.closer import waitUntilClosed
+
 
 def openDescriptors():
     """
@@ -29,6 +31,8 @@ def assertNoNewDescriptors(before, after=None):
     Fail if descriptors were opened or closed since C{before} was taken.
     """
     if after is None:
+        # What the library closes in the background must be closed first.
+        waitUntilClosed()
         after = openDescriptors()
     opened = {fd: what for fd, what in after.items() if before.get(fd) != what}
     closed = {fd: what for fd, what in before.items() if after.get(fd) != what}

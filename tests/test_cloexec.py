@@ -15,16 +15,7 @@ from twisted.protocols import amp
 import pyamp_fds
 from tests.reactorhelpers import ReactorTestCase, adopt, settle, watchLost
 
-LIST_DESCRIPTORS = (
-    "import json, os\n"
-    "found = {}\n"
-    "for name in os.listdir('/proc/self/fd'):\n"
-    "    try:\n"
-    "        found[name] = os.readlink('/proc/self/fd/' + name)\n"
-    "    except OSError:\n"
-    "        pass\n"
-    "print(json.dumps(found))\n"
-)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def target(fd):
@@ -74,10 +65,11 @@ class CloseOnExecTests(ReactorTestCase):
     def inheritedTargets(self):
         """
         What the descriptors of a child started with C{close_fds=False}
-        refer to.
+        refer to (L{tests.children.inherited}).
         """
         output = subprocess.run(
-            [sys.executable, "-c", LIST_DESCRIPTORS],
+            [sys.executable, "-m", "tests.children.inherited"],
+            cwd=ROOT,
             close_fds=False,
             stdout=subprocess.PIPE,
             check=True,

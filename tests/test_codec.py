@@ -106,10 +106,10 @@ class TestEncode:
         """
         from pyamp_fds import codec
 
-        boxes = [{b"k%d" % i: b"v", b"a%d" % i: b"w"} for i in range(3 * codec._KEY_ORDERS_KEPT)]
+        boxes = [{b"k%d" % i: b"v", b"a%d" % i: b"w"} for i in range(3 * codec.KEY_ORDERS_KEPT)]
         for i in range(0, len(boxes), 2):
             assert encode_boxes(boxes[i : i + 2]) == serialize(boxes[i : i + 2])
-        assert len(codec._keyOrders) <= codec._KEY_ORDERS_KEPT
+        assert 0 < codec.key_orders_held() <= codec.KEY_ORDERS_KEPT
 
     def test_empty(self):
         """

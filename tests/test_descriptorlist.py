@@ -1,6 +1,11 @@
 """
 Tests for L{pyamp_fds.DescriptorList}: lists of descriptors as AMP
-arguments, over real UNIX sockets on the reactor.
+arguments.
+
+Lists passed end to end run over real UNIX sockets on the reactor; what the
+transport sends in each C{sendmsg}, and closes when the connection is lost,
+over a real socket on a reactor run by hand (L{tests.socketdriver}); bad
+lists from a peer over in-memory connections (L{tests.unixsim}).
 """
 
 import os
@@ -21,7 +26,10 @@ from pyamp_fds.errors import (
     UnknownDescriptor,
 )
 from tests.fdcheck import identity, openDescriptors
-from tests.reactorhelpers import BadPeerMixin, ReactorTestCase, settle
+from tests import unixsim
+from tests.reactorhelpers import ReactorTestCase, settle
+from tests.socketdriver import DrivenTestCase
+from tests.unixsim import FakeConnectionTestCase
 
 
 def newFiles(count):
@@ -137,7 +145,7 @@ StockResponder = makeResponder(amp.AMP)
 SIZES = (0, 1, 253, 254, 4096)
 
 
-class _Base(ReactorTestCase):
+class _Room:
     def roomFor(self, count):
         """
         Make sure this process may hold C{count} more descriptors (every list
@@ -151,6 +159,10 @@ class _Base(ReactorTestCase):
                 raise SkipTest("RLIMIT_NOFILE hard limit %d is below the %d this test needs" % (hard, needed))
             resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
             self.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
+
+
+class _Base(_Room, ReactorTestCase):
+    pass
 
 
 class RoundTripTests(_Base):
@@ -370,25 +382,6 @@ class OwnershipTests(_Base):
             closeAll(fds)
 
     @defer.inlineCallbacks
-    def test_lentLostConnection(self):
-        """
-        Lent descriptors still queued when the connection is lost stay open:
-        they are the caller's.
-        """
-        client = pyamp_fds.AMP()
-        self.rawPeer(client)
-        fds = newFiles(5)
-        try:
-            client.callRemote(TakeLent, fds=fds, n=1).addErrback(lambda f: None)
-            self.assertEqual(len(client.transport.queuedDescriptors), 5)
-            client.transport.abortConnection()
-            yield settle()
-            for fd in fds:
-                os.fstat(fd)
-        finally:
-            closeAll(fds)
-
-    @defer.inlineCallbacks
     def test_lentAmongDuplicates(self):
         """
         Lent and duplicated descriptors queued together: only the
@@ -413,18 +406,42 @@ class OwnershipTests(_Base):
         finally:
             closeAll(lent + duplicated)
 
-    @defer.inlineCallbacks
+class OwnershipOnLossTests(DrivenTestCase):
+    """
+    Who closes what the transport still holds when the connection is lost.
+    """
+
+    def test_lentLostConnection(self):
+        """
+        Lent descriptors still queued when the connection is lost stay open:
+        they are the caller's.
+        """
+        client = pyamp_fds.AMP()
+        connection = self.connect(client)
+        fds = newFiles(5)
+        try:
+            client.callRemote(TakeLent, fds=fds, n=1).addErrback(lambda f: None)
+            self.assertEqual(len(client.transport.queuedDescriptors), 5)
+            client.transport.abortConnection()
+            connection.run()
+            self.assertFalse(connection.open())
+            for fd in fds:
+                os.fstat(fd)
+        finally:
+            closeAll(fds)
+
     def test_transferLostConnection(self):
         """
         Descriptors handed over but not yet sent when the connection is lost
         are closed.
         """
         client = pyamp_fds.AMP()
-        self.rawPeer(client)
+        connection = self.connect(client)
         fds = newFiles(5)
         client.callRemote(TakeHandedOver, fds=fds, n=1).addErrback(lambda f: None)
         client.transport.abortConnection()
-        yield settle()
+        connection.run()
+        self.assertFalse(connection.open())
         for fd in fds:
             with self.assertRaises(OSError):
                 os.fstat(fd)
@@ -509,7 +526,7 @@ class LimitTests(_Base):
         self.assertRaises(ValueError, pyamp_fds.DescriptorList, maxDescriptors=253 * 65535 + 1)
 
 
-class BadPeerTests(BadPeerMixin, _Base):
+class BadPeerTests(unixsim.BadPeerMixin, FakeConnectionTestCase):
     """
     A peer sending bad lists: the connection is closed, every descriptor it
     held is closed, and the calls waiting fail with a distinct error.
@@ -520,7 +537,7 @@ class BadPeerTests(BadPeerMixin, _Base):
     def sendList(self, value, count=2):
         def send(peer):
             box = self.box(_ask="1", _command="TakeList", fds=value, n=1)
-            fdio.send_with_fds(peer, box, [0] * count)
+            peer.send(box, [0] * count)
 
         return send
 
@@ -528,19 +545,19 @@ class BadPeerTests(BadPeerMixin, _Base):
         """
         A list naming more descriptors than arrived.
         """
-        return self.assertProtocolError(UnknownDescriptor, self.sendList(b"0:3"))
+        self.assertProtocolError(UnknownDescriptor, self.sendList(b"0:3"))
 
     def test_startNotReceived(self):
         """
         A list starting past the descriptors that arrived.
         """
-        return self.assertProtocolError(UnknownDescriptor, self.sendList(b"1:2"))
+        self.assertProtocolError(UnknownDescriptor, self.sendList(b"1:2"))
 
     def test_hugeStart(self):
         """
         A start far beyond anything received.
         """
-        return self.assertProtocolError(UnknownDescriptor, self.sendList(b"99999999999999999999:1"))
+        self.assertProtocolError(UnknownDescriptor, self.sendList(b"99999999999999999999:1"))
 
     def test_claimedTwice(self):
         """
@@ -550,11 +567,11 @@ class BadPeerTests(BadPeerMixin, _Base):
         def send(peer):
             first = self.box(_ask="1", _command="TakeList", fds=b"0:2", n=1)
             second = self.box(_ask="2", _command="TakeList", fds=b"1:2", n=1)
-            fdio.send_with_fds(peer, first + second, [0, 1, 2])
+            peer.send(first + second, [0, 1, 2])
 
         # The first box is answered and its descriptors closed; only the
         # second is at fault.
-        return self.assertProtocolError(UnknownDescriptor, send, taken=1)
+        self.assertProtocolError(UnknownDescriptor, send, taken=1)
 
     def test_claimedInSameBox(self):
         """
@@ -564,9 +581,9 @@ class BadPeerTests(BadPeerMixin, _Base):
 
         def send(peer):
             box = self.box(_ask="1", _command="TakeMixed", one=0, fds=b"0:2")
-            fdio.send_with_fds(peer, box, [0, 1])
+            peer.send(box, [0, 1])
 
-        return self.assertProtocolError(UnknownDescriptor, send)
+        self.assertProtocolError(UnknownDescriptor, send)
 
     def test_secondListFails(self):
         """
@@ -576,9 +593,9 @@ class BadPeerTests(BadPeerMixin, _Base):
 
         def send(peer):
             box = self.box(_ask="1", _command="TakeMixed", one=0, fds=b"1:2", more=b"3:5")
-            fdio.send_with_fds(peer, box, [0, 1, 2, 3])
+            peer.send(box, [0, 1, 2, 3])
 
-        return self.assertProtocolError(UnknownDescriptor, send)
+        self.assertProtocolError(UnknownDescriptor, send)
 
     def test_malformed(self):
         """
@@ -589,21 +606,15 @@ class BadPeerTests(BadPeerMixin, _Base):
             b" 0:2", b"0: 2", b"0:2 ", b"00:2", b"0:02", b"0:2:3", b"0;2", b"0:2\x00",
             b"\xd9\xa1:2", b"0:" + b"9" * 11, b"0:254 ",
         ]
-        d = defer.succeed(None)
         for value in values:
-            d.addCallback(
-                lambda _, value=value: self.assertProtocolError(
-                    InvalidDescriptorOrdinal, self.sendList(value)
-                )
-            )
-        return d
+            self.assertProtocolError(InvalidDescriptorOrdinal, self.sendList(value))
 
     def test_paddingChecked(self):
         """
         A long list's value must carry exactly its padding: one byte for
         every 253 descriptors.
         """
-        return self.assertProtocolError(
+        self.assertProtocolError(
             InvalidDescriptorOrdinal, self.sendList(b"0:4096", count=1)
         )
 
@@ -620,28 +631,28 @@ class BadPeerTests(BadPeerMixin, _Base):
                 closeAll(fds)
                 return {"n": n}
 
-        return self.assertProtocolError(
+        self.assertProtocolError(
             DescriptorListTooLong, self.sendList(b"0:4", count=4), Limited()
         )
 
 
-class TransportGroupingTests(_Base):
+class TransportGroupingTests(_Room, DrivenTestCase):
     """
     The batching transport with one box naming many descriptors: each group
     of up to 253 goes in its own C{sendmsg}, with a byte no later than the
     last byte of the box, so all of them arrive before the box is complete.
     """
 
-    @defer.inlineCallbacks
     def assertGrouped(self, proto, sendBoxes, count):
         """
         Run C{sendBoxes(proto, fds)} with C{count} new files, the first box
         naming them all; check where each group of descriptors went.
 
-        @return: a L{Deferred} firing with the boxes received.
+        @return: the boxes received.
         """
         self.roomFor(3 * count)
-        peer = self.rawPeer(proto)
+        connection = self.connect(proto)
+        peer = connection.peer
         # Where in the stream each sendmsg carrying descriptors began.
         sent = {"bytes": 0}
         groups = []
@@ -661,7 +672,6 @@ class TransportGroupingTests(_Base):
             sendBoxes(proto, fds)
         finally:
             closeAll(fds)
-        yield settle()
         peer.setblocking(False)
         data = b""
         received = []
@@ -670,6 +680,10 @@ class TransportGroupingTests(_Base):
                 try:
                     chunk, fds, flags = fdio.recv_with_fds(peer, 65536)
                 except BlockingIOError:
+                    # Read all there was: the transport's turn, if it has
+                    # more to send.
+                    if connection.turn():
+                        continue
                     break
                 data += chunk
                 received.extend(fds)
@@ -684,7 +698,6 @@ class TransportGroupingTests(_Base):
             self.assertLess(offset, firstBoxEnd)
         return boxes
 
-    @defer.inlineCallbacks
     def test_command(self):
         """
         One command naming 4096 descriptors, then another command: 17
@@ -693,18 +706,17 @@ class TransportGroupingTests(_Base):
         """
 
         def sendBoxes(proto, fds):
-            # Never answered: the raw peer only reads.
+            # Never answered: the peer only reads.
             for d in (
                 proto.callRemote(TakeList, fds=fds, n=1),
                 proto.callRemote(Hello, text="after"),
             ):
                 d.addErrback(lambda f: f.trap(ConnectionDone, ConnectionLost))
 
-        boxes = yield self.assertGrouped(pyamp_fds.AMP(), sendBoxes, 4096)
+        boxes = self.assertGrouped(pyamp_fds.AMP(), sendBoxes, 4096)
         self.assertEqual(boxes[0][b"fds"], b"0:4096" + b" " * 11)
         self.assertEqual(boxes[1][b"text"], b"after")
 
-    @defer.inlineCallbacks
     def test_smallestBox(self):
         """
         A box holding nothing but a list of 4096 under a one-byte key, then
@@ -719,5 +731,5 @@ class TransportGroupingTests(_Base):
             proto.sendBox(amp.AmpBox(after=b"x"))
 
         proto = pyamp_fds.BinaryBoxProtocol(amp.BoxDispatcher(amp.CommandLocator()))
-        boxes = yield self.assertGrouped(proto, sendBoxes, 4096)
+        boxes = self.assertGrouped(proto, sendBoxes, 4096)
         self.assertEqual(boxes, [{b"f": b"0:4096" + b" " * 11}, {b"after": b"x"}])

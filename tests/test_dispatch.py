@@ -2,6 +2,7 @@
 Tests for L{pyamp_fds.dispatch}: whichever path a box takes (the fast one,
 or Twisted's own chain for commands that override its steps), a box that
 fails to serialize takes nothing and one that fails to parse leaks nothing.
+Over in-memory connections (L{tests.unixsim}), pumped by hand.
 """
 
 import os
@@ -11,7 +12,7 @@ from twisted.protocols import amp
 
 import pyamp_fds
 from tests.fdcheck import identity
-from tests.reactorhelpers import ReactorTestCase, settle
+from tests.unixsim import FakeConnectionTestCase
 
 
 class NotParsed(amp.Argument):
@@ -112,18 +113,16 @@ class Responder(pyamp_fds.AMP):
         return defer.succeed({"fd": self.fd, "n": n})
 
 
-class SettledOnEveryPathTests(ReactorTestCase):
+class SettledOnEveryPathTests(FakeConnectionTestCase):
     """
     Failed boxes settle their descriptors on Twisted's chain too.
     """
 
     def setUp(self):
-        d = super().setUp()
+        super().setUp()
         self.fd = os.open("/dev/null", os.O_RDONLY)
         self.addCleanup(os.close, self.fd)
-        return d
 
-    @defer.inlineCallbacks
     def test_callThroughTwistedTakesNothing(self):
         """
         A call through Twisted's chain whose later argument fails to
@@ -131,53 +130,57 @@ class SettledOnEveryPathTests(ReactorTestCase):
         descriptors are the caller's again, nothing stays queued, no ordinal
         is used, and the peer receives nothing.
         """
-        server, client = self.connect(Responder(self.fd), pyamp_fds.AMP())
+        server, client = Responder(self.fd), pyamp_fds.AMP()
+        pump = self.connect(server, client)
         with self.assertRaises(TypeError):
             client.callRemote(HandOverThenNumber, fd=self.fd, n="not a number")
         with self.assertRaises(TypeError):
             client.callRemote(LendThenNumber, fds=[self.fd, self.fd], n="not a number")
         self.assertEqual(client.transport.queuedDescriptors, [])
         self.assertEqual(client.descriptorsSent, 0)
-        yield settle()
+        pump.flush()
         os.fstat(self.fd)
         self.assertEqual(server.receivedDescriptors.received, 0)
         # And the next call through the same chain works, from ordinal 0.
-        answer = yield client.callRemote(HandOverThenNumber, fd=os.dup(self.fd), n=3)
-        self.assertEqual((answer, server.calls), ({"n": 3}, 1))
+        answer = client.callRemote(HandOverThenNumber, fd=os.dup(self.fd), n=3)
+        pump.flush()
+        self.assertEqual((self.successResultOf(answer), server.calls), ({"n": 3}, 1))
         self.assertEqual(server.receivedDescriptors.received, 1)
 
-    @defer.inlineCallbacks
     def test_answerParsedByTwistedLeaksNothing(self):
         """
         An answer parsed through Twisted's chain whose later value fails to
         parse fails the call and closes the descriptor it had claimed.
         """
-        server, client = self.connect(Responder(self.fd), pyamp_fds.AMP())
+        server, client = Responder(self.fd), pyamp_fds.AMP()
+        pump = self.connect(server, client)
         before = len(os.listdir("/proc/self/fd"))
         for _ in range(3):
-            with self.assertRaises(ValueError):
-                yield client.callRemote(GiveParsedBadly)
+            answer = self.caught(client.callRemote(GiveParsedBadly))
+            pump.flush()
+            self.failureResultOf(answer, ValueError)
         self.assertEqual(client.receivedDescriptors.received, 3)
         self.assertEqual(
             (client.receivedDescriptors.unclaimed, client.receivedDescriptors.claimedByBox), (0, 0)
         )
         self.assertEqual(len(os.listdir("/proc/self/fd")), before)
 
-    @defer.inlineCallbacks
     def test_deferredAnswerTakesNothing(self):
         """
         A responder's later answer that fails to serialize sends an error
         (Twisted's: an unknown error, and the connection closed) and not the
         handed-over descriptor, which stays open: it was never taken.
         """
-        server, client = self.connect(Responder(self.fd), pyamp_fds.AMP())
+        server, client = Responder(self.fd), pyamp_fds.AMP()
+        pump = self.connect(server, client)
         inode = identity(self.fd)
         transport = server.transport
-        with self.assertRaises(amp.UnknownRemoteError):
-            yield client.callRemote(GiveLater, n="not a number")
+        answer = self.caught(client.callRemote(GiveLater, n="not a number"))
+        pump.flush()
+        self.failureResultOf(answer, amp.UnknownRemoteError)
         self.assertEqual(len(self.flushLoggedErrors(amp.BadLocalReturn)), 1)
         self.assertEqual(transport.queuedDescriptors, [])
         self.assertEqual(server.descriptorsSent, 0)
-        yield settle()
+        pump.flush()
         self.assertEqual(client.receivedDescriptors.received, 0)
         self.assertEqual(identity(self.fd), inode)

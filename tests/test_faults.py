@@ -3,16 +3,13 @@ Resource exhaustion and faults, each with the outcome the protocol promises:
 a clear error, the connection closed where the protocol says so, and every
 process left with the descriptors it started with.
 
-Some faults need a process of their own (a lowered C{RLIMIT_NOFILE}, a
-user without privileges); run as a program, this module is that process::
-
-    python -m tests.test_faults (truncate|inflight) SOCKET_FD
+Faults that need a process of their own (a lowered C{RLIMIT_NOFILE}, a user
+without privileges) run L{tests.children.faults} as that process.
 """
 
 import errno
 import json
 import os
-import resource
 import shutil
 import signal
 import socket
@@ -21,260 +18,28 @@ import sys
 import tempfile
 
 from twisted.internet import defer, error, protocol, reactor, task
-from twisted.protocols import amp
 from twisted.trial.unittest import SkipTest
 
 import pyamp_fds
 from pyamp_fds import fdio
-from pyamp_fds.endpoints import UNIXServerEndpoint, adoptStreamConnection
+from pyamp_fds.endpoints import UNIXServerEndpoint
 from pyamp_fds.errors import BoxTooLarge, TooManyUnclaimedDescriptors
 from tests import peer
-from tests.fdcheck import openDescriptors
+from tests.children.faults import Hello, Take, Taker, countDescriptors, freshPipe
 from tests.reactorhelpers import ReactorTestCase, adopt, settle, watchLost
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NOBODY = 65534
-
-
-def identity(fd):
-    st = os.fstat(fd)
-    return "%d:%d" % (st.st_dev, st.st_ino)
-
-
-def freshPipe():
-    """
-    The read end of a new pipe (a file of its own) and its identity.
-    """
-    r, w = os.pipe()
-    os.close(w)
-    return r, identity(r)
-
-
-def countDescriptors():
-    """
-    How many descriptors this process has open, not counting the one used
-    to list them.
-    """
-    return len(openDescriptors())
-
-
-class Take(amp.Command):
-    arguments = [(b"fd", pyamp_fds.Descriptor()), (b"n", amp.Integer())]
-    response = [(b"n", amp.Integer()), (b"id", amp.Unicode())]
-
-
-class TakeList(amp.Command):
-    arguments = [(b"fds", pyamp_fds.DescriptorList(transfer=True))]
-    response = [(b"ids", amp.ListOf(amp.Unicode()))]
-
-
-class Hello(amp.Command):
-    arguments = []
-    response = []
-
-
-class Taker(pyamp_fds.AMP):
-    """
-    Answers L{Take} with the identity of the descriptor it got, and closes it.
-    """
-
-    def __init__(self):
-        pyamp_fds.AMP.__init__(self)
-        self.taken = 0
-
-    @Take.responder
-    def take(self, fd, n):
-        self.taken += 1
-        found = identity(fd)
-        os.close(fd)
-        return {"n": n, "id": found}
-
-    @TakeList.responder
-    def takeList(self, fds):
-        self.taken += len(fds)
-        found = [identity(fd) for fd in fds]
-        for fd in fds:
-            os.close(fd)
-        return {"ids": found}
-
-    @Hello.responder
-    def hello(self):
-        return {}
-
-
-# The child processes.
-
-
-def report(event, **details):
-    print(json.dumps(dict(details, event=event, fds=countDescriptors())), flush=True)
-
-
-def runChild(proto, sockfd, made):
-    """
-    Run C{proto} over the inherited socket C{sockfd} until its connection
-    is lost, calling C{made()} once it is connected.
-    """
-    original = proto.connectionLost
-
-    def connectionLost(reason):
-        original(reason)
-        report("lost", reason=type(reason.value).__name__, taken=getattr(proto, "taken", 0))
-        reactor.callLater(0, reactor.stop)
-
-    proto.connectionLost = connectionLost
-    factory = protocol.Factory()
-    factory.buildProtocol = lambda addr: proto
-    adoptStreamConnection(reactor, sockfd, factory)
-    os.close(sockfd)
-    reactor.callWhenRunning(made)
-    reactor.run()
-
-
-def limitDescriptors(free):
-    """
-    Lower C{RLIMIT_NOFILE} so that exactly C{free} descriptor numbers are
-    left; return the limit.
-    """
-    taken = set(openDescriptors())
-    limit = 0
-    while free:
-        free -= limit not in taken
-        limit += 1
-    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
-    return limit
-
-
-def truncateChild(sockfd):
-    """
-    Serve L{Take} with only five descriptor numbers to spare.
-    """
-    proto = Taker()
-
-    def made():
-        report("made", limit=limitDescriptors(5))
-
-    runChild(proto, sockfd, made)
-
-
-CAP_SYS_ADMIN = 21
-CAP_SYS_RESOURCE = 24
-
-
-def dropPrivileges():
-    """
-    Become a user without privileges, so that the kernel's limit on
-    descriptors in flight applies (C{CAP_SYS_RESOURCE} or C{CAP_SYS_ADMIN}
-    bypass it).
-
-    @return: L{None}, or why that could not be done.
-    """
-    if os.geteuid() == 0:
-        import ctypes
-
-        try:
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-        except OSError as e:
-            return "cannot become user %d: %s" % (NOBODY, e)
-        # Changing user made the process undumpable, which makes
-        # /proc/self/fd unreadable to itself.
-        PR_SET_DUMPABLE = 4
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("CapEff:"):
-                effective = int(line.split()[1], 16)
-                if effective & (1 << CAP_SYS_RESOURCE | 1 << CAP_SYS_ADMIN):
-                    return "user %d keeps CAP_SYS_RESOURCE or CAP_SYS_ADMIN" % (os.getuid(),)
-    return None
-
-
-#: Descriptors in each list that L{inflightChild} hands over: more than one
-#: C{sendmsg} takes, so the limit may strike between groups of one box.
-LIST_LENGTH = 260
-
-
-def callSingles(proto, calls, expected):
-    for _ in range(10):
-        fd, found = freshPipe()
-        expected.append(found)
-        calls.append(
-            proto.callRemote(Take, fd=fd, n=len(calls)).addCallback(lambda a: [a["id"]])
-        )
-        os.close(fd)
-
-
-def callList(proto, calls, expected):
-    fds = []
-    for _ in range(LIST_LENGTH):
-        fd, found = freshPipe()
-        fds.append(fd)
-        expected.append(found)
-    # Handed over: the transport closes them once sent.
-    calls.append(proto.callRemote(TakeList, fds=fds).addCallback(lambda a: a["ids"]))
-
-
-@defer.inlineCallbacks
-def inflightChild(proto, makeCalls):
-    """
-    Call in rounds until the transport has had to back off, then wait for
-    every answer.
-    """
-    transport = proto.transport
-    backOffs = []
-    original = transport._backOff
-
-    def backOff():
-        backOffs.append(1)
-        return original()
-
-    transport._backOff = backOff
-    calls = []
-    expected = []
-    rounds = 0
-    while not backOffs and rounds < 100:
-        rounds += 1
-        makeCalls(proto, calls, expected)
-        yield task.deferLater(reactor, 0.01, lambda: None)
-    report("backedOff", backOffs=len(backOffs), sent=len(expected))
-    answers = yield defer.gatherResults(calls)
-    received = [found for answer in answers for found in answer]
-    matched = sum(a == e for a, e in zip(received, expected))
-    report("answered", matched=matched, sent=len(expected), backOffs=len(backOffs))
-    proto.transport.loseConnection()
-
-
-def inflightMain(sockfd, makeCalls):
-    # Room for what one round holds at once, which is also how many
-    # descriptors may be in flight before the kernel refuses more.
-    room = 40 if makeCalls is callSingles else LIST_LENGTH + 40
-    resource.setrlimit(resource.RLIMIT_NOFILE, (countDescriptors() + room,) * 2)
-    why = dropPrivileges()
-    if why is not None:
-        report("privileged", why=why)
-        return
-    proto = pyamp_fds.AMP()
-
-    def made():
-        report("made", uid=os.getuid())
-        inflightChild(proto, makeCalls).addErrback(lambda f: (report("failed", why=str(f.value)), proto.transport.loseConnection()))
-
-    runChild(proto, sockfd, made)
-
-
-# The tests.
 
 
 class ChildProcess:
     """
-    A child running this module's program over one end of a socketpair,
+    A child running L{tests.children.faults} over one end of a socketpair,
     reporting JSON lines.
     """
 
     def __init__(self, testCase, role, sock):
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.test_faults", role, str(sock.fileno())],
+            [sys.executable, "-m", "tests.children.faults", role, str(sock.fileno())],
             cwd=ROOT,
             pass_fds=[sock.fileno()],
             stdin=subprocess.DEVNULL,
@@ -526,8 +291,7 @@ class EndlessBoxTests(ReactorTestCase):
 
         def dataReceived(data):
             original(data)
-            if proto._decoder is not None and proto._decoder._decoder is not None:
-                pending.append(proto._decoder.pending)
+            pending.append(proto.pendingBytes)
 
         proto.dataReceived = dataReceived
         peerSock.setblocking(False)
@@ -776,14 +540,3 @@ class KilledPeerTests(ReactorTestCase):
         """
         return self.killMidStream("stock")
 
-
-if __name__ == "__main__":
-    role, fd = sys.argv[1], int(sys.argv[2])
-    if role == "truncate":
-        truncateChild(fd)
-    elif role == "inflight":
-        inflightMain(fd, callSingles)
-    elif role == "inflightLists":
-        inflightMain(fd, callList)
-    else:
-        raise SystemExit("unknown role %r" % (role,))

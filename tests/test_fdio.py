@@ -9,13 +9,14 @@ import os
 import socket
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
 from pyamp_fds import fdio
 from pyamp_fds.errors import DescriptorsTruncated
 from tests.fdcheck import identity
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 pytestmark = pytest.mark.usefixtures("noLeaks")
 
@@ -61,14 +62,15 @@ def assertNothingPending(sock):
         sock.setblocking(True)
 
 
-def runChild(code, *passFds):
+def runChild(role, *passFds):
     """
-    Run C{code} in a fresh interpreter with C{passFds} inherited, and return
-    what it printed as JSON.
+    Run C{role} of L{tests.children.fdio} in a fresh interpreter with
+    C{passFds} inherited, and return what it printed as JSON.
     """
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)] + [str(fd) for fd in passFds],
+        [sys.executable, "-m", "tests.children.fdio", role] + [str(fd) for fd in passFds],
+        cwd=ROOT,
         pass_fds=passFds,
         capture_output=True,
         text=True,
@@ -267,36 +269,8 @@ class TestFailures:
         raises L{DescriptorsTruncated} and keeps none of the descriptors.
         """
         a, b = pair
-        child = """
-            import json, os, resource, sys
-            from pyamp_fds import fdio
-            from pyamp_fds.errors import DescriptorsTruncated
-            sock = int(sys.argv[1])
-            def opened():
-                names = [int(n) for n in os.listdir("/proc/self/fd")]
-                # Drop the descriptor listdir used, closed by now.
-                return sorted(fd for fd in names if os.path.exists("/proc/self/fd/%d" % fd))
-            before = opened()
-            # Room for exactly two more descriptors, for ten arriving: the
-            # limit counts descriptor numbers, and the lowest free ones are
-            # used first (descriptors already open above it stay open).
-            limit, free = 0, 0
-            while free < 2:
-                free += limit not in before
-                limit += 1
-            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
-            try:
-                fdio.recv_with_fds(sock, 100)
-                outcome = "received"
-            except DescriptorsTruncated as e:
-                outcome = e.data.decode()
-            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-            after = opened()
-            print(json.dumps({"outcome": outcome, "before": before, "after": after}))
-        """
         fdio.send_with_fds(a, b"limit", files(10))
-        report = runChild(child, b.fileno())
+        report = runChild("truncated", b.fileno())
         assert report["outcome"] == "limit"
         assert report["after"] == report["before"]
 
@@ -328,20 +302,7 @@ class TestFailures:
         Sending to a peer that has gone raises C{BrokenPipeError} and raises
         no C{SIGPIPE}, even where C{SIGPIPE} would kill the process.
         """
-        child = """
-            import json, signal, socket
-            from pyamp_fds import fdio
-            signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-            a, b = socket.socketpair()
-            b.close()
-            try:
-                fdio.send_with_fds(a, b"x", [0])
-                outcome = "sent"
-            except BrokenPipeError:
-                outcome = "EPIPE"
-            print(json.dumps(outcome))
-        """
-        assert runChild(child) == "EPIPE"
+        assert runChild("peerClosed") == "EPIPE"
 
     def test_badSocket(self, tmp_path):
         """

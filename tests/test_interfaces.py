@@ -3,6 +3,7 @@ Tests for L{pyamp_fds.interfaces}: the transports, the protocols and the
 test fakes provide the contract the protocols rely on.
 """
 
+from twisted.internet.interfaces import IUNIXTransport
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyClass, verifyObject
 
@@ -10,6 +11,7 @@ import pyamp_fds
 from pyamp_fds.interfaces import IBatchingTransport, IFileDescriptorsReceiver
 from pyamp_fds.transport import Client, Server
 from tests.reactorhelpers import ReactorTestCase
+from tests import unixsim
 from tests.test_properties import FakeBatchingTransport, FakeStream
 
 
@@ -32,6 +34,19 @@ class ContractTests(TestCase):
         """
         fake = FakeBatchingTransport(FakeStream(lambda low, high: low))
         self.assertTrue(verifyObject(IBatchingTransport, fake))
+
+    def test_inMemoryTransports(self):
+        """
+        The in-memory transports of L{tests.unixsim} provide the contracts of
+        the transports they stand for: Twisted's C{IUNIXTransport}, and
+        L{IBatchingTransport}.
+        """
+        proto = pyamp_fds.AMP()
+        self.assertTrue(verifyObject(IUNIXTransport, unixsim.FakeUNIXTransport(proto, True)))
+        self.assertFalse(IBatchingTransport.providedBy(unixsim.FakeUNIXTransport(proto, True)))
+        self.assertTrue(
+            verifyObject(IBatchingTransport, unixsim.FakeBatchingTransport(proto, True))
+        )
 
     def test_protocols(self):
         """

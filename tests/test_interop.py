@@ -179,9 +179,9 @@ class InteropTests(ReactorTestCase):
             child = self.spawn(childKind, "flood", path)
             p = yield connected
             lost = watchLost(p)
-            while p._received < 300:
+            while p.receivedDescriptors.received < 300:
                 yield settle(0.01)
             os.kill(child.pid, signal.SIGKILL)
             yield lost
             yield port.stopListening()
-            self.assertEqual(p._descriptors, {})
+            self.assertEqual(p.receivedDescriptors.unclaimed, 0)

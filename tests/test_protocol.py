@@ -1,12 +1,23 @@
 """
-Tests for L{pyamp_fds.protocol}: AMP over real UNIX sockets on the reactor.
+Tests for L{pyamp_fds.protocol}.
+
+Framing, dispatch, ordinals, argument parsing and errors run over in-memory
+connections (L{tests.unixsim}, built on L{twisted.test.iosim}), pumped by
+hand: no reactor, no waiting.  What depends on the kernel or on the
+transport over a socket (a receiver at its descriptor limit, flow control,
+the flush on C{loseConnection}) runs over a real socket on a reactor run by
+hand (L{tests.socketdriver}).  Descriptors passed end to end between two
+protocols, and how a peer that closed looks to the caller, run over real
+UNIX sockets on the reactor.
 """
 
 import os
 import resource
 
 from twisted.internet import defer, error, protocol, reactor
+from twisted.internet.testing import StringTransport
 from twisted.protocols import amp
+from twisted.python.failure import Failure
 from twisted.test.iosim import connectedServerAndClient
 
 import pyamp_fds
@@ -19,8 +30,11 @@ from pyamp_fds.errors import (
     TooManyUnclaimedDescriptors,
     UnknownDescriptor,
 )
+from tests import unixsim
 from tests.fdcheck import identity, openDescriptors
-from tests.reactorhelpers import BadPeerMixin, ReactorTestCase, settle, watchLost
+from tests.reactorhelpers import ReactorTestCase, settle
+from tests.socketdriver import DrivenTestCase
+from tests.unixsim import FakeConnectionTestCase
 
 
 class Take(amp.Command):
@@ -292,53 +306,6 @@ class DescriptorTests(ReactorTestCase):
             os.fstat(server.handedOver)
 
     @defer.inlineCallbacks
-    def test_transferLostConnection(self):
-        """
-        A descriptor handed over but not yet sent when the connection is lost
-        is closed.
-        """
-        client = pyamp_fds.AMP()
-        self.rawPeer(client)
-        fd = os.open("/dev/null", os.O_RDONLY)
-        client.callRemote(
-            amp.Command.__class__(
-                "Hand", (amp.Command,), {"arguments": [(b"fd", pyamp_fds.Descriptor(transfer=True))]}
-            ),
-            fd=fd,
-        ).addErrback(lambda f: None)
-        client.transport.abortConnection()
-        yield settle()
-        with self.assertRaises(OSError):
-            os.fstat(fd)
-
-    @defer.inlineCallbacks
-    def test_sendAfterLoss(self):
-        """
-        A descriptor argument on a connection already lost (here from the
-        errback of a call that the loss failed) raises C{ConnectionLost}
-        and takes nothing: a handed-over descriptor is still the caller's,
-        and no duplicate is left open.
-        """
-        client = pyamp_fds.AMP()
-        peer = self.rawPeer(client)
-        fd = os.open("/dev/null", os.O_RDONLY)
-        self.addCleanup(os.close, fd)
-        raised = []
-
-        def callAgain(reason):
-            for transfer in (True, False):
-                try:
-                    client.callRemote(HandOver if transfer else Take, fd=fd, n=1)
-                except error.ConnectionLost as e:
-                    raised.append(e)
-
-        client.callRemote(Hello, text="x").addErrback(callAgain)
-        peer.close()
-        yield settle()
-        self.assertEqual(len(raised), 2)
-        os.fstat(fd)
-
-    @defer.inlineCallbacks
     def test_withdrawnWhenALaterArgumentFails(self):
         """
         When an argument after a descriptor fails, the call raises and
@@ -392,31 +359,61 @@ class DescriptorTests(ReactorTestCase):
             for fd in fds:
                 os.close(fd)
 
+class DescriptorLogicTests(FakeConnectionTestCase):
+    """
+    Descriptor arguments where the transport refuses them, over in-memory
+    connections.
+    """
+
+    def test_sendAfterLoss(self):
+        """
+        A descriptor argument on a connection already lost (here from the
+        errback of a call that the loss failed) raises C{ConnectionLost}
+        and takes nothing: a handed-over descriptor is still the caller's,
+        and no duplicate is left open.
+        """
+        client = pyamp_fds.AMP()
+        peer, pump = self.connectRaw(client)
+        fd = os.open("/dev/null", os.O_RDONLY)
+        self.addCleanup(os.close, fd)
+        raised = []
+
+        def callAgain(reason):
+            for transfer in (True, False):
+                try:
+                    client.callRemote(HandOver if transfer else Take, fd=fd, n=1)
+                except error.ConnectionLost as e:
+                    raised.append(e)
+
+        client.callRemote(Hello, text="x").addErrback(callAgain)
+        peer.transport.loseConnection()
+        pump.flush()
+        self.assertEqual(len(raised), 2)
+        os.fstat(fd)
+
     def test_transferRefusedOnStockTransport(self):
         """
         C{transfer=True} needs to know when a descriptor was sent: Twisted's
         own transport cannot say, so it is refused before anything is queued.
         """
-        server, client = self.connect(
-            FastResponder(), pyamp_fds.AMP(), serverFast=False, clientFast=False
-        )
+        server, client = FastResponder(), pyamp_fds.AMP()
+        self.connect(server, client, serverBatching=False, clientBatching=False)
         Hand = type("Hand", (amp.Command,), {"arguments": [(b"fd", pyamp_fds.Descriptor(transfer=True))]})
         with self.assertRaises(DescriptorsUnsupported):
             client.callRemote(Hand, fd=0)
+        self.assertEqual(client.descriptorsSent, 0)
 
     def test_overTCP(self):
         """
         Over a transport that cannot carry descriptors, a descriptor argument
         fails with a clear error.
         """
-        server, client, pump = connectedServerAndClient(
-            FastResponder, pyamp_fds.AMP
-        )
+        client, server, pump = connectedServerAndClient(FastResponder, pyamp_fds.AMP)
         with self.assertRaises(DescriptorsUnsupported):
             client.callRemote(Take, fd=0, n=1)
 
 
-class BadPeerTests(BadPeerMixin, ReactorTestCase):
+class BadPeerTests(unixsim.BadPeerMixin, FakeConnectionTestCase):
     """
     A peer that breaks the rules: the connection is closed, every descriptor
     it held is closed, and the calls waiting fail with a distinct error.
@@ -430,9 +427,9 @@ class BadPeerTests(BadPeerMixin, ReactorTestCase):
         """
 
         def send(peer):
-            fdio.send_with_fds(peer, self.box(_ask="1", _command="Take", fd=5, n=1), [0, 1])
+            peer.send(self.box(_ask="1", _command="Take", fd=5, n=1), [0, 1])
 
-        return self.assertProtocolError(UnknownDescriptor, send)
+        self.assertProtocolError(UnknownDescriptor, send)
 
     def test_claimedTwice(self):
         """
@@ -441,10 +438,9 @@ class BadPeerTests(BadPeerMixin, ReactorTestCase):
         """
 
         def send(peer):
-            box = self.box(_ask="1", _command="TakeThree", a=0, b=1, c=0)
-            fdio.send_with_fds(peer, box, [0, 1])
+            peer.send(self.box(_ask="1", _command="TakeThree", a=0, b=1, c=0), [0, 1])
 
-        return self.assertProtocolError(UnknownDescriptor, send)
+        self.assertProtocolError(UnknownDescriptor, send)
 
     def test_notAnInteger(self):
         """
@@ -452,9 +448,9 @@ class BadPeerTests(BadPeerMixin, ReactorTestCase):
         """
 
         def send(peer):
-            fdio.send_with_fds(peer, self.box(_ask="1", _command="Take", fd=b" 0", n=1), [0])
+            peer.send(self.box(_ask="1", _command="Take", fd=b" 0", n=1), [0])
 
-        return self.assertProtocolError(InvalidDescriptorOrdinal, send)
+        self.assertProtocolError(InvalidDescriptorOrdinal, send)
 
     def test_unknownOrdinalStockArgument(self):
         """
@@ -462,12 +458,27 @@ class BadPeerTests(BadPeerMixin, ReactorTestCase):
         """
 
         def send(peer):
-            box = self.box(_ask="1", _command="TakeThree", a=0, b=9, c=1)
-            fdio.send_with_fds(peer, box, [0, 1])
+            peer.send(self.box(_ask="1", _command="TakeThree", a=0, b=9, c=1), [0, 1])
 
-        return self.assertProtocolError(UnknownDescriptor, send)
+        self.assertProtocolError(UnknownDescriptor, send)
 
-    @defer.inlineCallbacks
+    def test_overStockTransport(self):
+        """
+        The same over Twisted's own transport, which hands descriptors over
+        one by one.
+        """
+        proto = FastResponder()
+        peer, pump = self.connectRaw(proto, batching=False)
+        lost = unixsim.watchLost(proto)
+        waiting = proto.callRemote(Hello, text="waiting")
+        peer.send(self.box(_ask="1", _command="Take", fd=5, n=1), [0, 1])
+        pump.flush()
+        self.assertTrue(lost, "the connection is still open")
+        self.failureResultOf(waiting, UnknownDescriptor)
+        self.assertEqual(proto.receivedDescriptors.unclaimed, 0)
+        self.assertEqual(proto.taken, [])
+        self.flushLoggedErrors(DescriptorProtocolError)
+
     def test_argumentFailsAfterDescriptor(self):
         """
         A command whose descriptor arrived but whose next argument does not
@@ -476,17 +487,14 @@ class BadPeerTests(BadPeerMixin, ReactorTestCase):
         claimed is closed at once: no responder will own it.
         """
         server = FastResponder()
-        peer = self.rawPeer(server)
-        fdio.send_with_fds(peer, self.box(_ask="1", _command="Take", fd=0, n="zz"), [0])
-        yield settle()
+        peer, pump = self.connectRaw(server)
+        table = server.receivedDescriptors
+        peer.send(self.box(_ask="1", _command="Take", fd=0, n="zz"), [0])
+        pump.flush()
         self.flushLoggedErrors(ValueError)
-        self.assertEqual(
-            (server.taken, server.receivedDescriptors.unclaimed, server.receivedDescriptors.claimedByBox),
-            ([], 0, 0),
-        )
-        self.assertIn(b"UNKNOWN", peer.recv(1000))
+        self.assertEqual((server.taken, table.unclaimed, table.claimedByBox), ([], 0, 0))
+        self.assertIn(b"UNKNOWN", peer.received)
 
-    @defer.inlineCallbacks
     def test_argumentFailsAfterDescriptorOwnLocator(self):
         """
         The same through Twisted's own dispatch chain, which a protocol
@@ -499,25 +507,23 @@ class BadPeerTests(BadPeerMixin, ReactorTestCase):
                 return super().locateResponder(name)
 
         server = Finder()
-        peer = self.rawPeer(server)
-        fdio.send_with_fds(peer, self.box(_ask="1", _command="Take", fd=0, n="zz"), [0])
-        yield settle()
+        peer, pump = self.connectRaw(server)
+        table = server.receivedDescriptors
+        peer.send(self.box(_ask="1", _command="Take", fd=0, n="zz"), [0])
+        pump.flush()
         self.flushLoggedErrors(ValueError)
-        self.assertEqual(
-            (server.taken, server.receivedDescriptors.unclaimed, server.receivedDescriptors.claimedByBox),
-            ([], 0, 0),
-        )
-        self.assertIn(b"UNKNOWN", peer.recv(1000))
+        self.assertEqual((server.taken, table.unclaimed, table.claimedByBox), ([], 0, 0))
+        self.assertIn(b"UNKNOWN", peer.received)
         # And a box that parses still reaches the responder, descriptor and all.
         server = Finder()
         client = pyamp_fds.AMP()
-        self.connect(server, client)
+        pump = self.connect(server, client)
         fd = os.open("/dev/null", os.O_RDONLY)
         self.addCleanup(os.close, fd)
-        answer = yield client.callRemote(Take, fd=fd, n=3)
-        self.assertEqual((answer, server.taken), ({"n": 3}, [identity(fd)]))
+        answered = client.callRemote(Take, fd=fd, n=3)
+        pump.flush()
+        self.assertEqual((self.successResultOf(answered), server.taken), ({"n": 3}, [identity(fd)]))
 
-    @defer.inlineCallbacks
     def test_answerFailsAfterDescriptor(self):
         """
         An answer whose descriptor arrived but whose next value does not
@@ -525,10 +531,12 @@ class BadPeerTests(BadPeerMixin, ReactorTestCase):
         is closed.
         """
         client = pyamp_fds.AMP()
-        peer = self.rawPeer(client)
-        waiting = client.callRemote(Give)
-        fdio.send_with_fds(peer, self.box(_answer="1", fd=0, inode="zz"), [0])
-        yield self.assertFailure(waiting, ValueError)
+        peer, pump = self.connectRaw(client)
+        waiting = self.caught(client.callRemote(Give))
+        pump.flush()
+        peer.send(self.box(_answer="1", fd=0, inode="zz"), [0])
+        pump.flush()
+        self.failureResultOf(waiting, ValueError)
         self.assertEqual(
             (client.receivedDescriptors.unclaimed, client.receivedDescriptors.claimedByBox), (0, 0)
         )
@@ -544,93 +552,56 @@ class BadPeerTests(BadPeerMixin, ReactorTestCase):
         def send(peer):
             # The start of a box that never completes.
             for piece in (b"\x00", b"\x05", b"k"):
-                fdio.send_with_fds(peer, piece, [0] * 50)
+                peer.send(piece, [0] * 50)
 
-        return self.assertProtocolError(TooManyUnclaimedDescriptors, send, proto)
+        self.assertProtocolError(TooManyUnclaimedDescriptors, send, proto)
 
-    @defer.inlineCallbacks
     def test_unclaimedClosedWhenLost(self):
         """
         Descriptors received but never claimed are closed when the connection
         is lost.
         """
         proto = FastResponder()
-        peer = self.rawPeer(proto)
-        lost = watchLost(proto)
-        fdio.send_with_fds(peer, b"\x00", [0, 1, 2])
-        yield settle()
+        peer, pump = self.connectRaw(proto)
+        lost = unixsim.watchLost(proto)
+        peer.send(b"\x00", [0, 1, 2])
+        pump.flush()
         self.assertEqual(proto.receivedDescriptors.unclaimed, 3)
-        peer.close()
-        yield lost
+        peer.transport.loseConnection()
+        pump.flush()
+        self.assertTrue(lost, "the connection is still open")
+        self.assertEqual(proto.receivedDescriptors.unclaimed, 0)
 
-    @defer.inlineCallbacks
     def test_keyTooLong(self):
         """
         An oversized key closes the connection with Twisted's C{TooLong}.
         """
         proto = FastResponder()
-        peer = self.rawPeer(proto)
-        lost = watchLost(proto)
+        peer, pump = self.connectRaw(proto)
+        lost = unixsim.watchLost(proto)
         waiting = proto.callRemote(Hello, text="waiting")
-        peer.sendall(b"\x01\x00" + b"k" * 256)
-        yield lost
-        yield self.assertFailure(waiting, amp.TooLong)
+        peer.send(b"\x01\x00" + b"k" * 256)
+        pump.flush()
+        self.assertTrue(lost, "the connection is still open")
+        self.failureResultOf(waiting, amp.TooLong)
 
-    @defer.inlineCallbacks
     def test_garbageBeforeValidBoxes(self):
         """
         Boxes before a framing fault in the same read are dispatched; nothing
         after it is.
         """
         proto = FastResponder()
-        peer = self.rawPeer(proto)
-        lost = watchLost(proto)
+        peer, pump = self.connectRaw(proto)
+        lost = unixsim.watchLost(proto)
         waiting = proto.callRemote(Hello, text="waiting")
-        peer.sendall(self.box(_ask="1", _command="Hello", text="a") + b"\xff\xff")
-        yield lost
-        yield self.assertFailure(waiting, amp.TooLong)
+        pump.flush()
+        peer.received = b""
+        peer.send(self.box(_ask="1", _command="Hello", text="a") + b"\xff\xff")
+        pump.flush()
+        self.assertTrue(lost, "the connection is still open")
+        self.failureResultOf(waiting, amp.TooLong)
         # The box before the fault was answered.
-        answer = peer.recv(65536)
-        self.assertIn(b"_answer", answer)
-
-    @defer.inlineCallbacks
-    def test_truncated(self):
-        """
-        A receiver at its descriptor limit loses the connection with
-        L{DescriptorsTruncated}: nothing of that read is dispatched and
-        nothing leaks.
-        """
-        proto = FastResponder()
-        peer = self.rawPeer(proto)
-        lost = watchLost(proto)
-        fdio.send_with_fds(peer, self.box(_ask="1", _command="Take", fd=0, n=1), [0] * 20)
-        open_ = sorted(openDescriptors())
-        limit, free = 0, 0
-        while free < 5:
-            free += limit not in open_
-            limit += 1
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
-        waiting = proto.callRemote(Hello, text="waiting")
-        try:
-            reason = yield lost
-        finally:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-        self.assertIsInstance(reason, DescriptorsTruncated)
-        yield self.assertFailure(waiting, DescriptorsTruncated)
-        self.assertEqual(proto.taken, [])
-
-    @defer.inlineCallbacks
-    def test_notAReceiver(self):
-        """
-        A protocol that is not an C{IFileDescriptorReceiver} gets no
-        descriptors: they are closed.
-        """
-        proto = Collector()
-        peer = self.rawPeer(proto)
-        fdio.send_with_fds(peer, b"data", [0, 1, 2])
-        yield settle()
-        self.assertEqual(proto.data, b"data")
+        self.assertIn(b"_answer", peer.received)
 
     def test_errorIsDistinct(self):
         """
@@ -640,33 +611,294 @@ class BadPeerTests(BadPeerMixin, ReactorTestCase):
             self.assertTrue(issubclass(cls, DescriptorProtocolError))
 
 
-class AMPBehaviourTests(ReactorTestCase):
+class AMPBehaviourTests(FakeConnectionTestCase):
     """
     Everything else Twisted's AMP does keeps working.
     """
 
-    @defer.inlineCallbacks
     def test_plainCommand(self):
         """
-        Commands without descriptors work, both ways and with stock peers.
+        Commands without descriptors work, both ways and with stock peers,
+        over either kind of transport.
         """
         for serverCls, clientCls in [
             (FastResponder, pyamp_fds.AMP),
             (StockResponder, pyamp_fds.AMP),
             (FastResponder, amp.AMP),
         ]:
-            server, client = self.connect(serverCls(), clientCls())
-            result = yield client.callRemote(Hello, text="hé")
-            self.assertEqual(result, {"text": "HÉ"})
+            for batching in (True, False):
+                server, client = serverCls(), clientCls()
+                pump = self.connect(server, client, batching, batching)
+                result = client.callRemote(Hello, text="hé")
+                pump.flush()
+                self.assertEqual(self.successResultOf(result), {"text": "HÉ"})
 
-    @defer.inlineCallbacks
     def test_remoteError(self):
         """
         An unknown command comes back as Twisted's C{UnhandledCommand}.
         """
-        server, client = self.connect(FastResponder(), pyamp_fds.AMP())
+        client = pyamp_fds.AMP()
+        pump = self.connect(FastResponder(), client)
         Unknown = type("Unknown", (amp.Command,), {"arguments": [], "response": []})
-        yield self.assertFailure(client.callRemote(Unknown), amp.UnhandledCommand)
+        result = self.caught(client.callRemote(Unknown))
+        pump.flush()
+        self.failureResultOf(result, amp.UnhandledCommand)
+
+    def test_tooLongRaisedByCallRemote(self):
+        """
+        An oversized key or value raises C{TooLong} from C{callRemote}
+        itself, as in Twisted.
+        """
+        client = pyamp_fds.AMP()
+        self.connect(FastResponder(), client)
+        with self.assertRaises(amp.TooLong):
+            client.callRemoteString(b"Hello", text=b"x" * 65536)
+        with self.assertRaises(amp.TooLong):
+            client.callRemoteString(b"Hello", **{"k" * 256: b"v"})
+
+    def test_outstandingCallsFailOnLoss(self):
+        """
+        Calls waiting for an answer fail when the connection is lost.
+        """
+        client = pyamp_fds.AMP()
+        peer, pump = self.connectRaw(client)
+        waiting = client.callRemote(Hello, text="x")
+        peer.transport.loseConnection()
+        pump.flush()
+        self.failureResultOf(waiting, error.ConnectionDone)
+
+    def test_callAfterLoss(self):
+        """
+        A call made once the connection is gone fails with the reason it
+        went, as in Twisted.
+        """
+        for clientCls, batching in ((amp.AMP, False), (pyamp_fds.AMP, True)):
+            client = clientCls()
+            peer, pump = self.connectRaw(client, batching)
+            peer.transport.loseConnection()
+            pump.flush()
+            self.assertIsNone(client.transport)
+            self.failureResultOf(client.callRemote(Hello, text="x"), error.ConnectionDone)
+
+    def test_protocolSwitch(self):
+        """
+        After a protocol switch, the bytes behind the switching box reach
+        the new protocol untouched, from either kind of peer.
+        """
+        for clientCls in (pyamp_fds.AMP, amp.AMP):
+            server, client = FastResponder(), clientCls()
+            pump = self.connect(server, client)
+            clientSide = Collector()
+            factory = protocol.ClientFactory()
+            factory.buildProtocol = lambda addr: clientSide
+            switched = client.callRemote(Switch, factory)
+            pump.flush()
+            self.successResultOf(switched)
+            client.transport.write(b"\x01\x00not AMP at all")
+            pump.flush()
+            self.assertEqual(server.switchedTo.data, b"\x01\x00not AMP at all")
+            server.transport.write(b"reply")
+            pump.flush()
+            self.assertEqual(clientSide.data, b"reply")
+
+    def test_protocolSwitchSameRead(self):
+        """
+        Bytes for the new protocol arriving in the same read as the
+        switching box go to it, not to the AMP parser.
+        """
+        server = FastResponder()
+        peer, pump = self.connectRaw(server)
+        peer.send(
+            pyamp_fds.encode_box({b"_ask": b"1", b"_command": b"Switch"}) + b"\xff\xffraw"
+        )
+        pump.flush()
+        self.assertEqual(server.switchedTo.data, b"\xff\xffraw")
+
+    def test_boxSnapshot(self):
+        """
+        Changing a box after sending it does not change what was sent,
+        though a batching transport encodes it only when it writes.
+        """
+        server = FastResponder()
+        client = pyamp_fds.AMP()
+        pump = self.connect(server, client)
+        got = []
+        server.boxReceiver = type(
+            "R", (), {"ampBoxReceived": lambda self, box: got.append(box), "stopReceivingBoxes": lambda self, r: None}
+        )()
+        box = amp.AmpBox({b"k": b"before"})
+        client.sendBox(box)
+        box[b"k"] = b"after"
+        pump.flush()
+        self.assertEqual(got, [{b"k": b"before"}])
+
+    def test_binaryBoxProtocol(self):
+        """
+        L{pyamp_fds.BinaryBoxProtocol} delivers boxes to its receiver.
+        """
+        got = []
+
+        class Receiver:
+            def startReceivingBoxes(self, sender):
+                pass
+
+            def ampBoxReceived(self, box):
+                got.append(box)
+
+            def stopReceivingBoxes(self, reason):
+                pass
+
+        proto = pyamp_fds.BinaryBoxProtocol(Receiver())
+        proto.makeConnection(StringTransport())
+        data = pyamp_fds.encode_boxes([{b"a": b"1"}, {b"b": b"2"}])
+        for i in range(len(data)):
+            proto.dataReceived(data[i : i + 1])
+        self.assertEqual(got, [{b"a": b"1"}, {b"b": b"2"}])
+        self.assertIsInstance(got[0], amp.AmpBox)
+
+    def test_pendingBytes(self):
+        """
+        C{pendingBytes} is how many bytes are held for a box not yet
+        complete: none between boxes, and none once the connection is lost.
+        """
+        proto = pyamp_fds.AMP()
+        proto.makeConnection(StringTransport())
+        data = pyamp_fds.encode_box({b"_command": b"Hello", b"_ask": b"1", b"text": b"x"})
+        self.assertEqual(proto.pendingBytes, 0)
+        proto.dataReceived(data[:-3])
+        self.assertEqual(proto.pendingBytes, len(data) - 3)
+        proto.dataReceived(data[-3:] + data[:5])
+        self.assertEqual(proto.pendingBytes, 5)
+        proto.connectionLost(Failure(error.ConnectionDone()))
+        self.assertEqual(proto.pendingBytes, 0)
+
+
+class OverDrivenSocketTests(DrivenTestCase):
+    """
+    What the protocol relies on the kernel and its transport for, over a
+    real socket on a reactor run by hand: a receiver at its descriptor
+    limit, descriptors for a protocol that takes none, and what the
+    transport still holds when the connection goes.
+    """
+
+    def test_transferLostConnection(self):
+        """
+        A descriptor handed over but not yet sent when the connection is lost
+        is closed.
+        """
+        client = pyamp_fds.AMP()
+        connection = self.connect(client)
+        fd = os.open("/dev/null", os.O_RDONLY)
+        client.callRemote(
+            amp.Command.__class__(
+                "Hand", (amp.Command,), {"arguments": [(b"fd", pyamp_fds.Descriptor(transfer=True))]}
+            ),
+            fd=fd,
+        ).addErrback(lambda f: None)
+        client.transport.abortConnection()
+        connection.run()
+        self.assertFalse(connection.open())
+        with self.assertRaises(OSError):
+            os.fstat(fd)
+
+    def test_truncated(self):
+        """
+        A receiver at its descriptor limit loses the connection with
+        L{DescriptorsTruncated}: nothing of that read is dispatched and
+        nothing leaks.
+        """
+        proto = FastResponder()
+        connection = self.connect(proto)
+        lost = unixsim.watchLost(proto)
+        box = pyamp_fds.encode_box({b"_ask": b"1", b"_command": b"Take", b"fd": b"0", b"n": b"1"})
+        fdio.send_with_fds(connection.peer, box, [0] * 20)
+        waiting = proto.callRemote(Hello, text="waiting")
+        open_ = sorted(openDescriptors())
+        limit, free = 0, 0
+        while free < 5:
+            free += limit not in open_
+            limit += 1
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+        try:
+            connection.turn()
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        self.assertEqual(len(lost), 1, "the connection is still open")
+        self.assertIsInstance(lost[0], DescriptorsTruncated)
+        self.failureResultOf(waiting, DescriptorsTruncated)
+        self.assertEqual(proto.taken, [])
+
+    def test_notAReceiver(self):
+        """
+        A protocol that is not an C{IFileDescriptorReceiver} gets no
+        descriptors: they are closed.
+        """
+        proto = Collector()
+        connection = self.connect(proto)
+        fdio.send_with_fds(connection.peer, b"data", [0, 1, 2])
+        connection.turn()
+        self.assertEqual(proto.data, b"data")
+
+    def test_boxesAfterLoseConnection(self):
+        """
+        Boxes sent just before C{loseConnection} are still written.
+        """
+        client = pyamp_fds.AMP()
+        connection = self.connect(client)
+        client.sendBox(amp.AmpBox({b"last": b"words"}))
+        client.transport.loseConnection()
+        connection.run()
+        self.assertFalse(connection.open())
+        peer = connection.peer
+        peer.settimeout(10)
+        data = b""
+        while True:
+            chunk = peer.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        self.assertEqual(amp.parseString(data), [{b"last": b"words"}])
+
+    def test_flowControl(self):
+        """
+        Queued descriptors count toward a full send buffer: a producer is
+        paused when more than C{maxQueuedDescriptors} wait, and resumed once
+        they are sent.
+        """
+        client = pyamp_fds.AMP()
+        connection = self.connect(client)
+        events = []
+
+        class Producer:
+            def pauseProducing(self):
+                events.append("pause")
+
+            def resumeProducing(self):
+                events.append("resume")
+
+            def stopProducing(self):
+                pass
+
+        client.transport.registerProducer(Producer(), True)
+        for _ in range(client.transport.maxQueuedDescriptors + 1):
+            client.transport.sendFileDescriptor(0)
+        self.assertEqual(events, ["pause"])
+        client.transport.write(b"x")
+        connection.run()
+        # Twisted pauses again on each write while full; then one resume.
+        self.assertEqual(set(events[:-1]), {"pause"})
+        self.assertEqual(events[-1], "resume")
+        client.transport.unregisterProducer()
+
+
+class AMPOverSocketTests(ReactorTestCase):
+    """
+    Outcomes that depend on the kernel under the transport, on real sockets
+    on the reactor: after an undeclared error the responder closes the
+    connection, and the caller's next call meets the closed socket
+    (C{ConnectionLost}), which an in-memory connection does not give.
+    """
 
     @defer.inlineCallbacks
     def test_answersAndErrorsAsStock(self):
@@ -706,167 +938,7 @@ class AMPBehaviourTests(ReactorTestCase):
             ],
         )
 
-    def test_tooLongRaisedByCallRemote(self):
-        """
-        An oversized key or value raises C{TooLong} from C{callRemote}
-        itself, as in Twisted.
-        """
-        server, client = self.connect(FastResponder(), pyamp_fds.AMP())
-        with self.assertRaises(amp.TooLong):
-            client.callRemoteString(b"Hello", text=b"x" * 65536)
-        with self.assertRaises(amp.TooLong):
-            client.callRemoteString(b"Hello", **{"k" * 256: b"v"})
-
-    @defer.inlineCallbacks
-    def test_outstandingCallsFailOnLoss(self):
-        """
-        Calls waiting for an answer fail when the connection is lost.
-        """
-        client = pyamp_fds.AMP()
-        peer = self.rawPeer(client)
-        waiting = client.callRemote(Hello, text="x")
-        peer.close()
-        yield self.assertFailure(waiting, error.ConnectionDone)
-
-    @defer.inlineCallbacks
-    def test_callAfterLoss(self):
-        """
-        A call made once the connection is gone fails with the reason it
-        went, as in Twisted.
-        """
-        for clientCls, fast in ((amp.AMP, False), (pyamp_fds.AMP, True)):
-            client = clientCls()
-            peer = self.rawPeer(client, fast)
-            peer.close()
-            yield settle()
-            self.assertIsNone(client.transport)
-            yield self.assertFailure(client.callRemote(Hello, text="x"), error.ConnectionDone)
-
-    @defer.inlineCallbacks
-    def test_protocolSwitch(self):
-        """
-        After a protocol switch, the bytes behind the switching box reach
-        the new protocol untouched, from either kind of peer.
-        """
-        for clientCls in (pyamp_fds.AMP, amp.AMP):
-            server, client = self.connect(FastResponder(), clientCls())
-            clientSide = Collector()
-            factory = protocol.ClientFactory()
-            factory.buildProtocol = lambda addr: clientSide
-            yield client.callRemote(Switch, factory)
-            client.transport.write(b"\x01\x00not AMP at all")
-            yield settle()
-            self.assertEqual(server.switchedTo.data, b"\x01\x00not AMP at all")
-            server.transport.write(b"reply")
-            yield settle()
-            self.assertEqual(clientSide.data, b"reply")
-
-    @defer.inlineCallbacks
-    def test_protocolSwitchSameRead(self):
-        """
-        Bytes for the new protocol arriving in the same read as the
-        switching box go to it, not to the AMP parser.
-        """
-        server = FastResponder()
-        peer = self.rawPeer(server)
-        peer.sendall(
-            pyamp_fds.encode_box({b"_ask": b"1", b"_command": b"Switch"}) + b"\xff\xffraw"
-        )
-        yield settle()
-        self.assertEqual(server.switchedTo.data, b"\xff\xffraw")
-
-    @defer.inlineCallbacks
-    def test_boxesAfterLoseConnection(self):
-        """
-        Boxes sent just before C{loseConnection} are still written.
-        """
-        server, client = self.connect(FastResponder(), pyamp_fds.AMP())
-        got = []
-        server.boxReceiver = type(
-            "R", (), {"ampBoxReceived": lambda self, box: got.append(box), "stopReceivingBoxes": lambda self, r: None}
-        )()
-        client.sendBox(amp.AmpBox({b"last": b"words"}))
-        client.transport.loseConnection()
-        yield settle()
-        self.assertEqual(got, [{b"last": b"words"}])
-
-    @defer.inlineCallbacks
-    def test_boxSnapshot(self):
-        """
-        Changing a box after sending it does not change what was sent.
-        """
-        server = FastResponder()
-        client = pyamp_fds.AMP()
-        self.connect(server, client)
-        got = []
-        server.boxReceiver = type(
-            "R", (), {"ampBoxReceived": lambda self, box: got.append(box), "stopReceivingBoxes": lambda self, r: None}
-        )()
-        box = amp.AmpBox({b"k": b"before"})
-        client.sendBox(box)
-        box[b"k"] = b"after"
-        yield settle()
-        self.assertEqual(got, [{b"k": b"before"}])
-
-    def test_binaryBoxProtocol(self):
-        """
-        L{pyamp_fds.BinaryBoxProtocol} delivers boxes to its receiver.
-        """
-        got = []
-
-        class Receiver:
-            def startReceivingBoxes(self, sender):
-                pass
-
-            def ampBoxReceived(self, box):
-                got.append(box)
-
-            def stopReceivingBoxes(self, reason):
-                pass
-
-        proto = pyamp_fds.BinaryBoxProtocol(Receiver())
-        from twisted.internet.testing import StringTransport
-
-        proto.makeConnection(StringTransport())
-        data = pyamp_fds.encode_boxes([{b"a": b"1"}, {b"b": b"2"}])
-        for i in range(len(data)):
-            proto.dataReceived(data[i : i + 1])
-        self.assertEqual(got, [{b"a": b"1"}, {b"b": b"2"}])
-        self.assertIsInstance(got[0], amp.AmpBox)
-
-    @defer.inlineCallbacks
-    def test_flowControl(self):
-        """
-        Queued descriptors count toward a full send buffer: a producer is
-        paused when more than C{maxQueuedDescriptors} wait, and resumed once
-        they are sent.
-        """
-        server, client = self.connect(Collector(), pyamp_fds.AMP())
-        events = []
-
-        class Producer:
-            def pauseProducing(self):
-                events.append("pause")
-
-            def resumeProducing(self):
-                events.append("resume")
-
-            def stopProducing(self):
-                pass
-
-        client.transport.registerProducer(Producer(), True)
-        for _ in range(client.transport.maxQueuedDescriptors + 1):
-            client.transport.sendFileDescriptor(0)
-        self.assertEqual(events, ["pause"])
-        client.transport.write(b"x")
-        yield settle()
-        # Twisted pauses again on each write while full; then one resume.
-        self.assertEqual(set(events[:-1]), {"pause"})
-        self.assertEqual(events[-1], "resume")
-        client.transport.unregisterProducer()
-
-
-class TwistedParityTests(ReactorTestCase):
+class TwistedParityTests(FakeConnectionTestCase):
     """
     What Twisted's own suite (C{twisted.test.test_amp}) expects of
     L{amp.BinaryBoxProtocol} and L{amp.AMP}, which ours do too.
@@ -889,8 +961,6 @@ class TwistedParityTests(ReactorTestCase):
 
             def stopReceivingBoxes(self, reason):
                 pass
-
-        from twisted.internet.testing import StringTransport
 
         proto = pyamp_fds.BinaryBoxProtocol(Receiver())
         data = pyamp_fds.encode_boxes([{b"a": b"1"}, {b"b": b"2"}])
@@ -929,8 +999,6 @@ class TwistedParityTests(ReactorTestCase):
         answered with that error, as Twisted answers it, not as a responder
         result that did not serialize.
         """
-        from twisted.internet.testing import StringTransport
-
         self.patch(amp, "ssl", None)
         answers = {}
         for base in (amp.AMP, pyamp_fds.AMP):

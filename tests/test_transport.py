@@ -1,17 +1,22 @@
 """
 Tests for L{pyamp_fds.transport}: how queued descriptors and written bytes
 are grouped into C{sendmsg} calls, seen from a plain socket on the other end.
+
+The sockets are real, since what the kernel carries in each message is what
+is tested; the reactor is run by hand (L{tests.socketdriver}), so that the
+transport writes and reads exactly when the test says.
 """
 
 import os
 import socket
 
-from twisted.internet import defer, error, protocol
+from twisted.internet import error, protocol
+from twisted.python import log
 
 from pyamp_fds import fdio
 from pyamp_fds.interfaces import IBatchingTransport
 from tests.fdcheck import identity
-from tests.reactorhelpers import ReactorTestCase, settle, watchLost
+from tests.socketdriver import DrivenTestCase
 
 
 def readAll(sock, until):
@@ -33,15 +38,11 @@ def readAll(sock, until):
     return reads
 
 
-class TransportTests(ReactorTestCase):
+class TransportTests(DrivenTestCase):
     """
     The batching transport sends bytes and descriptors together, each
     descriptor no later than the bytes written after it was queued.
     """
-
-    def setUp(self):
-        self.files = []
-        return super().setUp()
 
     def openFiles(self, count):
         """
@@ -57,12 +58,10 @@ class TransportTests(ReactorTestCase):
         return fds
 
     def connectRaw(self):
-        proto = protocol.Protocol()
-        peer = self.rawPeer(proto)
-        self.assertTrue(IBatchingTransport.providedBy(proto.transport))
-        return proto.transport, peer
+        connection = self.connect(protocol.Protocol())
+        self.assertTrue(IBatchingTransport.providedBy(connection.transport))
+        return connection
 
-    @defer.inlineCallbacks
     def test_moreThanOneMessageOfDescriptors(self):
         """
         Descriptors queued before a write beyond the 253 one message may
@@ -70,12 +69,13 @@ class TransportTests(ReactorTestCase):
         them before the end of those bytes, in order: two C{sendmsg} calls
         for 300.
         """
-        transport, peer = self.connectRaw()
+        connection = self.connectRaw()
+        transport, peer = connection.transport, connection.peer
         fds = self.openFiles(300)
         for fd in fds:
             transport.sendFileDescriptor(fd)
         transport.write(b"0123456789")
-        yield settle()
+        connection.turn()
         reads = readAll(peer, 10)
         self.assertEqual(b"".join(data for data, _ in reads), b"0123456789")
         received = [fd for _, got in reads for fd in got]
@@ -88,7 +88,6 @@ class TransportTests(ReactorTestCase):
         finally:
             fdio.close_all(received)
 
-    @defer.inlineCallbacks
     def test_descriptorsNoLaterThanTheirBytes(self):
         """
         A descriptor travels no later than the bytes written after it was
@@ -96,13 +95,14 @@ class TransportTests(ReactorTestCase):
         ordinals still match), and all of them in one C{sendmsg} when they
         fit.
         """
-        transport, peer = self.connectRaw()
+        connection = self.connectRaw()
+        transport, peer = connection.transport, connection.peer
         first, second = self.openFiles(2)
         transport.sendFileDescriptor(first)
         transport.write(b"a" * 100)
         transport.sendFileDescriptor(second)
         transport.write(b"b" * 100)
-        yield settle()
+        connection.turn()
         reads = readAll(peer, 200)
         received = [fd for _, got in reads for fd in got]
         try:
@@ -117,14 +117,14 @@ class TransportTests(ReactorTestCase):
         finally:
             fdio.close_all(received)
 
-    @defer.inlineCallbacks
     def test_partialWrites(self):
         """
         When the socket takes only part of the bytes, the descriptors that
         went with the first of them are never sent again, and the rest
         follow once the peer reads: every byte once, every descriptor once.
         """
-        transport, peer = self.connectRaw()
+        connection = self.connectRaw()
+        transport, peer = connection.transport, connection.peer
         transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         fds = self.openFiles(20)
         payload = bytes(range(256)) * 4000
@@ -132,8 +132,9 @@ class TransportTests(ReactorTestCase):
         for i, fd in enumerate(fds):
             transport.sendFileDescriptor(fd)
             transport.write(payload[i * chunk : (i + 1) * chunk])
-        yield settle()
+        connection.turn()
         # The peer has not read: most of it is still waiting.
+        self.assertTrue(connection.wantsToWrite())
         self.assertTrue(transport.dataBuffer or transport._tempDataLen)
         peer.setblocking(False)
         reads, received, total = [], [], 0
@@ -142,7 +143,8 @@ class TransportTests(ReactorTestCase):
                 try:
                     data, got, flags = fdio.recv_with_fds(peer, 1 << 20)
                 except BlockingIOError:
-                    yield settle(0.005)
+                    # The socket has room again: the transport's next turn.
+                    self.assertTrue(connection.turn(), "nothing left to send")
                     continue
                 reads.append(data)
                 received.extend(got)
@@ -152,47 +154,47 @@ class TransportTests(ReactorTestCase):
         finally:
             fdio.close_all(received)
 
-    @defer.inlineCallbacks
     def test_queuedDescriptorsClosedWhenLost(self):
         """
         Duplicates queued but never sent are closed when the connection is
         lost; the caller's own descriptors stay open.
         """
-        transport, peer = self.connectRaw()
+        connection = self.connectRaw()
+        transport = connection.transport
         fds = self.openFiles(3)
         for fd in fds:
             transport.sendFileDescriptor(fd)
-        peer.close()
+        self.assertEqual(len(transport.queuedDescriptors), 3)
+        connection.peer.close()
         transport.loseConnection()
-        yield settle()
+        connection.run()
+        self.assertIsNotNone(connection.lost)
+        self.assertEqual(transport.queuedDescriptors, [])
         for fd in fds:
             os.fstat(fd)
 
 
-class TwistedParityTests(ReactorTestCase):
+class TwistedParityTests(DrivenTestCase):
     """
     What Twisted's own suite (C{twisted.internet.test.test_unix}) expects of
     an C{IUNIXTransport}, which ours do too.
     """
 
-    @defer.inlineCallbacks
     def test_descriptorsForAProtocolThatDoesNotTakeThem(self):
         """
         Descriptors that reach a protocol which is not an
         C{IFileDescriptorReceiver} are closed, and logged with Twisted's own
         event: its format, the protocol's log prefix, and both addresses.
         """
-        from twisted.python import log
-
         events = []
         log.addObserver(events.append)
         self.addCleanup(log.removeObserver, events.append)
         proto = protocol.Protocol()
-        peer = self.rawPeer(proto)
+        connection = self.connect(proto)
         r, w = os.pipe()
         self.addCleanup(fdio.close_all, [r, w])
-        fdio.send_with_fds(peer, b"xy", [r, w])
-        yield settle()
+        fdio.send_with_fds(connection.peer, b"xy", [r, w])
+        connection.turn()
         expected = {
             "format": (
                 "%(protocolName)s (on %(hostAddress)r) does not "
@@ -210,7 +212,6 @@ class TwistedParityTests(ReactorTestCase):
         ]
         self.assertEqual(len(matching), 1, events)
 
-    @defer.inlineCallbacks
     def test_descriptorWithoutBytes(self):
         """
         A descriptor queued with no byte written to carry it cannot be
@@ -218,30 +219,26 @@ class TwistedParityTests(ReactorTestCase):
         C{IUNIXTransport} says, and the queued duplicate is closed.
         """
         proto = protocol.Protocol()
-        lost = watchLost(proto)
-        peer = self.rawPeer(proto)
+        connection = self.connect(proto)
         r, w = os.pipe()
         self.addCleanup(fdio.close_all, [r, w])
         proto.transport.sendFileDescriptor(r)
         proto.transport.loseConnection()
-        reason = yield lost
-        self.assertIsInstance(reason, error.FileDescriptorOverrun)
+        connection.run()
+        self.assertIsInstance(connection.lost, error.FileDescriptorOverrun)
+        peer = connection.peer
         peer.setblocking(True)
         self.assertEqual(fdio.recv_with_fds(peer, 10)[:2], (b"", []))
 
-    @defer.inlineCallbacks
     def test_descriptorWithBytesLater(self):
         """
         Nor can one go with bytes written later, once the transport has
         written: Twisted's rule, a descriptor needs a byte written with it.
         """
         proto = protocol.Protocol()
-        lost = watchLost(proto)
-        self.rawPeer(proto)
+        connection = self.connect(proto)
         r, w = os.pipe()
         self.addCleanup(fdio.close_all, [r, w])
         proto.transport.sendFileDescriptor(r)
-        yield settle()
-        self.assertTrue(lost.called, "the connection is still open")
-        reason = yield lost
-        self.assertIsInstance(reason, error.FileDescriptorOverrun)
+        connection.turn()
+        self.assertIsInstance(connection.lost, error.FileDescriptorOverrun)
