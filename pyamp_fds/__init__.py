@@ -18,7 +18,9 @@ from pyamp_fds.errors import (
     FramingError,
     InvalidDescriptorOrdinal,
     KeyTooLong,
+    ReceivedDescriptorListTooLong,
     TooManyUnclaimedDescriptors,
+    UnclaimedTooLong,
     UnknownDescriptor,
 )
 from pyamp_fds.fdio import (
@@ -52,6 +54,8 @@ __all__ = [
     "FramingError",
     "InvalidDescriptorOrdinal",
     "KeyTooLong",
+    "ReceivedDescriptorListTooLong",
+    "UnclaimedTooLong",
     "TooManyUnclaimedDescriptors",
     "UnknownDescriptor",
     "encode_box",

@@ -22,6 +22,7 @@ from pyamp_fds.errors import (
     DescriptorListTooLong,
     DescriptorsUnsupported,
     InvalidDescriptorOrdinal,
+    ReceivedDescriptorListTooLong,
 )
 from pyamp_fds.fdio import MAX_FDS_PER_MESSAGE, _fileno, close_all
 from pyamp_fds.interfaces import IBatchingTransport
@@ -204,7 +205,7 @@ class DescriptorList(amp.Argument):
                 "DescriptorList value %r is not START:COUNT" % (inString[:40],)
             )
         elif count > self.maxDescriptors:
-            error = DescriptorListTooLong(
+            error = ReceivedDescriptorListTooLong(
                 "the peer sent a DescriptorList of %d descriptors, more than its "
                 "maxDescriptors (%d)" % (count, self.maxDescriptors)
             )

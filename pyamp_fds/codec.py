@@ -1,7 +1,9 @@
 # -*- test-case-name: tests.test_codec -*-
 """
-AMP box framing in C: an incremental L{BoxDecoder}, and L{encode_box} /
-L{encode_boxes}, byte-identical to L{twisted.protocols.amp.AmpBox.serialize}.
+AMP box framing: an incremental L{BoxDecoder} in C, L{encode_boxes} in C
+(many boxes in one call) and L{encode_box} in Python (one box costs less
+there than a call into C); both byte-identical to
+L{twisted.protocols.amp.AmpBox.serialize}.
 """
 
 from collections import deque

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_errors -*-
+# -*- test-case-name: tests.test_protocol,tests.test_codec,tests.test_fdio -*-
 """
 Exceptions raised by pyamp_fds, and the one helper that turns C failures into them.
 """
@@ -17,6 +17,7 @@ __all__ = [
     "TooManyUnclaimedDescriptors",
     "UnclaimedTooLong",
     "DescriptorListTooLong",
+    "ReceivedDescriptorListTooLong",
     "DescriptorsUnsupported",
 ]
 
@@ -118,11 +119,19 @@ class UnclaimedTooLong(DescriptorProtocolError):
     """
 
 
-class DescriptorListTooLong(DescriptorProtocolError, ValueError):
+class DescriptorListTooLong(ValueError):
     """
-    A L{pyamp_fds.DescriptorList} longer than its C{maxDescriptors}.  When
-    sending, it is raised before any descriptor is duplicated or queued;
-    when received, it is a protocol error that closes the connection.
+    A L{pyamp_fds.DescriptorList} longer than its C{maxDescriptors}, given
+    to send: raised before any descriptor is duplicated or queued.  One
+    received from the peer is a L{ReceivedDescriptorListTooLong}.
+    """
+
+
+class ReceivedDescriptorListTooLong(DescriptorListTooLong, DescriptorProtocolError):
+    """
+    The peer sent a L{pyamp_fds.DescriptorList} longer than the receiving
+    argument's C{maxDescriptors}: a protocol error that closes the
+    connection.
     """
 
 

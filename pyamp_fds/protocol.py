@@ -43,6 +43,7 @@ from pyamp_fds.codec import (
     encode_box,
     encode_boxes,
 )
+from pyamp_fds.credentials import describePeer
 from pyamp_fds.descriptors import ReceivedDescriptors
 from pyamp_fds.dispatch import FastDispatch
 from pyamp_fds.errors import (
@@ -241,7 +242,7 @@ class _Framing(_twisted.BoxProtocolHooks):
                 "{protocol}: {error}; closing the connection to {peer}",
                 protocol=self.__class__.__name__,
                 error=error,
-                peer=self.transport.getPeer() if self.transport is not None else None,
+                peer=describePeer(self.transport) if self.transport is not None else "nobody",
             )
         self.receivedDescriptors.closeAll()
         if self.transport is not None:

@@ -27,7 +27,7 @@ from zope.interface import implementer
 from pyamp_fds import _twisted
 from pyamp_fds.budget import processBudget
 from pyamp_fds.closer import closeLater
-from pyamp_fds.credentials import readPeerCredentials
+from pyamp_fds.credentials import describePeer, readPeerCredentials
 from pyamp_fds.errors import DescriptorsTruncated
 from pyamp_fds.fdio import MAX_FDS_PER_MESSAGE, Receiver, _fileno, send_with_fds
 from pyamp_fds.interfaces import IBatchingTransport, IFileDescriptorsReceiver
@@ -437,9 +437,10 @@ class _Batching(_twisted.TransportHooks):
             # What arrived was closed already; nothing of this read may be
             # dispatched, since no later ordinal can be trusted.
             _log.error(
-                "{transport}: {error}; closing the connection",
+                "{transport}: {error}; closing the connection to {peer}",
                 transport=self,
                 error=e,
+                peer=describePeer(self),
             )
             return e
         except OSError:
