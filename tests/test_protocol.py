@@ -37,6 +37,24 @@ from tests.socketdriver import DrivenTestCase
 from tests.unixsim import FakeConnectionTestCase
 
 
+class BoxCollector:
+    """
+    A box receiver that collects the boxes it is given.
+    """
+
+    def __init__(self, got):
+        self.got = got
+
+    def startReceivingBoxes(self, sender):
+        pass
+
+    def ampBoxReceived(self, box):
+        self.got.append(box)
+
+    def stopReceivingBoxes(self, reason):
+        pass
+
+
 class Take(amp.Command):
     arguments = [(b"fd", pyamp_fds.Descriptor()), (b"n", amp.Integer())]
     response = [(b"n", amp.Integer())]
@@ -737,18 +755,7 @@ class AMPBehaviourTests(FakeConnectionTestCase):
         L{pyamp_fds.BinaryBoxProtocol} delivers boxes to its receiver.
         """
         got = []
-
-        class Receiver:
-            def startReceivingBoxes(self, sender):
-                pass
-
-            def ampBoxReceived(self, box):
-                got.append(box)
-
-            def stopReceivingBoxes(self, reason):
-                pass
-
-        proto = pyamp_fds.BinaryBoxProtocol(Receiver())
+        proto = pyamp_fds.BinaryBoxProtocol(BoxCollector(got))
         proto.makeConnection(StringTransport())
         data = pyamp_fds.encode_boxes([{b"a": b"1"}, {b"b": b"2"}])
         for i in range(len(data)):
@@ -951,18 +958,7 @@ class TwistedParityTests(FakeConnectionTestCase):
         it held of an unfinished box is still there once it is connected.
         """
         got = []
-
-        class Receiver:
-            def startReceivingBoxes(self, sender):
-                pass
-
-            def ampBoxReceived(self, box):
-                got.append(box)
-
-            def stopReceivingBoxes(self, reason):
-                pass
-
-        proto = pyamp_fds.BinaryBoxProtocol(Receiver())
+        proto = pyamp_fds.BinaryBoxProtocol(BoxCollector(got))
         data = pyamp_fds.encode_boxes([{b"a": b"1"}, {b"b": b"2"}])
         proto.dataReceived(data[:-3])
         self.assertEqual(got, [{b"a": b"1"}])
