@@ -27,6 +27,7 @@ __all__ = [
     "claimStockDescriptor",
     "hasBufferedOutput",
     "bufferedOutput",
+    "logDescriptorsRefused",
     "adoptConnectedSocket",
     "acceptAdmitted",
 ]
@@ -234,13 +235,6 @@ class TransportHooks:
         """
         self._maybePauseProducer()
 
-    def protocolLogPrefix(self, protocol):
-        """
-        How Twisted names C{protocol} in its log events (its private
-        C{_getLogPrefix}), for events that must read as Twisted's own.
-        """
-        return self._getLogPrefix(protocol)
-
     def deliverData(self, data):
         """
         Hand received bytes to the protocol as C{tcp.Connection.doRead}
@@ -273,6 +267,27 @@ def bufferedOutput(transport):
     sent.
     """
     return transport._tempDataLen + len(transport.dataBuffer) - transport.offset
+
+
+def logDescriptorsRefused(transport, protocol, count):
+    """
+    Log that C{count} descriptors reached C{protocol}, which is not an
+    C{IFileDescriptorReceiver}, and were closed: with Twisted's own event
+    (its format and fields, the protocol named by the private
+    C{_getLogPrefix}), which its users and tests watch for; one per read, as
+    Twisted logs one per message of descriptors.
+    """
+    log.msg(
+        format=(
+            "%(protocolName)s (on %(hostAddress)r) does not "
+            "provide IFileDescriptorReceiver; closing file "
+            "descriptor received (from %(peerAddress)r)."
+        ),
+        hostAddress=transport.getHost(),
+        peerAddress=transport.getPeer(),
+        protocolName=transport._getLogPrefix(protocol),
+        count=count,
+    )
 
 
 def adoptConnectedSocket(transportType, fileno, factory, reactor):

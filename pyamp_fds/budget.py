@@ -19,7 +19,7 @@ import threading
 
 from pyamp_fds.fdio import MAX_FDS_PER_MESSAGE
 
-__all__ = ["DescriptorBudget", "processBudget", "setProcessBudget"]
+__all__ = ["DescriptorBudget", "ReadStops", "processBudget", "setProcessBudget"]
 
 _ROOMY_SHARE = 8192
 
@@ -161,3 +161,43 @@ def setProcessBudget(budget):
     """
     global _process
     _process = budget
+
+
+class ReadStops:
+    """
+    Why a transport is not reading now, for each of several reasons at
+    once ("budget": waiting for headroom; "drain": its peer does not take
+    what it is sent; "producer": its consumer paused it): it reads again
+    only once none is left.
+
+    @ivar count: how many times reading stopped, for measurement.
+    """
+
+    def __init__(self, transport):
+        self._transport = transport
+        self._reasons = set()
+        self.count = 0
+
+    def __contains__(self, reason):
+        return reason in self._reasons
+
+    def __bool__(self):
+        return bool(self._reasons)
+
+    def stop(self, reason):
+        """
+        Stop reading for C{reason}.
+        """
+        if reason not in self._reasons:
+            self._reasons.add(reason)
+            self.count += 1
+        self._transport.stopReading()
+
+    def resume(self, reason):
+        """
+        C{reason} no longer holds: read again if no other does.
+        """
+        self._reasons.discard(reason)
+        transport = self._transport
+        if not self._reasons and transport.connected and not transport.disconnecting:
+            transport.startReading()

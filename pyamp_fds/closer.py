@@ -7,7 +7,10 @@ blocks until the linger time runs out, a file on FUSE until its server
 answers.  A peer could leave such a descriptor unclaimed and disconnect, and
 every other connection would wait.  Descriptors we close on a peer's behalf
 are closed by one background thread instead; they count in the descriptor
-budget until they are closed.
+budget until they are closed.  The caller waits a moment (L{PATIENCE}) for
+the close, so that the usual close, which takes microseconds, is done when
+the call returns, as callers (and Twisted's own tests) expect; one that
+blocks goes on in the background.
 """
 
 import queue
@@ -17,6 +20,9 @@ from pyamp_fds.fdio import close_all
 
 __all__ = ["closeLater", "waitUntilClosed"]
 
+#: How long L{closeLater} waits for the close before going on without it.
+PATIENCE = 0.01
+
 _queue = queue.Queue()
 _thread = None
 _threadLock = threading.Lock()
@@ -24,18 +30,20 @@ _threadLock = threading.Lock()
 
 def _run():
     while True:
-        fds, budget = _queue.get()
+        fds, budget, done = _queue.get()
         try:
             close_all(fds)
             if budget is not None:
                 budget.give(len(fds))
         finally:
+            done.set()
             _queue.task_done()
 
 
 def closeLater(fds, budget=None):
     """
-    Close C{fds} (a sequence of ints) in the background.
+    Close C{fds} (a sequence of ints) in the background, waiting at most
+    L{PATIENCE} for it.
 
     @param budget: a L{pyamp_fds.budget.DescriptorBudget} they count in until
         closed, or L{None}.
@@ -48,7 +56,9 @@ def closeLater(fds, budget=None):
             if _thread is None:
                 _thread = threading.Thread(target=_run, name="pyamp_fds closer", daemon=True)
                 _thread.start()
-    _queue.put((list(fds), budget))
+    done = threading.Event()
+    _queue.put((list(fds), budget, done))
+    done.wait(PATIENCE)
 
 
 def waitUntilClosed():

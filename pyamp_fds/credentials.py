@@ -4,6 +4,7 @@ Who is at the other end of a UNIX socket, and a listening port that admits
 only some users or groups.
 """
 
+import errno
 import os
 import socket
 import struct
@@ -89,6 +90,43 @@ def describePeer(transport):
             return "the socket at %r" % (peer.name,)
         return "an unnamed UNIX socket peer"
     return str(peer)
+
+
+class PeerCredentialsMixin:
+    """
+    C{getPeerCredentials} for a connected UNIX socket transport (one with a
+    C{socket} attribute while connected).
+    """
+
+    _peerCredentials = None
+
+    def getPeerCredentials(self):
+        """
+        The peer's process id, user id and group id, read from the socket
+        (C{SO_PEERCRED}) on the first call and kept: they are those of when
+        the peer connected, or listened, and do not change.
+
+        @rtype: L{PeerCredentials}
+        @raise OSError: C{ENOTCONN}, the connection was lost before they
+            were first asked for.
+        """
+        credentials = self._peerCredentials
+        if credentials is None:
+            skt = getattr(self, "socket", None)
+            if skt is None:
+                raise OSError(
+                    errno.ENOTCONN,
+                    "the connection is closed: its peer's credentials were not read while open",
+                )
+            credentials = self._peerCredentials = readPeerCredentials(skt)
+        return credentials
+
+    def peerCredentialsRead(self, credentials):
+        """
+        The listening port read the peer's credentials when it accepted the
+        connection: keep them rather than asking again.
+        """
+        self._peerCredentials = credentials
 
 
 def isAbstractAddress(path):

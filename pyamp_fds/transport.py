@@ -21,13 +21,12 @@ import errno
 
 from twisted.internet import error, interfaces, main, unix
 from twisted.logger import Logger
-from twisted.python import log
 from zope.interface import implementer
 
 from pyamp_fds import _twisted
-from pyamp_fds.budget import processBudget
+from pyamp_fds.budget import ReadStops, processBudget
 from pyamp_fds.closer import closeLater
-from pyamp_fds.credentials import describePeer, readPeerCredentials
+from pyamp_fds.credentials import PeerCredentialsMixin, describePeer
 from pyamp_fds.errors import DescriptorsTruncated
 from pyamp_fds.fdio import MAX_FDS_PER_MESSAGE, Receiver, _fileno, send_with_fds
 from pyamp_fds.interfaces import IBatchingTransport, IFileDescriptorsReceiver
@@ -51,7 +50,7 @@ _DUPLICATE = Ownership.DUPLICATE
 _HANDED_OVER = Ownership.HANDED_OVER
 
 
-class _Batching(_twisted.TransportHooks):
+class _Batching(PeerCredentialsMixin, _twisted.TransportHooks):
     """
     The descriptor path shared by L{Server} and L{Client}.
 
@@ -68,8 +67,6 @@ class _Batching(_twisted.TransportHooks):
         reads only when a full receive fits in it.
     @ivar sendmsgCalls: C{sendmsg} calls made, for measurement.
     @ivar recvmsgCalls: C{recvmsg} calls made, for measurement.
-    @ivar readPauses: how many times reading stopped for the budget or for
-        a peer that does not read.
     """
 
     maxQueuedDescriptors = MAX_FDS_PER_MESSAGE
@@ -78,8 +75,6 @@ class _Batching(_twisted.TransportHooks):
     descriptorBudget = None
     sendmsgCalls = 0
     recvmsgCalls = 0
-    readPauses = 0
-    _peerCredentials = None
     _backOffDelay = 0
     _backOffCall = None
     _headroomCall = None
@@ -89,8 +84,7 @@ class _Batching(_twisted.TransportHooks):
     def _initBatching(self):
         if self.descriptorBudget is None:
             self.descriptorBudget = processBudget()
-        # Why reading is stopped: "budget", "drain", "producer".
-        self._readStops = set()
+        self._readStops = ReadStops(self)
         self._queue = OutgoingDescriptors(self.descriptorBudget)
         # Stream positions: bytes written to this transport, and bytes sent.
         self._bytesWritten = 0
@@ -113,34 +107,6 @@ class _Batching(_twisted.TransportHooks):
         The descriptors queued and not yet sent, in order (a copy).
         """
         return self._queue.descriptors
-
-    def getPeerCredentials(self):
-        """
-        The peer's process id, user id and group id, read from the socket
-        (C{SO_PEERCRED}) on the first call and kept: they are those of when
-        the peer connected, or listened, and do not change.
-
-        @rtype: L{PeerCredentials}
-        @raise OSError: C{ENOTCONN}, the connection was lost before they
-            were first asked for.
-        """
-        credentials = self._peerCredentials
-        if credentials is None:
-            skt = getattr(self, "socket", None)
-            if skt is None:
-                raise OSError(
-                    errno.ENOTCONN,
-                    "the connection is closed: its peer's credentials were not read while open",
-                )
-            credentials = self._peerCredentials = readPeerCredentials(skt)
-        return credentials
-
-    def peerCredentialsRead(self, credentials):
-        """
-        The listening port read the peer's credentials when it accepted the
-        connection: keep them rather than asking again.
-        """
-        self._peerCredentials = credentials
 
     # Writing
 
@@ -369,29 +335,26 @@ class _Batching(_twisted.TransportHooks):
 
     # Reading, paused and resumed
 
-    def _stopReadingFor(self, reason):
-        if reason not in self._readStops:
-            self._readStops.add(reason)
-            self.readPauses += 1
-        self.stopReading()
-
-    def _resumeReadingFor(self, reason):
-        self._readStops.discard(reason)
-        if not self._readStops and self.connected and not self.disconnecting:
-            self.startReading()
+    @property
+    def readPauses(self):
+        """
+        How many times reading stopped: for the budget's headroom, for a
+        peer that does not take what it is sent, or for a consumer.
+        """
+        return self._readStops.count
 
     def pauseProducing(self):
-        self._stopReadingFor("producer")
+        self._readStops.stop("producer")
 
     def resumeProducing(self):
-        self._resumeReadingFor("producer")
+        self._readStops.resume("producer")
 
     def _headroomAgain(self):
         if self._headroomCall is not None:
             if self._headroomCall.active():
                 self._headroomCall.cancel()
             self._headroomCall = None
-        self._resumeReadingFor("budget")
+        self._readStops.resume("budget")
 
     def _holdsUnclaimed(self):
         protocol = self.protocol
@@ -401,7 +364,7 @@ class _Batching(_twisted.TransportHooks):
 
     def _peerMayHaveDrained(self):
         if "drain" in self._readStops and not self._outputOverBound():
-            self._resumeReadingFor("drain")
+            self._readStops.resume("drain")
 
     def _outputOverBound(self):
         limit = self.maxPendingDescriptors
@@ -421,7 +384,7 @@ class _Batching(_twisted.TransportHooks):
             # (MSG_CTRUNC), and this connection would be lost for it, though
             # others hold the budget.  Wait for descriptors to be released
             # (and look again now and then: budgets can be replaced).
-            self._stopReadingFor("budget")
+            self._readStops.stop("budget")
             budget.waitForHeadroom(self._headroomAgain, self.reactor.callFromThread)
             if self._headroomCall is None:
                 self._headroomCall = self.reactor.callLater(_HEADROOM_RETRY, self._headroomAgain)
@@ -460,7 +423,7 @@ class _Batching(_twisted.TransportHooks):
         if result is None and self._outputOverBound():
             # The peer is not taking what we send: read no more requests
             # from it until it does.
-            self._stopReadingFor("drain")
+            self._readStops.stop("drain")
         return result
 
     def _outputPending(self):
@@ -481,19 +444,7 @@ class _Batching(_twisted.TransportHooks):
             budget = self.descriptorBudget
             budget.take(len(fds))
             closeLater(fds, budget)
-            # Twisted's own event, which its users may be watching for; one
-            # per read, as Twisted logs one per message of descriptors.
-            log.msg(
-                format=(
-                    "%(protocolName)s (on %(hostAddress)r) does not "
-                    "provide IFileDescriptorReceiver; closing file "
-                    "descriptor received (from %(peerAddress)r)."
-                ),
-                hostAddress=self.getHost(),
-                peerAddress=self.getPeer(),
-                protocolName=self.protocolLogPrefix(protocol),
-                count=len(fds),
-            )
+            _twisted.logDescriptorsRefused(self, protocol, len(fds))
 
     def connectionLost(self, reason):
         if self._backOffCall is not None:

@@ -31,6 +31,7 @@ from twisted.internet import defer, endpoints, protocol, reactor  # noqa: E402
 from twisted.protocols import amp
 
 import pyamp_fds
+from pyamp_fds.closer import waitUntilClosed
 from pyamp_fds import endpoints as fastEndpoints
 
 
@@ -110,6 +111,8 @@ class Peer(amp.CommandLocator):
 
 
 def report(event):
+    # What pyamp_fds closes in the background must be closed before counting.
+    waitUntilClosed()
     count = len([fd for fd in os.listdir("/proc/self/fd") if os.path.exists("/proc/self/fd/" + fd)])
     print(json.dumps({"event": event, "fds": count}), flush=True)
 

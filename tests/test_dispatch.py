@@ -11,6 +11,7 @@ from twisted.internet import defer
 from twisted.protocols import amp
 
 import pyamp_fds
+from pyamp_fds.closer import waitUntilClosed
 from tests.fdcheck import identity
 from tests.unixsim import FakeConnectionTestCase
 
@@ -163,6 +164,8 @@ class SettledOnEveryPathTests(FakeConnectionTestCase):
         self.assertEqual(
             (client.receivedDescriptors.unclaimed, client.receivedDescriptors.claimedByBox), (0, 0)
         )
+        # A peer's descriptors are closed in the background.
+        waitUntilClosed()
         self.assertEqual(len(os.listdir("/proc/self/fd")), before)
 
     def test_deferredAnswerTakesNothing(self):

@@ -22,6 +22,7 @@ from twisted.internet import defer, protocol, reactor, task
 from twisted.protocols import amp
 
 import pyamp_fds
+from pyamp_fds.closer import waitUntilClosed
 from pyamp_fds.endpoints import adoptStreamConnection
 from tests.fdcheck import openDescriptors
 
@@ -45,8 +46,9 @@ def freshPipe():
 def countDescriptors():
     """
     How many descriptors this process has open, not counting the one used
-    to list them.
+    to list them, once what pyamp_fds closes in the background is closed.
     """
+    waitUntilClosed()
     return len(openDescriptors())
 
 
