@@ -10,19 +10,26 @@ are closed by one background thread instead; they count in the descriptor
 budget until they are closed.
 """
 
+from __future__ import annotations
+
 import queue
 import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from pyamp_fds.fdio import close_all
 
+if TYPE_CHECKING:
+    from pyamp_fds.budget import DescriptorBudget
+
 __all__ = ["closeLater", "waitUntilClosed"]
 
-_queue = queue.Queue()
-_thread = None
+_queue: queue.Queue[tuple[list[int], DescriptorBudget | None]] = queue.Queue()
+_thread: threading.Thread | None = None
 _threadLock = threading.Lock()
 
 
-def _run():
+def _run() -> None:
     while True:
         fds, budget = _queue.get()
         try:
@@ -33,12 +40,12 @@ def _run():
             _queue.task_done()
 
 
-def closeLater(fds, budget=None):
+def closeLater(fds: Sequence[int], budget: DescriptorBudget | None = None) -> None:
     """
     Close C{fds} (a sequence of ints) in the background.
 
     @param budget: a L{pyamp_fds.budget.DescriptorBudget} they count in until
-        closed, or L{None}.
+        closed, or C{None}.
     """
     global _thread
     if not len(fds):
@@ -51,7 +58,7 @@ def closeLater(fds, budget=None):
     _queue.put((list(fds), budget))
 
 
-def waitUntilClosed():
+def waitUntilClosed() -> None:
     """
     Block until everything given to L{closeLater} so far is closed: for
     tests and orderly shutdown.
