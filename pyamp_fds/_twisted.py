@@ -310,6 +310,9 @@ class TransportHooks(_TransportBase):
         # What the class these hooks serve (pyamp_fds.transport._Batching) defines.
         def sendBufferFull(self) -> bool: ...
 
+        # Twisted declares IReactorFDSet; a transport's is a whole reactor.
+        reactor: IPortReactor
+
     def _isSendBufferFull(self) -> bool:
         # Producers are paused when this says the buffer is full: queued
         # descriptors count too, so a slow reader pauses the sender.
