@@ -36,7 +36,7 @@ if TYPE_CHECKING:
         IReactorThreads,
         IReactorTime,
     )
-    from twisted.internet.protocol import ClientFactory
+    from twisted.internet.protocol import Protocol
     from twisted.logger import Logger
     from twisted.python.failure import Failure
 
@@ -129,7 +129,7 @@ class BoxProtocolHooks(_BoxProtocolBase):
     if TYPE_CHECKING:
         # What the class these hooks serve (pyamp_fds.protocol._Framing) defines.
         def switchProtocol(
-            self, newProto: IProtocol, clientFactory: IProtocolFactory | None = None
+            self, newProto: Protocol, clientFactory: IProtocolFactory | None = None
         ) -> None: ...
 
         def flushBoxes(self) -> None: ...
@@ -137,7 +137,7 @@ class BoxProtocolHooks(_BoxProtocolBase):
         def sendDescriptor(self, descriptor: int, transfer: bool = False) -> int: ...
 
     def _switchTo(
-        self, newProto: IProtocol, clientFactory: IProtocolFactory | None = None
+        self, newProto: Protocol, clientFactory: IProtocolFactory | None = None
     ) -> None:
         # ProtocolSwitchCommand switches through this private method.
         return self.switchProtocol(newProto, clientFactory)
@@ -167,7 +167,7 @@ class BoxProtocolHooks(_BoxProtocolBase):
         if self._justStartedTLS:
             self._justStartedTLS = False
 
-    def checkCanSend(self) -> list[amp.AmpBox] | None:
+    def checkCanSend(self) -> list[Mapping[bytes, bytes]] | None:
         """
         Raise as Twisted's C{sendBox} does when no box may be sent, and say
         whether the box must wait for TLS to start.
