@@ -438,4 +438,4 @@ def acceptAdmitted(
         else:
             port.numberAccepts = max(1, accepted)
     except BaseException:
-        log.deferr()  # type: ignore[no-untyped-call]
+        log.deferr()
