@@ -27,10 +27,9 @@ from twisted.protocols import amp
 from twisted.python import log
 
 if TYPE_CHECKING:
-    from twisted.internet import base, unix
+    from twisted.internet import base
     from twisted.internet.defer import Deferred
     from twisted.internet.interfaces import (
-        IProtocol,
         IProtocolFactory,
         IReactorFDSet,
         IReactorThreads,

@@ -11,7 +11,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import chain, islice, repeat
 from struct import Struct, pack, unpack_from
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from twisted.protocols.amp import TooLong
 

@@ -10,7 +10,7 @@ import os
 import socket
 import struct
 from collections import Counter, namedtuple
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from twisted.internet import address, unix

@@ -8,7 +8,7 @@ it overrides (those are called, through Twisted's own chain).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from twisted.protocols import amp
