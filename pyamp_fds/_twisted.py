@@ -11,9 +11,55 @@ C{tests/test_twisted_private.py} fails when any of these names disappears or
 changes the shape relied on.
 """
 
+# Twisted leaves most of these private names unannotated (or, for the
+# attributes its metaclass and untyped __init__s set, undeclared): the calls
+# and returns that reach them carry a "type: ignore" naming the check that
+# cannot see through them.
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
 from twisted.internet import tcp
 from twisted.protocols import amp
 from twisted.python import log
+
+if TYPE_CHECKING:
+    from twisted.internet import base
+    from twisted.internet.defer import Deferred
+    from twisted.internet.interfaces import (
+        IProtocolFactory,
+        IReactorFDSet,
+        IReactorThreads,
+        IReactorTime,
+    )
+    from twisted.internet.protocol import Protocol
+    from twisted.logger import Logger
+    from twisted.python.failure import Failure
+
+    from pyamp_fds.credentials import PeerCredentials, Port
+    from pyamp_fds.descriptors import ReceivedDescriptors
+    from pyamp_fds.transport import Client, Server
+
+    # To the type checker, each hook class is a subclass of the Twisted
+    # class it is mixed in ahead of, so that what it reaches for there is
+    # checked; at run time each is a plain mixin.
+    _BoxProtocolBase = amp.BinaryBoxProtocol
+    _AMPBase = amp.AMP
+    _TransportBase = tcp.Connection
+    _ConnectorBase = base.BaseConnector
+else:
+    _BoxProtocolBase = _AMPBase = _TransportBase = _ConnectorBase = object
+
+if TYPE_CHECKING:
+
+    class IPortReactor(IReactorFDSet, IReactorTime, IReactorThreads):
+        """
+        What a port or transport of the package asks of its reactor: Twisted
+        declares only L{twisted.internet.interfaces.IReactorFDSet}.
+        """
 
 __all__ = [
     "BoxProtocolHooks",
@@ -39,7 +85,7 @@ __all__ = [
 wireNameToPythonIdentifier = amp._wireNameToPythonIdentifier
 
 
-def overridesDoCommand(command):
+def overridesDoCommand(command: type[amp.Command]) -> bool:
     """
     Whether a command class overrides C{Command._doCommand}, the private
     step C{callRemote} goes through (C{StartTLS} and
@@ -48,58 +94,72 @@ def overridesDoCommand(command):
     return command._doCommand is not amp.Command._doCommand
 
 
-def nextSendingOrdinal(proto):
+def nextSendingOrdinal(proto: amp.BinaryBoxProtocol) -> int:
     """
-    The next ordinal of a stock L{amp.BinaryBoxProtocol}, which numbers the
+    The next ordinal of a stock L{twisted.protocols.amp.BinaryBoxProtocol}, which numbers the
     descriptors it sends with this private counter.
     """
-    return proto._sendingDescriptorCounter()
+    return proto._sendingDescriptorCounter()  # type: ignore[no-any-return]
 
 
-def sendStockDescriptor(proto, descriptor):
+def sendStockDescriptor(proto: amp.BinaryBoxProtocol, descriptor: int) -> int:
     """
-    Send a descriptor the way a stock protocol's own L{amp.Descriptor}
+    Send a descriptor the way a stock protocol's own
+    L{twisted.protocols.amp.Descriptor}
     does, through its private C{_sendFileDescriptor}.
     """
-    return proto._sendFileDescriptor(descriptor)
+    return proto._sendFileDescriptor(descriptor)  # type: ignore[no-any-return]
 
 
-def claimStockDescriptor(proto, ordinal):
+def claimStockDescriptor(proto: amp.BinaryBoxProtocol, ordinal: int) -> int:
     """
     Claim a received descriptor from a stock protocol, as its own
-    L{amp.Descriptor} does, through its private C{_getDescriptor}.
+    L{twisted.protocols.amp.Descriptor} does, through its private
+    C{_getDescriptor}.
     """
-    return proto._getDescriptor(ordinal)
+    return proto._getDescriptor(ordinal)  # type: ignore[no-any-return]
 
 
-class BoxProtocolHooks:
+class BoxProtocolHooks(_BoxProtocolBase):
     """
-    L{amp.BinaryBoxProtocol}'s private state and hooks, with the package's
-    names.  Mixed in ahead of it.
+    L{twisted.protocols.amp.BinaryBoxProtocol}'s private state and hooks,
+    with the package's names.  Mixed in ahead of it.
     """
 
-    def _switchTo(self, newProto, clientFactory=None):
+    if TYPE_CHECKING:
+        # What the class these hooks serve (pyamp_fds.protocol._Framing) defines.
+        def switchProtocol(
+            self, newProto: Protocol, clientFactory: IProtocolFactory | None = None
+        ) -> None: ...
+
+        def flushBoxes(self) -> None: ...
+
+        def sendDescriptor(self, descriptor: int, transfer: bool = False) -> int: ...
+
+    def _switchTo(
+        self, newProto: Protocol, clientFactory: IProtocolFactory | None = None
+    ) -> None:
         # ProtocolSwitchCommand switches through this private method.
         return self.switchProtocol(newProto, clientFactory)
 
-    def _startTLS(self, certificate, verifyAuthorities):
+    def _startTLS(self, certificate: Any, verifyAuthorities: Any) -> Any:
         # StartTLS's box starts TLS through this private method; the boxes
         # queued before it must be written first.
         self.flushBoxes()
-        return super()._startTLS(certificate, verifyAuthorities)
+        return super()._startTLS(certificate, verifyAuthorities)  # type: ignore[no-untyped-call]
 
-    def _sendFileDescriptor(self, descriptor):
+    def _sendFileDescriptor(self, descriptor: int) -> int:
         # Stock amp.Descriptor arguments send through this private method.
         return self.sendDescriptor(descriptor, False)
 
-    def useDescriptorTable(self, table):
+    def useDescriptorTable(self, table: ReceivedDescriptors) -> None:
         """
-        Make stock L{amp.Descriptor} arguments claim from C{table}: they
+        Make stock L{twisted.protocols.amp.Descriptor} arguments claim from C{table}: they
         call the private C{_getDescriptor} that Twisted's exchanger set.
         """
-        self._getDescriptor = table.claim
+        self._getDescriptor = table.claim  # type: ignore[assignment]
 
-    def dataArrived(self):
+    def dataArrived(self) -> None:
         """
         What Twisted's C{dataReceived} does before parsing: any data after
         starting TLS means the peer accepted the certificate.
@@ -107,13 +167,13 @@ class BoxProtocolHooks:
         if self._justStartedTLS:
             self._justStartedTLS = False
 
-    def checkCanSend(self):
+    def checkCanSend(self) -> list[Mapping[bytes, bytes]] | None:
         """
         Raise as Twisted's C{sendBox} does when no box may be sent, and say
         whether the box must wait for TLS to start.
 
-        @return: the list boxes wait in while TLS starts, or L{None}.
-        @raise amp.ProtocolSwitched: the connection has switched protocols.
+        @return: the list boxes wait in while TLS starts, or C{None}.
+        @raise twisted.protocols.amp.ProtocolSwitched: the connection has switched protocols.
         """
         if self._locked:
             raise amp.ProtocolSwitched(
@@ -122,87 +182,108 @@ class BoxProtocolHooks:
         return self._startingTLSBuffer
 
 
-class AMPHooks:
+class AMPHooks(_AMPBase):
     """
-    L{amp.AMP}'s (L{amp.BoxDispatcher}'s) private hooks and state, with the
-    package's names.  Mixed in ahead of it.
+    L{twisted.protocols.amp.AMP}'s (L{twisted.protocols.amp.BoxDispatcher}'s)
+    private hooks and state, with the package's names.  Mixed in ahead of it.
     """
+
+    if TYPE_CHECKING:
+        # What the class these hooks serve (pyamp_fds.dispatch.FastDispatch) defines.
+        def commandBoxReceived(self, box: amp.AmpBox) -> Deferred[Any] | None: ...
+
+        def answerBoxReceived(self, box: amp.AmpBox) -> None: ...
+
+        def errorBoxReceived(self, box: amp.AmpBox) -> None: ...
+
+        def wrapResponder(
+            self, aCallable: Callable[..., Any], command: Any
+        ) -> Callable[[amp.AmpBox], Any]: ...
 
     # The dispatcher routes each box by its kind through these three.
-    def _commandReceived(self, box):
+    def _commandReceived(self, box: amp.AmpBox) -> Deferred[Any] | None:
         return self.commandBoxReceived(box)
 
-    def _answerReceived(self, box):
+    def _answerReceived(self, box: amp.AmpBox) -> None:
         return self.answerBoxReceived(box)
 
-    def _errorReceived(self, box):
+    def _errorReceived(self, box: amp.AmpBox) -> None:
         return self.errorBoxReceived(box)
 
-    def _wrapWithSerialization(self, aCallable, command):
+    def _wrapWithSerialization(
+        self, aCallable: Callable[..., Any], command: Any
+    ) -> Callable[[amp.AmpBox], Any]:
         # Responders found by locateResponder are wrapped by this: the
         # package wraps the wrapper to settle descriptors on failure.
         return self.wrapResponder(aCallable, command)
 
-    def stockCommandReceived(self, box):
+    def stockCommandReceived(self, box: amp.AmpBox) -> Deferred[Any] | None:
         """
         Twisted's own handling of a command box.
         """
-        return super()._commandReceived(box)
+        return super()._commandReceived(box)  # type: ignore[no-any-return, no-untyped-call]
 
-    def stockAnswerReceived(self, box):
+    def stockAnswerReceived(self, box: amp.AmpBox) -> None:
         """
         Twisted's own handling of an answer box.
         """
-        return super()._answerReceived(box)
+        return super()._answerReceived(box)  # type: ignore[no-any-return, no-untyped-call]
 
-    def stockErrorReceived(self, box):
+    def stockErrorReceived(self, box: amp.AmpBox) -> None:
         """
         Twisted's own handling of an error box.
         """
-        return super()._errorReceived(box)
+        return super()._errorReceived(box)  # type: ignore[no-any-return, no-untyped-call]
 
-    def stockWrapResponder(self, aCallable, command):
+    def stockWrapResponder(
+        self, aCallable: Callable[..., Any], command: Any
+    ) -> Callable[[amp.AmpBox], Any]:
         """
         Twisted's own responder wrapper: parse, call, serialize.
         """
-        return super()._wrapWithSerialization(aCallable, command)
+        return super()._wrapWithSerialization(aCallable, command)  # type: ignore[no-any-return, no-untyped-call]
 
-    def stockSendBoxCommand(self, command, box, requiresAnswer):
+    def stockSendBoxCommand(
+        self, command: bytes, box: amp.AmpBox, requiresAnswer: bool
+    ) -> Deferred[Any] | None:
         """
         Twisted's own sending of a command box (tags, waiting Deferreds).
         """
-        return self._sendBoxCommand(command, box, requiresAnswer)
+        return self._sendBoxCommand(command, box, requiresAnswer)  # type: ignore[no-any-return, no-untyped-call]
 
-    def safeEmit(self, box):
+    def safeEmit(self, box: amp.AmpBox) -> None:
         """
         Twisted's C{_safeEmit}: send an answer box, ignoring a connection
         that switched or went away meanwhile.
         """
-        return self._safeEmit(box)
+        return self._safeEmit(box)  # type: ignore[no-any-return, no-untyped-call]
 
-    def responderFor(self, name):
+    def responderFor(
+        self, name: bytes
+    ) -> tuple[type[amp.Command], Callable[..., Any]] | None:
         """
         The C{(command, responder)} registered on this class for a command
-        name (the metaclass's private C{_commandDispatch}), or L{None}.
+        name (the metaclass's private C{_commandDispatch}), or C{None}.
         """
-        return self._commandDispatch.get(name)
+        return self._commandDispatch.get(name)  # type: ignore[attr-defined, no-any-return]
 
-    def failedAllOutgoing(self):
+    def failedAllOutgoing(self) -> Failure | None:
         """
         The reason every call fails now that the connection is gone, or
-        L{None} (Twisted's private C{_failAllReason}).
+        C{None} (Twisted's private C{_failAllReason}).
         """
         return self._failAllReason
 
-    def newTag(self):
+    def newTag(self) -> bytes:
         """
         The next question tag (Twisted's private C{_nextTag}).
         """
-        return self._nextTag()
+        return self._nextTag()  # type: ignore[no-any-return, no-untyped-call]
 
-    def waitForAnswer(self, tag):
+    def waitForAnswer(self, tag: bytes) -> Deferred[Any]:
         """
-        A L{Deferred} for the answer to question C{tag}, in Twisted's
+        A L{twisted.internet.defer.Deferred} for the answer to question
+        C{tag}, in Twisted's
         private table of outstanding requests.
         """
         from twisted.internet.defer import Deferred
@@ -210,32 +291,40 @@ class AMPHooks:
         d = self._outstandingRequests[tag] = Deferred()
         return d
 
-    def takeWaiting(self, tag):
+    def takeWaiting(self, tag: bytes) -> Deferred[Any]:
         """
-        Remove and return the L{Deferred} waiting for the answer to C{tag}.
+        Remove and return the L{twisted.internet.defer.Deferred} waiting for
+        the answer to C{tag}.
         """
-        return self._outstandingRequests.pop(tag)
+        return self._outstandingRequests.pop(tag)  # type: ignore[no-any-return]
 
 
-class TransportHooks:
+class TransportHooks(_TransportBase):
     """
     The private parts of Twisted's C{FileDescriptor} write path and
     C{tcp.Connection} read path that a batching transport takes part in.
     Mixed in ahead of Twisted's transport.
     """
 
-    def _isSendBufferFull(self):
+    if TYPE_CHECKING:
+        # What the class these hooks serve (pyamp_fds.transport._Batching) defines.
+        def sendBufferFull(self) -> bool: ...
+
+        # Twisted declares IReactorFDSet; a transport's is a whole reactor.
+        reactor: IPortReactor
+
+    def _isSendBufferFull(self) -> bool:
         # Producers are paused when this says the buffer is full: queued
         # descriptors count too, so a slow reader pauses the sender.
-        return self.sendBufferFull() or super()._isSendBufferFull()
+        return self.sendBufferFull() or super()._isSendBufferFull()  # type: ignore[no-untyped-call]
 
-    def pauseProducerIfFull(self):
+    def pauseProducerIfFull(self) -> None:
         """
         Pause a streaming producer if the buffer is now full.
         """
-        self._maybePauseProducer()
+        self._maybePauseProducer()  # type: ignore[no-untyped-call]
 
-    def deliverData(self, data):
+    def deliverData(self, data: bytes) -> BaseException | None:
         """
         Hand received bytes to the protocol as C{tcp.Connection.doRead}
         does (it also treats an empty read as the end of the stream).
@@ -243,17 +332,23 @@ class TransportHooks:
         return self._dataReceived(data)
 
 
-class ConnectorHooks:
+class ConnectorHooks(_ConnectorBase):
     """
     C{base.BaseConnector}'s private hook for the transport a connector
     makes.  Mixed in ahead of it.
     """
 
-    def _makeTransport(self):
+    if TYPE_CHECKING:
+        # What the class these hooks serve (pyamp_fds.transport.Connector) defines.
+        def makeTransport(self) -> Client: ...
+
+    # Twisted annotates the hook as making a tcp.Client; a UNIX connector's
+    # makes a UNIX client, as Twisted's own unix.Connector does.
+    def _makeTransport(self) -> Client:  # type: ignore[override]
         return self.makeTransport()
 
 
-def hasBufferedOutput(transport):
+def hasBufferedOutput(transport: tcp.Connection) -> bool:
     """
     Whether Twisted's write buffer of C{transport} holds bytes not yet sent
     (its private C{_tempDataLen}, and C{dataBuffer} past C{offset}).
@@ -261,7 +356,7 @@ def hasBufferedOutput(transport):
     return bool(transport._tempDataLen or len(transport.dataBuffer) > transport.offset)
 
 
-def bufferedOutput(transport):
+def bufferedOutput(transport: tcp.Connection) -> int:
     """
     How many bytes Twisted's write buffer of C{transport} holds, not yet
     sent.
@@ -269,7 +364,7 @@ def bufferedOutput(transport):
     return transport._tempDataLen + len(transport.dataBuffer) - transport.offset
 
 
-def logDescriptorsRefused(transport, protocol, count):
+def logDescriptorsRefused(transport: tcp.Connection, protocol: object, count: int) -> None:
     """
     Log that C{count} descriptors reached C{protocol}, which is not an
     C{IFileDescriptorReceiver}, and were closed: with Twisted's own event
@@ -290,13 +385,15 @@ def logDescriptorsRefused(transport, protocol, count):
     )
 
 
-def adoptConnectedSocket(transportType, fileno, factory, reactor):
+def adoptConnectedSocket(
+    transportType: type[Server], fileno: int, factory: IProtocolFactory, reactor: IPortReactor
+) -> Server | None:
     """
     Make a transport of C{transportType} (a C{unix.Server} subclass) over an
     already connected socket, as C{reactor.adoptStreamConnection} does with
     the private C{Server._fromConnectedSocket}.
     """
-    return transportType._fromConnectedSocket(fileno, factory, reactor)
+    return transportType._fromConnectedSocket(fileno, factory, reactor)  # type: ignore[no-any-return, no-untyped-call]
 
 
 #: The names C{tcp.Port.doRead} refers to, in the Twisted versions whose
@@ -313,7 +410,12 @@ ACCEPT_LOOP_NAMES = frozenset(
 )
 
 
-def acceptAdmitted(port, credentialsOf, admits, refused):
+def acceptAdmitted(
+    port: Port,
+    credentialsOf: Callable[[socket.socket], PeerCredentials | None],
+    admits: Callable[[PeerCredentials], bool],
+    refused: Callable[[PeerCredentials | None, Logger], object],
+) -> None:
     """
     C{tcp.Port.doRead}, with each peer checked before its protocol is
     built: Twisted has no hook between C{accept()} and C{buildProtocol()}
@@ -322,7 +424,7 @@ def acceptAdmitted(port, credentialsOf, admits, refused):
     C{tests/test_twisted_private.py} fails when the original changes.
 
     @param credentialsOf: called with an accepted socket; returns its
-        peer's credentials, or L{None} if they cannot be read.
+        peer's credentials, or C{None} if they cannot be read.
     @param admits: called with credentials; whether the peer may connect.
     @param refused: called with the refused credentials and the logger.
     """
@@ -336,14 +438,14 @@ def acceptAdmitted(port, credentialsOf, admits, refused):
                     skt.close()
                     refused(credentials, logger)
                     continue
-                protocol = port.factory.buildProtocol(port._buildAddr(addr))
+                protocol = port.factory.buildProtocol(port._buildAddr(addr))  # type: ignore[no-untyped-call, union-attr]
                 if protocol is None:
                     skt.close()
                     continue
                 session = port.sessionno
                 port.sessionno = session + 1
-                transport = port.transport(skt, protocol, addr, port, session, port.reactor)
-                transport.peerCredentialsRead(credentials)
+                transport = port.transport(skt, protocol, addr, port, session, port.reactor)  # type: ignore[no-untyped-call]
+                transport.peerCredentialsRead(credentials)  # type: ignore[attr-defined]
                 protocol.makeConnection(transport)
         if accepted == port.numberAccepts:
             port.numberAccepts += 20

@@ -2,7 +2,8 @@
 """
 AMP argument types whose values are descriptors.
 
-On the wire a L{Descriptor} is the same as Twisted's L{amp.Descriptor}: the
+On the wire a L{Descriptor} is the same as Twisted's
+L{twisted.protocols.amp.Descriptor}: the
 decimal ordinal of the descriptor on the connection.  A L{DescriptorList} is
 the first ordinal and the count of a run of consecutive ones.
 
@@ -11,6 +12,11 @@ protocol's public methods (C{sendDescriptors}, and the table of received
 descriptors, C{receivedDescriptors}); with a stock Twisted protocol they use
 Twisted's own descriptor exchange.
 """
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IUNIXTransport
@@ -28,6 +34,12 @@ from pyamp_fds.fdio import MAX_FDS_PER_MESSAGE, _fileno, close_all
 from pyamp_fds.interfaces import IBatchingTransport
 from pyamp_fds.outgoing import Ownership
 
+if TYPE_CHECKING:
+    from _typeshed import FileDescriptorLike
+
+    from pyamp_fds.descriptors import ReceivedDescriptors
+    from pyamp_fds.errors import DescriptorProtocolError
+
 __all__ = ["Descriptor", "DescriptorList"]
 
 _DUPLICATE = Ownership.DUPLICATE
@@ -37,7 +49,8 @@ _LENT = Ownership.LENT
 
 class Descriptor(amp.Descriptor):
     """
-    A descriptor argument, on the wire the same as L{amp.Descriptor}.
+    A descriptor argument, on the wire the same as
+    L{twisted.protocols.amp.Descriptor}.
 
     Ownership is explicit on a pyamp_fds transport:
       - by default a duplicate is sent: the caller may close its own
@@ -45,7 +58,7 @@ class Descriptor(amp.Descriptor):
       - with C{transfer=True} the descriptor itself is handed over, and
         closed once sent, or when the connection is lost first.
     A call that raises takes nothing: on a connection already lost
-    (L{ConnectionLost}), or when another argument of the same box fails, a
+    (L{twisted.internet.error.ConnectionLost}), or when another argument of the same box fails, a
     handed-over descriptor is still the caller's.  On Twisted's own
     transports Twisted's rule holds (keep it open until it has been sent)
     and C{transfer=True} is refused.
@@ -54,7 +67,7 @@ class Descriptor(amp.Descriptor):
     ints, owned by the receiver.
     """
 
-    def __init__(self, optional=False, transfer=False):
+    def __init__(self, optional: bool = False, transfer: bool = False) -> None:
         """
         @param optional: whether the argument may be left out.
         @param transfer: hand the descriptor itself over (see above).
@@ -62,7 +75,7 @@ class Descriptor(amp.Descriptor):
         amp.Descriptor.__init__(self, optional)
         self.transfer = transfer
 
-    def toStringProto(self, inObject, proto):
+    def toStringProto(self, inObject: FileDescriptorLike, proto: amp.BinaryBoxProtocol) -> bytes:
         send = getattr(proto, "sendDescriptor", None)
         if send is not None:
             return b"%d" % (send(inObject, self.transfer),)
@@ -77,8 +90,8 @@ class Descriptor(amp.Descriptor):
             raise DescriptorsUnsupported("transfer=True needs a pyamp_fds transport")
         return b"%d" % (_twisted.sendStockDescriptor(proto, _fileno(inObject)),)
 
-    def fromStringProto(self, inString, proto):
-        table = getattr(proto, "receivedDescriptors", None)
+    def fromStringProto(self, inString: bytes, proto: amp.BinaryBoxProtocol) -> int:
+        table: ReceivedDescriptors | None = getattr(proto, "receivedDescriptors", None)
         if not inString.isdigit():
             error = InvalidDescriptorOrdinal(
                 "descriptor argument %r is not a decimal ordinal" % (inString,)
@@ -103,7 +116,8 @@ class DescriptorList(amp.Argument):
     handed over and closed once sent, or when the connection is lost first.
     With C{duplicate=False}, the descriptors themselves are lent: sent and
     left open, Twisted's own rule: the caller must keep them open until they
-    have gone (for a command argument, until the call's L{Deferred} fires).
+    have gone (for a command argument, until the call's
+    L{twisted.internet.defer.Deferred} fires).
     It spares two system calls per descriptor (duplicating and closing),
     which is most of the sender's cost.
 
@@ -123,15 +137,17 @@ class DescriptorList(amp.Argument):
     Why not C{amp.ListOf(amp.Descriptor())}: C{ListOf} serializes its
     elements with their C{toString}, which is not given the protocol, but a
     descriptor's value is an ordinal only the connection can give (and the
-    descriptor must be queued on its transport), so L{amp.Descriptor} works
+    descriptor must be queued on its transport), so
+    L{twisted.protocols.amp.Descriptor} works
     only through C{toStringProto}; C{ListOf} can neither number nor send
     descriptors, nor claim them on receipt.
 
-    Sending needs a pyamp_fds transport (an L{IBatchingTransport}):
+    Sending needs a pyamp_fds transport (an
+    L{pyamp_fds.interfaces.IBatchingTransport}):
     Twisted's own sends one byte per descriptor and loses the connection
     when a box has fewer bytes than it has descriptors queued, which a list
     of any length would soon do, so it is refused there with
-    L{DescriptorsUnsupported}, before anything is queued.  Any protocol
+    L{pyamp_fds.errors.DescriptorsUnsupported}, before anything is queued.  Any protocol
     receives them, over any UNIX transport.
 
     A receiving L{pyamp_fds.AMP} holds at most C{maxUnclaimedDescriptors}
@@ -140,13 +156,21 @@ class DescriptorList(amp.Argument):
     expected.
 
     @ivar maxDescriptors: the longest list sent or accepted; a longer one is
-        refused when sending with L{DescriptorListTooLong} before any
+        refused when sending with L{pyamp_fds.errors.DescriptorListTooLong}
+        before any
         descriptor is duplicated or queued, and is a protocol error when
         received.
-    @ivar ownership: the L{Ownership} of the descriptors sent.
+    @ivar ownership: the L{pyamp_fds.outgoing.Ownership} of the descriptors
+        sent.
     """
 
-    def __init__(self, optional=False, transfer=False, maxDescriptors=4096, duplicate=True):
+    def __init__(
+        self,
+        optional: bool = False,
+        transfer: bool = False,
+        maxDescriptors: int = 4096,
+        duplicate: bool = True,
+    ) -> None:
         """
         @param optional: whether the argument may be left out.
         @param transfer: hand the descriptors themselves over.
@@ -169,7 +193,9 @@ class DescriptorList(amp.Argument):
         else:
             self.ownership = _LENT
 
-    def toStringProto(self, inObject, proto):
+    def toStringProto(
+        self, inObject: Iterable[FileDescriptorLike], proto: amp.BinaryBoxProtocol
+    ) -> bytes:
         descriptors = list(inObject)
         count = len(descriptors)
         if count > self.maxDescriptors:
@@ -191,34 +217,38 @@ class DescriptorList(amp.Argument):
             raise ConnectionLost()
         if not IBatchingTransport.providedBy(transport):
             raise listUnsupported(transport)
-        transport.sendFileDescriptors(filenos, self.ownership)
+        # Only ints are left in filenos, whichever branch made it.
+        transport.sendFileDescriptors(filenos, self.ownership)  # type: ignore[arg-type]
         start = _twisted.nextSendingOrdinal(proto) if count else 0
         for _ in range(count - 1):
             _twisted.nextSendingOrdinal(proto)
         return _encodeRange(start, count)
 
-    def fromStringProto(self, inString, proto):
-        table = getattr(proto, "receivedDescriptors", None)
+    def fromStringProto(self, inString: bytes, proto: amp.BinaryBoxProtocol) -> list[int]:
+        table: ReceivedDescriptors | None = getattr(proto, "receivedDescriptors", None)
+        # count is an int wherever start is one: mypy does not pair them, so
+        # its uses below carry a "type: ignore".
         start, count = _decodeRange(inString)
+        error: DescriptorProtocolError
         if start is None:
             error = InvalidDescriptorOrdinal(
                 "DescriptorList value %r is not START:COUNT" % (inString[:40],)
             )
-        elif count > self.maxDescriptors:
+        elif count > self.maxDescriptors:  # type: ignore[operator]
             error = ReceivedDescriptorListTooLong(
                 "the peer sent a DescriptorList of %d descriptors, more than its "
-                "maxDescriptors (%d)" % (count, self.maxDescriptors)
+                "maxDescriptors (%d)" % (count, self.maxDescriptors)  # type: ignore[str-format]
             )
         elif table is not None:
-            return table.claimRange(start, count)
+            return table.claimRange(start, count)  # type: ignore[arg-type]
         else:
-            return _claimStockRange(proto, start, count)
+            return _claimStockRange(proto, start, count)  # type: ignore[arg-type]
         if table is not None:
             table.refuse(error)
         raise error
 
 
-def unsupportedTransport(transport):
+def unsupportedTransport(transport: object) -> DescriptorsUnsupported:
     """
     The error for sending a descriptor over a transport that cannot.
     """
@@ -227,7 +257,7 @@ def unsupportedTransport(transport):
     )
 
 
-def listUnsupported(transport):
+def listUnsupported(transport: object) -> DescriptorsUnsupported:
     """
     The error for sending a L{DescriptorList} over a transport that cannot
     batch descriptors.
@@ -242,7 +272,7 @@ _MAX_LIST_LENGTH = MAX_FDS_PER_MESSAGE * MAX_VALUE_LENGTH
 _JUST_INTS = frozenset([int])
 
 
-def _encodeRange(start, count):
+def _encodeRange(start: int, count: int) -> bytes:
     value = b"%d:%d" % (start, count)
     short = -(-count // MAX_FDS_PER_MESSAGE) - len(value)
     if short > 0:
@@ -250,7 +280,7 @@ def _encodeRange(start, count):
     return value
 
 
-def _decodeRange(value):
+def _decodeRange(value: bytes) -> tuple[int, int] | tuple[None, None]:
     """
     Return C{(start, count)} for a value L{_encodeRange} wrote, or
     C{(None, None)} for anything else.
@@ -266,9 +296,9 @@ def _decodeRange(value):
     return start, count
 
 
-def _claimStockRange(proto, start, count):
+def _claimStockRange(proto: amp.BinaryBoxProtocol, start: int, count: int) -> list[int]:
     # A stock protocol: its own claim raises as for its own Descriptor.
-    claimed = []
+    claimed: list[int] = []
     try:
         for ordinal in range(start, start + count):
             claimed.append(_twisted.claimStockDescriptor(proto, ordinal))

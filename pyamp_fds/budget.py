@@ -6,7 +6,7 @@ Descriptors a peer sent that no box has claimed yet, duplicates queued for
 sending, and descriptors waiting to be closed are the library's, and each
 is a slot of the process's C{RLIMIT_NOFILE}.  The budget is that soft limit
 less a reserve the application keeps for itself.  A transport reads only
-when the budget's headroom covers a full receive (L{MAX_FDS_PER_MESSAGE}
+when the budget's headroom covers a full receive (C{MAX_FDS_PER_MESSAGE}
 descriptors): otherwise the kernel would drop descriptors (C{MSG_CTRUNC})
 and some innocent connection would be closed for it.  Short of headroom, a
 transport stops reading and waits; it reads again when descriptors are
@@ -14,14 +14,36 @@ released.  Each connection may hold at most its L{share}: the one that goes
 over it is the one closed.
 """
 
+from __future__ import annotations
+
 import resource
 import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from pyamp_fds.fdio import MAX_FDS_PER_MESSAGE
 
 __all__ = ["DescriptorBudget", "ReadStops", "processBudget", "setProcessBudget"]
 
 _ROOMY_SHARE = 8192
+
+if TYPE_CHECKING:
+    from typing import Protocol, TypeAlias
+
+    class _Reader(Protocol):
+        """
+        What L{ReadStops} needs of a transport.
+        """
+
+        connected: bool | int
+        disconnecting: bool | int
+
+        def stopReading(self) -> None: ...
+
+        def startReading(self) -> None: ...
+
+    # How a reader is woken from another thread: the reactor's callFromThread.
+    _Wake: TypeAlias = Callable[[Callable[[], object]], object]
 
 
 class DescriptorBudget:
@@ -35,7 +57,9 @@ class DescriptorBudget:
     @ivar share: the most one connection may hold (unclaimed plus queued).
     """
 
-    def __init__(self, limit=None, share=None, reserve=None):
+    def __init__(
+        self, limit: int | None = None, share: int | None = None, reserve: int | None = None
+    ) -> None:
         """
         @param limit: the budget; by default the soft C{RLIMIT_NOFILE} less
             C{reserve}.
@@ -62,26 +86,26 @@ class DescriptorBudget:
         self.share = share
         self._used = 0
         self._lock = threading.Lock()
-        self._waiting = {}
+        self._waiting: dict[Callable[[], object], _Wake | None] = {}
 
     @property
-    def used(self):
+    def used(self) -> int:
         """
         How many descriptors the library holds now.
         """
         return self._used
 
     @property
-    def headroom(self):
+    def headroom(self) -> int:
         """
         How many more the library may hold.
         """
         return self.limit - self._used
 
-    def room(self):
+    def room(self) -> int:
         """
         How many descriptors the next receive may take: a full receive's
-        worth (L{MAX_FDS_PER_MESSAGE}), or less when the headroom is short
+        worth (C{MAX_FDS_PER_MESSAGE}), or less when the headroom is short
         (0 when there is none).
         """
         headroom = self.limit - self._used
@@ -90,21 +114,21 @@ class DescriptorBudget:
         return max(0, headroom)
 
     @property
-    def fullReceive(self):
+    def fullReceive(self) -> int:
         """
         The room a reader waits for: a full receive, or the whole budget if
         it is smaller than one.
         """
         return min(MAX_FDS_PER_MESSAGE, self.limit)
 
-    def take(self, count):
+    def take(self, count: int) -> None:
         """
         The library now holds C{count} more descriptors.
         """
         with self._lock:
             self._used += count
 
-    def give(self, count):
+    def give(self, count: int) -> None:
         """
         The library holds C{count} fewer descriptors: wake the readers that
         were waiting for headroom if a full receive now fits.
@@ -118,7 +142,9 @@ class DescriptorBudget:
             for resume, wake in waiting.items():
                 self._wakeUp(resume, wake)
 
-    def waitForHeadroom(self, resume, wake=None):
+    def waitForHeadroom(
+        self, resume: Callable[[], object], wake: _Wake | None = None
+    ) -> None:
         """
         Call C{resume()} once a full receive (L{fullReceive}) fits again.
 
@@ -133,17 +159,17 @@ class DescriptorBudget:
         if fits:
             resume()
 
-    def _wakeUp(self, resume, wake):
+    def _wakeUp(self, resume: Callable[[], object], wake: _Wake | None) -> None:
         if wake is None or threading.current_thread() is threading.main_thread():
             resume()
         else:
             wake(resume)
 
 
-_process = None
+_process: DescriptorBudget | None = None
 
 
-def processBudget():
+def processBudget() -> DescriptorBudget:
     """
     The budget every connection shares unless given another: made from the
     soft C{RLIMIT_NOFILE} when first asked for.  Replace it with
@@ -155,7 +181,7 @@ def processBudget():
     return _process
 
 
-def setProcessBudget(budget):
+def setProcessBudget(budget: DescriptorBudget) -> None:
     """
     Make C{budget} the one new connections share.
     """
@@ -173,18 +199,18 @@ class ReadStops:
     @ivar count: how many times reading stopped, for measurement.
     """
 
-    def __init__(self, transport):
+    def __init__(self, transport: _Reader) -> None:
         self._transport = transport
-        self._reasons = set()
+        self._reasons: set[str] = set()
         self.count = 0
 
-    def __contains__(self, reason):
+    def __contains__(self, reason: str) -> bool:
         return reason in self._reasons
 
-    def __bool__(self):
+    def __bool__(self) -> bool:
         return bool(self._reasons)
 
-    def stop(self, reason):
+    def stop(self, reason: str) -> None:
         """
         Stop reading for C{reason}.
         """
@@ -193,7 +219,7 @@ class ReadStops:
             self.count += 1
         self._transport.stopReading()
 
-    def resume(self, reason):
+    def resume(self, reason: str) -> None:
         """
         C{reason} no longer holds: read again if no other does.
         """

@@ -13,22 +13,29 @@ the call returns, as callers (and Twisted's own tests) expect; one that
 blocks goes on in the background.
 """
 
+from __future__ import annotations
+
 import queue
 import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from pyamp_fds.fdio import close_all
+
+if TYPE_CHECKING:
+    from pyamp_fds.budget import DescriptorBudget
 
 __all__ = ["closeLater", "waitUntilClosed"]
 
 #: How long L{closeLater} waits for the close before going on without it.
 PATIENCE = 0.01
 
-_queue = queue.Queue()
-_thread = None
+_queue: queue.Queue[tuple[list[int], DescriptorBudget | None, threading.Event]] = queue.Queue()
+_thread: threading.Thread | None = None
 _threadLock = threading.Lock()
 
 
-def _run():
+def _run() -> None:
     while True:
         fds, budget, done = _queue.get()
         try:
@@ -40,13 +47,13 @@ def _run():
             _queue.task_done()
 
 
-def closeLater(fds, budget=None):
+def closeLater(fds: Sequence[int], budget: DescriptorBudget | None = None) -> None:
     """
     Close C{fds} (a sequence of ints) in the background, waiting at most
     L{PATIENCE} for it.
 
     @param budget: a L{pyamp_fds.budget.DescriptorBudget} they count in until
-        closed, or L{None}.
+        closed, or C{None}.
     """
     global _thread
     if not len(fds):
@@ -61,7 +68,7 @@ def closeLater(fds, budget=None):
     done.wait(PATIENCE)
 
 
-def waitUntilClosed():
+def waitUntilClosed() -> None:
     """
     Block until everything given to L{closeLater} so far is closed: for
     tests and orderly shutdown.

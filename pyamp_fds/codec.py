@@ -6,14 +6,24 @@ there than a call into C); both byte-identical to
 L{twisted.protocols.amp.AmpBox.serialize}.
 """
 
+from __future__ import annotations
+
 from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
 from itertools import chain, islice, repeat
 from struct import Struct, pack, unpack_from
+from typing import TYPE_CHECKING
 
 from twisted.protocols.amp import TooLong
 
 from pyamp_fds._native import ffi, lib
 from pyamp_fds.errors import nativeError
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    # A decoded box: C{dict} or a subclass of it, such as amp.AmpBox.
+    _Box: TypeAlias = dict[bytes, bytes]
 
 __all__ = [
     "MAX_KEY_LENGTH",
@@ -24,8 +34,8 @@ __all__ = [
     "encode_boxes",
 ]
 
-MAX_KEY_LENGTH = lib.PAF_AMP_MAX_KEY_LENGTH
-MAX_VALUE_LENGTH = lib.PAF_AMP_MAX_VALUE_LENGTH
+MAX_KEY_LENGTH: int = lib.PAF_AMP_MAX_KEY_LENGTH
+MAX_VALUE_LENGTH: int = lib.PAF_AMP_MAX_VALUE_LENGTH
 
 #: Boxes larger than this are refused.  AMP itself sets no bound; 16 MiB is
 #: far beyond any box Twisted's own commands produce, and keeps a peer that
@@ -47,10 +57,10 @@ class BoxDecoder:
 
     @ivar boxType: the type of the boxes made: C{dict} (the default) or a
         subclass of it whose C{__init__} does nothing more for C{bytes} keys,
-        such as L{amp.AmpBox}.  Keys and values are set in wire order.
+        such as L{twisted.protocols.amp.AmpBox}.  Keys and values are set in wire order.
     """
 
-    def __init__(self, boxType=dict, max_box_size=DEFAULT_MAX_BOX_SIZE):
+    def __init__(self, boxType: type[_Box] = dict, max_box_size: int = DEFAULT_MAX_BOX_SIZE) -> None:
         decoder = lib.paf_decoder_new(max_box_size)
         if decoder == ffi.NULL:
             raise nativeError(ffi.errno, boxes=())
@@ -59,7 +69,7 @@ class BoxDecoder:
         self._source = b""
         self._heldLength = ffi.new("size_t *")
 
-    def feed(self, data):
+    def feed(self, data: bytes | bytearray | memoryview) -> list[_Box]:
         """
         Add C{data} to the stream.
 
@@ -83,7 +93,7 @@ class BoxDecoder:
         boxes = self._build(data, nboxes) if nboxes else []
         raise nativeError(code, boxes, lib.paf_decoder_error_offset(decoder))
 
-    def _build(self, data, nboxes):
+    def _build(self, data: bytes, nboxes: int) -> list[_Box]:
         # Only when boxes completed: copying held bytes on every feed of a
         # large box, arriving in small pieces, would be quadratic.
         decoder = self._decoder
@@ -95,6 +105,7 @@ class BoxDecoder:
         # One struct unpack cuts every key and value out of the source.  The
         # box type's __init__ is skipped: AmpBox's only converts str keys,
         # and these are bytes.
+        parts: Iterable[bytes]
         format = ffi.string(lib.paf_decoder_format(decoder))
         if len(format) <= _CACHED_FORMAT_LENGTH:
             parts = unpack_from(format, source)
@@ -116,13 +127,13 @@ class BoxDecoder:
         deque(map(dict.update, boxes, map(islice, repeat(pairs), fields)), 0)
         return boxes
 
-    def _held(self):
+    def _held(self) -> bytes:
         # A copy of every byte the C decoder holds.
         pointer = lib.paf_decoder_held(self._decoder, self._heldLength)
         length = self._heldLength[0]
         return ffi.buffer(pointer, length)[:] if length else b""
 
-    def remainder(self, index):
+    def remainder(self, index: int) -> bytes:
         """
         Every byte fed after box C{index} of the last L{feed}, and forget
         them: the stream after that box belongs to someone else now (AMP's
@@ -140,7 +151,7 @@ class BoxDecoder:
         self._source = b""
         return rest
 
-    def takePending(self):
+    def takePending(self) -> bytes:
         """
         Every byte held after the last box of the last L{feed}, and forget
         them: the decoder starts afresh.
@@ -154,13 +165,13 @@ class BoxDecoder:
         return rest
 
     @property
-    def pending(self):
+    def pending(self) -> int:
         """
         The number of bytes held for a box not yet complete.
         """
-        return lib.paf_decoder_pending(self._decoder)
+        return lib.paf_decoder_pending(self._decoder)  # type: ignore[no-any-return]  # cffi: untyped
 
-    def close(self):
+    def close(self) -> None:
         """
         Free the C decoder now rather than when it is garbage collected.
         """
@@ -169,13 +180,13 @@ class BoxDecoder:
             ffi.release(decoder)
 
 
-def encode_box(box):
+def encode_box(box: Mapping[bytes, bytes]) -> bytes:
     """
     Encode one box (a mapping of C{bytes} to C{bytes}) exactly as
-    L{amp.AmpBox.serialize} does: keys sorted, each key and value with a
+    L{twisted.protocols.amp.AmpBox.serialize} does: keys sorted, each key and value with a
     2-byte big-endian length, two zero bytes at the end.
 
-    @raise TooLong: a key over 255 bytes or a value over 65535, with the
+    @raise twisted.protocols.amp.TooLong: a key over 255 bytes or a value over 65535, with the
         arguments Twisted gives it.
     @raise TypeError: a key or value that is not bytes.
     @raise ValueError: an empty key (it would end the box early on the wire).
@@ -184,7 +195,7 @@ def encode_box(box):
         raise ValueError("an AMP key must not be empty: it would end the box")
     # One box in Python, as Twisted does it: for a box this small, getting
     # it to C and back costs more than the work.
-    parts = []
+    parts: list[bytes] = []
     append = parts.append
     try:
         for key in sorted(box):
@@ -208,12 +219,12 @@ _LENGTH = Struct(">H").pack
 # Key tuples (as boxes hold them) and their sorted order, for encode_boxes:
 # a few dozen command shapes in steady traffic; bounded, since a peer's
 # traffic can carry any keys.
-_keyOrders = {}
+_keyOrders: dict[tuple[bytes, ...], list[bytes]] = {}
 #: The most key orders L{encode_boxes} keeps.
 KEY_ORDERS_KEPT = 256
 
 
-def key_orders_held():
+def key_orders_held() -> int:
     """
     How many key orders L{encode_boxes} keeps now: never more than
     L{KEY_ORDERS_KEPT}, whatever keys the boxes it encoded had.
@@ -221,7 +232,7 @@ def key_orders_held():
     return len(_keyOrders)
 
 
-def encode_boxes(boxes):
+def encode_boxes(boxes: Iterable[Mapping[bytes, bytes]]) -> bytes:
     """
     Encode several boxes into one C{bytes}: the concatenation of
     L{encode_box} of each, made in one C call (one box: L{encode_box}).
@@ -230,7 +241,7 @@ def encode_boxes(boxes):
         boxes = list(boxes)
     if len(boxes) == 1:
         return encode_box(boxes[0])
-    parts = []
+    parts: list[bytes] = []
     append = parts.append
     orders = _keyOrders
     for box in boxes:
@@ -265,10 +276,10 @@ def encode_boxes(boxes):
     )
     if written < 0:
         raise nativeError(ffi.errno, parts=parts, index=bad[0])
-    return ffi.buffer(out, written)[:]
+    return ffi.buffer(out, written)[:]  # type: ignore[no-any-return]  # cffi: untyped
 
 
-def _typeError(parts):
+def _typeError(parts: Sequence[object]) -> TypeError:
     for i, part in enumerate(parts):
         if not isinstance(part, (bytes, bytearray, memoryview)):
             return TypeError(

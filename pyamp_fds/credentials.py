@@ -4,16 +4,25 @@ Who is at the other end of a UNIX socket, and a listening port that admits
 only some users or groups.
 """
 
+from __future__ import annotations
+
 import errno
 import os
 import socket
 import struct
 from collections import Counter, namedtuple
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from twisted.internet import address, unix
 from twisted.logger import Logger
 
 from pyamp_fds import _twisted
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IDelayedCall, ITransport
+    from twisted.internet.protocol import Factory
+    from twisted.python.failure import Failure
 
 __all__ = [
     "PeerCredentials",
@@ -42,7 +51,7 @@ class PeerCredentials(namedtuple("PeerCredentials", "pid uid gid")):
 _UCRED = struct.Struct("iII")
 
 
-def readPeerCredentials(skt):
+def readPeerCredentials(skt: socket.socket) -> PeerCredentials:
     """
     The L{PeerCredentials} of a connected C{AF_UNIX} socket's peer.
 
@@ -53,21 +62,20 @@ def readPeerCredentials(skt):
     )
 
 
-def describeCredentials(credentials):
+def describeCredentials(credentials: PeerCredentials | None) -> str:
     """
     Name a peer by its credentials, for log lines.
 
-    @param credentials: L{PeerCredentials}, or L{None} if they could not be
+    @param credentials: L{PeerCredentials}, or C{None} if they could not be
         read.
     @return: e.g. C{"pid 123 uid 1000 gid 1000"}.
-    @rtype: L{str}
     """
     if credentials is None:
         return "a peer whose credentials could not be read"
     return "pid %d uid %d gid %d" % tuple(credentials)
 
 
-def describePeer(transport):
+def describePeer(transport: ITransport) -> str:
     """
     Name the peer of C{transport} for log lines: by its credentials when the
     transport provides them (C{getPeerCredentials}), since the address of a
@@ -75,7 +83,6 @@ def describePeer(transport):
     identifies nobody; otherwise by its address.
 
     @return: e.g. C{"pid 123 uid 1000 gid 1000"}.
-    @rtype: L{str}
     """
     getPeerCredentials = getattr(transport, "getPeerCredentials", None)
     if getPeerCredentials is not None:
@@ -98,9 +105,9 @@ class PeerCredentialsMixin:
     C{socket} attribute while connected).
     """
 
-    _peerCredentials = None
+    _peerCredentials: PeerCredentials | None = None
 
-    def getPeerCredentials(self):
+    def getPeerCredentials(self) -> PeerCredentials:
         """
         The peer's process id, user id and group id, read from the socket
         (C{SO_PEERCRED}) on the first call and kept: they are those of when
@@ -121,7 +128,7 @@ class PeerCredentialsMixin:
             credentials = self._peerCredentials = readPeerCredentials(skt)
         return credentials
 
-    def peerCredentialsRead(self, credentials):
+    def peerCredentialsRead(self, credentials: PeerCredentials | None) -> None:
         """
         The listening port read the peer's credentials when it accepted the
         connection: keep them rather than asking again.
@@ -129,9 +136,9 @@ class PeerCredentialsMixin:
         self._peerCredentials = credentials
 
 
-def isAbstractAddress(path):
+def isAbstractAddress(path: str | bytes) -> bool:
     """
-    Whether C{path} (L{bytes} or L{str}) names a socket in Linux's abstract
+    Whether C{path} (C{bytes} or C{str}) names a socket in Linux's abstract
     namespace (it begins with a NUL byte): such a socket has no file, so no
     file mode keeps anyone out.
     """
@@ -139,7 +146,7 @@ def isAbstractAddress(path):
     return path[:1] in (b"\0", "\0")
 
 
-def checkMode(mode):
+def checkMode(mode: int) -> None:
     """
     Refuse a listening socket's mode outside C{0..0o777}: C{chmod()} would
     take the bits above those (set-user-id, set-group-id, sticky), or all
@@ -151,7 +158,7 @@ def checkMode(mode):
         raise ValueError("a socket's mode must be within 0 and 0o777, not %r" % (mode,))
 
 
-def _credentialsOrNone(skt):
+def _credentialsOrNone(skt: socket.socket) -> PeerCredentials | None:
     try:
         return readPeerCredentials(skt)
     except OSError:
@@ -171,8 +178,8 @@ class Port(unix.Port):
     C{refusalLogInterval} seconds, and the refusals in between are counted
     and summed up in one line at the end of that interval.
 
-    @ivar allowedUIDs: the user ids admitted, or L{None}.
-    @ivar allowedGIDs: the group ids admitted, or L{None}.  When both are
+    @ivar allowedUIDs: the user ids admitted, or C{None}.
+    @ivar allowedGIDs: the group ids admitted, or C{None}.  When both are
         given, a peer is admitted if its user id is in C{allowedUIDs} or its
         group id is in C{allowedGIDs}; when neither is, every peer the socket
         file's mode lets in is admitted.  The group is the peer's effective
@@ -186,36 +193,42 @@ class Port(unix.Port):
 
     refusalLogInterval = 1.0
 
+    if TYPE_CHECKING:
+        # Twisted declares IReactorFDSet; a port's is a whole reactor.
+        reactor: _twisted.IPortReactor
+
     # How many different peers a summary of refusals names; the others are
     # only counted, so a flood from many processes takes bounded memory.
     _summaryPeers = 5
 
     def __init__(
         self,
-        fileName,
-        factory,
-        backlog=50,
-        mode=0o666,
-        reactor=None,
-        wantPID=0,
-        allowedUIDs=None,
-        allowedGIDs=None,
-    ):
+        fileName: str | bytes,
+        factory: Factory,
+        backlog: int = 50,
+        mode: int = 0o666,
+        reactor: _twisted.IPortReactor | None = None,
+        wantPID: int = 0,
+        allowedUIDs: Iterable[int] | None = None,
+        allowedGIDs: Iterable[int] | None = None,
+    ) -> None:
         # Imported here: the transport module reads credentials from this one.
         from pyamp_fds.transport import Server
 
         checkMode(mode)
         self.transport = Server
-        unix.Port.__init__(self, fileName, factory, backlog, mode, reactor, wantPID)
+        # Twisted annotates fileName as bytes; it takes str too, as its
+        # own listenUNIX does.
+        unix.Port.__init__(self, fileName, factory, backlog, mode, reactor, wantPID)  # type: ignore[arg-type]
         if allowedUIDs is None and allowedGIDs is None and isAbstractAddress(fileName):
             allowedUIDs = [os.getuid()]
         self.allowedUIDs = None if allowedUIDs is None else frozenset(allowedUIDs)
         self.allowedGIDs = None if allowedGIDs is None else frozenset(allowedGIDs)
-        self._refusalCall = None
-        self._refusedSince = Counter()
+        self._refusalCall: IDelayedCall | None = None
+        self._refusedSince: Counter[str] = Counter()
         self._refusedOthers = 0
 
-    def admits(self, credentials):
+    def admits(self, credentials: PeerCredentials) -> bool:
         """
         Whether a peer with these L{PeerCredentials} may connect.
         """
@@ -226,12 +239,13 @@ class Port(unix.Port):
             gids is not None and credentials.gid in gids
         )
 
-    def doRead(self):
+    def doRead(self) -> None:
         if self.allowedUIDs is None and self.allowedGIDs is None:
-            return super().doRead()
+            # Twisted leaves tcp.Port.doRead unannotated.
+            return super().doRead()  # type: ignore[no-untyped-call, no-any-return]
         _twisted.acceptAdmitted(self, _credentialsOrNone, self.admits, self._refused)
 
-    def _refused(self, credentials, logger):
+    def _refused(self, credentials: PeerCredentials | None, logger: Logger) -> None:
         if self._refusalCall is not None:
             peer = describeCredentials(credentials)
             if peer in self._refusedSince or len(self._refusedSince) < self._summaryPeers:
@@ -247,7 +261,7 @@ class Port(unix.Port):
         )
         self._refusalCall = self.reactor.callLater(self.refusalLogInterval, self._refusalsLogged)
 
-    def _refusalsLogged(self):
+    def _refusalsLogged(self) -> None:
         """
         The end of an interval of refusals: sum up those not logged, and
         keep counting for another interval if there were any.
@@ -258,7 +272,7 @@ class Port(unix.Port):
                 self.refusalLogInterval, self._refusalsLogged
             )
 
-    def _logRefusedSince(self):
+    def _logRefusedSince(self) -> bool:
         """
         Log one line summing up the refusals counted since the last line.
 
@@ -282,9 +296,10 @@ class Port(unix.Port):
         self._refusedOthers = 0
         return True
 
-    def connectionLost(self, reason):
+    def connectionLost(self, reason: Failure) -> None:
         if self._refusalCall is not None:
             self._refusalCall.cancel()
             self._refusalCall = None
             self._logRefusedSince()
-        super().connectionLost(reason)
+        # Twisted leaves tcp.Port.connectionLost unannotated.
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]

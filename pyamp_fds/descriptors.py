@@ -10,14 +10,23 @@ dispatched, or back to being closed when the box fails to parse or the
 connection goes.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, NoReturn
+
 from pyamp_fds.closer import closeLater
 from pyamp_fds.errors import TooManyUnclaimedDescriptors, UnknownDescriptor
 from pyamp_fds.fdio import close_all
 
+if TYPE_CHECKING:
+    from pyamp_fds.budget import DescriptorBudget
+    from pyamp_fds.errors import DescriptorProtocolError
+
 __all__ = ["ReceivedDescriptors"]
 
 
-def _ignore(error):
+def _ignore(error: DescriptorProtocolError) -> None:
     pass
 
 
@@ -26,20 +35,23 @@ class ReceivedDescriptors:
     Received descriptors by ordinal, for one connection.
     """
 
-    _budget = None
+    _budget: DescriptorBudget | None = None
 
-    def __init__(self, onViolation=_ignore):
+    def __init__(
+        self, onViolation: Callable[[DescriptorProtocolError], object] = _ignore
+    ) -> None:
         """
-        @param onViolation: called with the L{DescriptorProtocolError} just
+        @param onViolation: called with the
+            L{pyamp_fds.errors.DescriptorProtocolError} just
             before a claim or a receive raises it, so that the connection can
             be closed for it.
         """
         self._onViolation = onViolation
-        self._held = {}
+        self._held: dict[int, int] = {}
         self._received = 0
-        self._inBox = []
+        self._inBox: list[int] = []
 
-    def useBudget(self, budget):
+    def useBudget(self, budget: DescriptorBudget) -> None:
         """
         Count the descriptors held in C{budget} (a
         L{pyamp_fds.budget.DescriptorBudget}) from now on, and close those
@@ -53,48 +65,49 @@ class ReceivedDescriptors:
         budget.take(len(self._held))
 
     @property
-    def budget(self):
+    def budget(self) -> DescriptorBudget | None:
         """
         The L{pyamp_fds.budget.DescriptorBudget} counting this table, or
-        L{None}.
+        C{None}.
         """
         return self._budget
 
     @property
-    def received(self):
+    def received(self) -> int:
         """
         How many descriptors have been received on this connection.
         """
         return self._received
 
     @property
-    def unclaimed(self):
+    def unclaimed(self) -> int:
         """
         How many received descriptors no box has claimed yet.
         """
         return len(self._held)
 
     @property
-    def oldestUnclaimed(self):
+    def oldestUnclaimed(self) -> int:
         """
         The lowest ordinal held unclaimed, or L{received} if none is.
         """
         return min(self._held, default=self._received)
 
     @property
-    def claimedByBox(self):
+    def claimedByBox(self) -> int:
         """
         How many descriptors the box being parsed has claimed so far.
         """
         return len(self._inBox)
 
-    def receive(self, descriptors, limit):
+    def receive(self, descriptors: Sequence[int], limit: int) -> None:
         """
         Take descriptors in the order they arrived; each gets the next
         ordinal.
 
         @param limit: the most descriptors that may be held unclaimed;
-            holding more is reported as a L{TooManyUnclaimedDescriptors}
+            holding more is reported as a
+            L{pyamp_fds.errors.TooManyUnclaimedDescriptors}
             violation (they stay held until L{closeAll}).
         """
         start = self._received
@@ -110,7 +123,7 @@ class ReceivedDescriptors:
                 )
             )
 
-    def claim(self, ordinal):
+    def claim(self, ordinal: int) -> int:
         """
         Claim a descriptor for the box being parsed.
 
@@ -126,7 +139,7 @@ class ReceivedDescriptors:
             self._budget.give(1)
         return descriptor
 
-    def claimRange(self, start, count):
+    def claimRange(self, start: int, count: int) -> list[int]:
         """
         Claim ordinals C{start} to C{start + count - 1} for the box being
         parsed: all of them, or none.
@@ -145,14 +158,14 @@ class ReceivedDescriptors:
             self._budget.give(count)
         return descriptors
 
-    def refuse(self, error):
+    def refuse(self, error: DescriptorProtocolError) -> NoReturn:
         """
         A value naming descriptors is malformed: report C{error} as a
         violation of the rules, and raise it.
         """
         self._violated(error)
 
-    def boxDispatched(self):
+    def boxDispatched(self) -> None:
         """
         The box being parsed was handed to its receiver: what it claimed is
         the receiver's now.
@@ -160,7 +173,7 @@ class ReceivedDescriptors:
         if self._inBox:
             self._inBox = []
 
-    def releaseBox(self):
+    def releaseBox(self) -> None:
         """
         The box being parsed failed: close what it claimed, since no
         responder or caller will own it.
@@ -168,7 +181,7 @@ class ReceivedDescriptors:
         claimed, self._inBox = self._inBox, []
         self._dispose(claimed, counted=False)
 
-    def closeAll(self):
+    def closeAll(self) -> None:
         """
         Close every descriptor held, and those claimed by a box not yet
         dispatched.
@@ -179,7 +192,7 @@ class ReceivedDescriptors:
         self._dispose(held, counted=True)
         self._dispose(claimed, counted=False)
 
-    def _dispose(self, fds, counted):
+    def _dispose(self, fds: Sequence[int], counted: bool) -> None:
         if not fds:
             return
         budget = self._budget
@@ -190,6 +203,6 @@ class ReceivedDescriptors:
             budget.take(len(fds))
         closeLater(fds, budget)
 
-    def _violated(self, error):
+    def _violated(self, error: DescriptorProtocolError) -> NoReturn:
         self._onViolation(error)
         raise error

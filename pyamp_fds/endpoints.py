@@ -16,8 +16,12 @@ NUL byte) has no file mode to keep anyone out: with no allow-list given, it
 admits only the listening process's own user.
 """
 
+from __future__ import annotations
+
 import re
 import socket
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import endpoints
 from twisted.internet.interfaces import (
@@ -31,6 +35,12 @@ from pyamp_fds import _twisted
 from pyamp_fds.credentials import Port, checkMode
 from pyamp_fds.transport import Connector, Server
 
+if TYPE_CHECKING:
+    from _typeshed import FileDescriptorLike
+    from twisted.internet.protocol import ClientFactory, Factory
+
+    from pyamp_fds._twisted import IPortReactor
+
 __all__ = [
     "UNIXServerEndpoint",
     "UNIXClientEndpoint",
@@ -43,15 +53,15 @@ __all__ = [
 
 
 def listenUNIX(
-    reactor,
-    address,
-    factory,
-    backlog=50,
-    mode=0o600,
-    wantPID=0,
-    allowedUIDs=None,
-    allowedGIDs=None,
-):
+    reactor: IPortReactor,
+    address: str | bytes,
+    factory: Factory,
+    backlog: int = 50,
+    mode: int = 0o600,
+    wantPID: int = 0,
+    allowedUIDs: Iterable[int] | None = None,
+    allowedGIDs: Iterable[int] | None = None,
+) -> Port:
     """
     Listen on a UNIX socket, like C{reactor.listenUNIX}.
 
@@ -59,30 +69,40 @@ def listenUNIX(
     @param allowedUIDs: if given, the user ids that may connect.
     @param allowedGIDs: if given, the group ids that may connect.  With
         both, a peer whose user or group is allowed may connect.  Others are
-        disconnected at once, before a protocol is built; see L{Port}.  With
+        disconnected at once, before a protocol is built; see
+        L{pyamp_fds.credentials.Port}.  With
         neither, an C{address} in the abstract namespace admits only this
         process's user.
 
-    @return: the listening port (L{IListeningPort}).
+    @return: the listening port
+        (L{twisted.internet.interfaces.IListeningPort}).
     @raise ValueError: C{mode} is outside C{0..0o777}.
     """
     port = Port(address, factory, backlog, mode, reactor, wantPID, allowedUIDs, allowedGIDs)
-    port.startListening()
+    port.startListening()  # type: ignore[no-untyped-call]
     return port
 
 
-def connectUNIX(reactor, address, factory, timeout=30, checkPID=0):
+def connectUNIX(
+    reactor: IPortReactor,
+    address: str,
+    factory: ClientFactory,
+    timeout: float = 30,
+    checkPID: int = 0,
+) -> Connector:
     """
     Connect to a UNIX socket, like C{reactor.connectUNIX}.
 
-    @return: the connector (L{IConnector}).
+    @return: the connector (L{twisted.internet.interfaces.IConnector}).
     """
-    connector = Connector(address, factory, timeout, reactor, checkPID)
+    connector = Connector(address, factory, timeout, reactor, checkPID)  # type: ignore[no-untyped-call]
     connector.connect()
     return connector
 
 
-def adoptStreamConnection(reactor, fileDescriptor, factory):
+def adoptStreamConnection(
+    reactor: IPortReactor, fileDescriptor: FileDescriptorLike, factory: Factory
+) -> Server | None:
     """
     Run a protocol from C{factory} over an already connected C{AF_UNIX}
     stream socket, such as one end of a C{socketpair} handed to a worker.
@@ -91,8 +111,8 @@ def adoptStreamConnection(reactor, fileDescriptor, factory):
     the caller still owns C{fileDescriptor} and should close it.  The socket
     is made non-blocking.
 
-    @return: the transport (a L{Server}; its protocol is its C{protocol}),
-        or L{None} if the factory built no protocol.
+    @return: the transport (a L{pyamp_fds.transport.Server}; its protocol is
+        its C{protocol}), or C{None} if the factory built no protocol.
     """
     fileno = fileDescriptor if isinstance(fileDescriptor, int) else fileDescriptor.fileno()
     sock = socket.socket(fileno=fileno)
@@ -113,12 +133,24 @@ class _BatchingUNIXReactor:
     wrapped reactor's.
     """
 
-    def __init__(self, reactor, allowedUIDs=None, allowedGIDs=None):
+    def __init__(
+        self,
+        reactor: IPortReactor,
+        allowedUIDs: Iterable[int] | None = None,
+        allowedGIDs: Iterable[int] | None = None,
+    ) -> None:
         self._reactor = reactor
         self._allowedUIDs = allowedUIDs
         self._allowedGIDs = allowedGIDs
 
-    def listenUNIX(self, address, factory, backlog=50, mode=0o666, wantPID=0):
+    def listenUNIX(
+        self,
+        address: str | bytes,
+        factory: Factory,
+        backlog: int = 50,
+        mode: int = 0o666,
+        wantPID: int = 0,
+    ) -> Port:
         return listenUNIX(
             self._reactor,
             address,
@@ -130,10 +162,12 @@ class _BatchingUNIXReactor:
             self._allowedGIDs,
         )
 
-    def connectUNIX(self, address, factory, timeout=30, checkPID=0):
+    def connectUNIX(
+        self, address: str, factory: ClientFactory, timeout: float = 30, checkPID: int = 0
+    ) -> Connector:
         return connectUNIX(self._reactor, address, factory, timeout, checkPID)
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         return getattr(self._reactor, name)
 
 
@@ -151,18 +185,18 @@ class UNIXServerEndpoint(endpoints.UNIXServerEndpoint):
 
     def __init__(
         self,
-        reactor,
-        address,
-        backlog=50,
-        mode=0o600,
-        wantPID=0,
-        allowedUIDs=None,
-        allowedGIDs=None,
-    ):
+        reactor: IPortReactor,
+        address: str,
+        backlog: int = 50,
+        mode: int = 0o600,
+        wantPID: int = 0,
+        allowedUIDs: Iterable[int] | None = None,
+        allowedGIDs: Iterable[int] | None = None,
+    ) -> None:
         # Checked now rather than when listen() is called, or the mistake
         # would only surface as a failed Deferred.
         checkMode(mode)
-        endpoints.UNIXServerEndpoint.__init__(
+        endpoints.UNIXServerEndpoint.__init__(  # type: ignore[no-untyped-call]
             self,
             _BatchingUNIXReactor(reactor, allowedUIDs, allowedGIDs),
             address,
@@ -188,8 +222,10 @@ class UNIXClientEndpoint(endpoints.UNIXClientEndpoint):
     The arguments are kept as read-only attributes of the same names.
     """
 
-    def __init__(self, reactor, path, timeout=30, checkPID=0):
-        endpoints.UNIXClientEndpoint.__init__(
+    def __init__(
+        self, reactor: IPortReactor, path: str, timeout: float = 30, checkPID: int = 0
+    ) -> None:
+        endpoints.UNIXClientEndpoint.__init__(  # type: ignore[no-untyped-call]
             self, _BatchingUNIXReactor(reactor), path, timeout, checkPID
         )
         self._arguments = (reactor, path, timeout, checkPID)
@@ -210,7 +246,7 @@ _OCTAL = re.compile("[0-7]+")
 _MAX_ID = 2**32 - 2
 
 
-def _text(name, value):
+def _text(name: str, value: str | bytes) -> str:
     if isinstance(value, bytes):
         try:
             return value.decode("ascii")
@@ -219,28 +255,30 @@ def _text(name, value):
     return value
 
 
-def _decimal(name, value):
+def _decimal(name: str, value: str | bytes) -> int:
     value = _text(name, value)
     if not _DECIMAL.fullmatch(value):
         raise ValueError("%s must be a decimal number (digits 0-9 only), not %r" % (name, value))
     return int(value)
 
 
-def _octal(name, value):
+def _octal(name: str, value: str | bytes) -> int:
     value = _text(name, value)
     if not _OCTAL.fullmatch(value):
         raise ValueError("%s must be an octal number (digits 0-7 only), not %r" % (name, value))
     return int(value, 8)
 
 
-def _flag(name, value):
+def _flag(name: str, value: str | bytes) -> bool:
     value = _text(name, value)
     if value not in ("0", "1"):
         raise ValueError("%s must be 0 or 1, not %r" % (name, value))
     return value == "1"
 
 
-def _eitherFlag(name, value, alias, aliasValue):
+def _eitherFlag(
+    name: str, value: str | bytes | None, alias: str, aliasValue: str | bytes | None
+) -> bool:
     # Twisted's parser keeps only the last of a repeated keyword, so a
     # repetition cannot be seen here; a keyword and its alias can.
     if value is not None and aliasValue is not None:
@@ -250,7 +288,7 @@ def _eitherFlag(name, value, alias, aliasValue):
     return _flag(name, "0" if value is None else value)
 
 
-def _ids(name, value):
+def _ids(name: str, value: str | bytes) -> list[int]:
     value = _text(name, value)
     ids = [_decimal(name, part) for part in value.split(",")] if value else []
     if not ids:
@@ -262,6 +300,9 @@ def _ids(name, value):
     return ids
 
 
+# Twisted's parser interfaces declare (reactor, *args, **kwargs): a parser's
+# own keywords are narrower, as in Twisted's own parsers.  Twisted leaves the
+# UNIX port and connector unannotated.
 @implementer(IPlugin, IStreamServerEndpointStringParser)
 class UNIXServerParser:
     """
@@ -277,17 +318,17 @@ class UNIXServerParser:
 
     prefix = "fdunix"
 
-    def parseStreamServer(
+    def parseStreamServer(  # type: ignore[override]
         self,
-        reactor,
-        address,
-        backlog="50",
-        mode="600",
-        lockfile=None,
-        wantPID=None,
-        allowedUIDs=None,
-        allowedGIDs=None,
-    ):
+        reactor: IPortReactor,
+        address: str,
+        backlog: str = "50",
+        mode: str = "600",
+        lockfile: str | None = None,
+        wantPID: str | None = None,
+        allowedUIDs: str | None = None,
+        allowedGIDs: str | None = None,
+    ) -> UNIXServerEndpoint:
         return UNIXServerEndpoint(
             reactor,
             address,
@@ -312,7 +353,14 @@ class UNIXClientParser:
 
     prefix = "fdunix"
 
-    def parseStreamClient(self, reactor, path, timeout="30", lockfile=None, checkPID=None):
+    def parseStreamClient(  # type: ignore[override]
+        self,
+        reactor: IPortReactor,
+        path: str,
+        timeout: str = "30",
+        lockfile: str | None = None,
+        checkPID: str | None = None,
+    ) -> UNIXClientEndpoint:
         return UNIXClientEndpoint(
             reactor,
             path,

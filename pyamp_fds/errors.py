@@ -3,8 +3,11 @@
 Exceptions raised by pyamp_fds, and the one helper that turns C failures into them.
 """
 
+from __future__ import annotations
+
 import errno
 import os
+from collections.abc import Iterable, Sequence
 
 __all__ = [
     "DescriptorsTruncated",
@@ -31,10 +34,10 @@ class DescriptorsTruncated(ConnectionError):
     has already been closed.
 
     @ivar data: the bytes that arrived with the truncated descriptors.
-    @type data: L{bytes}
+    @type data: C{bytes}
     """
 
-    def __init__(self, data):
+    def __init__(self, data: bytes) -> None:
         ConnectionError.__init__(
             self,
             "descriptors were dropped by the kernel (MSG_CTRUNC): receiver at "
@@ -54,7 +57,7 @@ class FramingError(ValueError):
         are valid and may be dispatched before the connection is closed.
     """
 
-    def __init__(self, message, offset=0, boxes=()):
+    def __init__(self, message: str, offset: int = 0, boxes: Iterable[dict[bytes, bytes]] = ()) -> None:
         ValueError.__init__(self, message)
         self.offset = offset
         self.boxes = list(boxes)
@@ -90,7 +93,7 @@ class UnknownDescriptor(DescriptorProtocolError):
     @ivar ordinal: the ordinal named.
     """
 
-    def __init__(self, ordinal, received):
+    def __init__(self, ordinal: int, received: int) -> None:
         state = "was already claimed" if ordinal < received else "has not been received"
         DescriptorProtocolError.__init__(
             self,
@@ -142,7 +145,13 @@ class DescriptorsUnsupported(TypeError):
     """
 
 
-def nativeError(code, boxes=None, offset=0, parts=None, index=0):
+def nativeError(
+    code: int,
+    boxes: Iterable[dict[bytes, bytes]] | None = None,
+    offset: int = 0,
+    parts: Sequence[bytes] | None = None,
+    index: int = 0,
+) -> Exception:
     """
     The exception for a failed call into C{pyamp_fds._native}, for the
     caller to raise.  Every C function there that can fail returns -1 (or
@@ -152,12 +161,12 @@ def nativeError(code, boxes=None, offset=0, parts=None, index=0):
     @param code: the C{errno} (C{ffi.errno} right after the call).
     @param boxes: for the box decoder: the boxes completed before the fault,
         which lies at C{offset}.  Its C{ENAMETOOLONG} is then L{KeyTooLong},
-        C{EMSGSIZE} L{BoxTooLarge} and C{ENOMEM} L{MemoryError}.
+        C{EMSGSIZE} L{BoxTooLarge} and C{ENOMEM} C{MemoryError}.
     @param parts: for the box encoder: the keys and values it was given,
         C{parts[index]} the one it refused.  Its C{ENAMETOOLONG} and
         C{EMSGSIZE} are then Twisted's C{TooLong} for that key or value; any
         other error is a broken invariant of the caller's (an
-        L{AssertionError}).
+        C{AssertionError}).
     @return: otherwise, the C{OSError} for C{code}, as the matching subclass
         (C{BlockingIOError} for C{EAGAIN}, C{BrokenPipeError} for C{EPIPE},
         ...).

@@ -3,17 +3,24 @@
 Batched descriptor passing on a connected C{AF_UNIX} stream socket.
 
 One call is one C{sendmsg} or one C{recvmsg}, carrying up to
-L{MAX_FDS_PER_MESSAGE} descriptors.  The socket's own blocking mode applies:
-on a non-blocking socket, a call that would block raises L{BlockingIOError}.
+C{MAX_FDS_PER_MESSAGE} descriptors.  The socket's own blocking mode applies:
+on a non-blocking socket, a call that would block raises C{BlockingIOError}.
 """
+
+from __future__ import annotations
 
 import os
 import socket
 from array import array
+from collections.abc import Sequence
 from struct import Struct
+from typing import TYPE_CHECKING, Any
 
 from pyamp_fds._native import ffi, lib
 from pyamp_fds.errors import DescriptorsTruncated, nativeError
+
+if TYPE_CHECKING:
+    from _typeshed import FileDescriptorLike, ReadableBuffer, WriteableBuffer
 
 __all__ = [
     "MAX_FDS_PER_MESSAGE",
@@ -26,7 +33,7 @@ __all__ = [
 ]
 
 #: The kernel's C{SCM_MAX_FD}: the most descriptors one C{sendmsg} may carry.
-MAX_FDS_PER_MESSAGE = lib.PAF_MAX_FDS_PER_MESSAGE
+MAX_FDS_PER_MESSAGE: int = lib.PAF_MAX_FDS_PER_MESSAGE
 
 # A plain int: socket.MSG_CTRUNC is an IntFlag, slow to test on every read.
 _MSG_CTRUNC = int(socket.MSG_CTRUNC)
@@ -35,7 +42,7 @@ _uninitialized = ffi.new_allocator(should_clear_after_alloc=False)
 _BYTES_LIKE = (bytes, bytearray, memoryview)
 
 
-def _fileno(descriptor):
+def _fileno(descriptor: FileDescriptorLike) -> int:
     # The number of a descriptor given as an int or an object with fileno();
     # the package's other modules use this one too.
     return descriptor if isinstance(descriptor, int) else descriptor.fileno()
@@ -46,7 +53,7 @@ def _fileno(descriptor):
 _packers = [Struct("%di" % (n,)) for n in range(MAX_FDS_PER_MESSAGE + 1)]
 
 
-def _fdArray(fds):
+def _fdArray(fds: Sequence[FileDescriptorLike]) -> Any:
     if type(fds) is array and fds.typecode == "i":
         return ffi.from_buffer("int[]", fds)
     count = len(fds)
@@ -58,7 +65,7 @@ def _fdArray(fds):
     return ffi.from_buffer("int[]", packed)
 
 
-def _unpackFds(cArray, count):
+def _unpackFds(cArray: Any, count: int) -> list[int]:
     if count == 1:
         return [cArray[0]]
     return array("i", ffi.buffer(cArray, count * _INT_SIZE)[:]).tolist()
@@ -67,7 +74,11 @@ def _unpackFds(cArray, count):
 _INT_SIZE = ffi.sizeof("int")
 
 
-def send_with_fds(sockfd, data, fds=()):
+def send_with_fds(
+    sockfd: FileDescriptorLike,
+    data: bytes | bytearray | memoryview | Sequence[ReadableBuffer],
+    fds: Sequence[FileDescriptorLike] = (),
+) -> tuple[int, int]:
     """
     Send C{data} with C{fds} attached, in one C{sendmsg} (C{MSG_NOSIGNAL}).
 
@@ -75,14 +86,14 @@ def send_with_fds(sockfd, data, fds=()):
         with C{fileno()}).
     @param data: a bytes-like object, or a sequence of them sent as one
         iovec without joining them.
-    @param fds: up to L{MAX_FDS_PER_MESSAGE} descriptors (ints or objects with
+    @param fds: up to C{MAX_FDS_PER_MESSAGE} descriptors (ints or objects with
         C{fileno()}).  They are duplicated into the receiver; the caller keeps
         its own copies.
 
     @return: C{(bytes_sent, fds_sent)}.  The descriptors travel with the first
         byte, so C{fds_sent} is C{len(fds)} whenever anything was sent: a
         partial send must go on without them.
-    @raise ValueError: more than L{MAX_FDS_PER_MESSAGE} descriptors, or
+    @raise ValueError: more than C{MAX_FDS_PER_MESSAGE} descriptors, or
         descriptors without any data to carry them.
     @raise BlockingIOError: a non-blocking socket's buffer is full.
     @raise OSError: any other failure, with its C{errno} (C{BrokenPipeError}
@@ -96,7 +107,8 @@ def send_with_fds(sockfd, data, fds=()):
         )
     fdArray = _fdArray(fds) if nfds else ffi.NULL
     if type(sockfd) is not int:
-        sockfd = sockfd.fileno()
+        # Not exactly an int: an object with fileno(), as documented.
+        sockfd = sockfd.fileno()  # type: ignore[union-attr]
     if type(data) is bytes:
         # cffi passes a bytes object's own buffer: no copy, no wrapper.
         if nfds and not data:
@@ -121,7 +133,9 @@ def send_with_fds(sockfd, data, fds=()):
     return sent, (nfds if sent > 0 else 0)
 
 
-def recv_into_with_fds(sockfd, buffer, max_fds=MAX_FDS_PER_MESSAGE):
+def recv_into_with_fds(
+    sockfd: FileDescriptorLike, buffer: WriteableBuffer, max_fds: int = MAX_FDS_PER_MESSAGE
+) -> tuple[int, list[int], int]:
     """
     Receive into a writable buffer, with room for C{max_fds} descriptors.
 
@@ -147,7 +161,9 @@ def recv_into_with_fds(sockfd, buffer, max_fds=MAX_FDS_PER_MESSAGE):
     return got, _unpackFds(fds, out[0]), out[1]
 
 
-def recv_with_fds(sockfd, max_bytes, max_fds=MAX_FDS_PER_MESSAGE):
+def recv_with_fds(
+    sockfd: FileDescriptorLike, max_bytes: int, max_fds: int = MAX_FDS_PER_MESSAGE
+) -> tuple[bytes, list[int], int]:
     """
     Receive up to C{max_bytes} with room for C{max_fds} descriptors, in one
     C{recvmsg}.  See L{recv_into_with_fds}.
@@ -168,7 +184,7 @@ class Receiver:
     @ivar bufferSize: the most bytes one L{receive} reads.
     """
 
-    def __init__(self, bufferSize=65536, max_fds=MAX_FDS_PER_MESSAGE):
+    def __init__(self, bufferSize: int = 65536, max_fds: int = MAX_FDS_PER_MESSAGE) -> None:
         if not 0 <= max_fds <= MAX_FDS_PER_MESSAGE:
             raise ValueError("max_fds must be between 0 and %d" % (MAX_FDS_PER_MESSAGE,))
         self.bufferSize = bufferSize
@@ -177,12 +193,12 @@ class Receiver:
         self._fds = ffi.new("int[]", max(max_fds, 1))
         self._out = ffi.new("int[2]")
 
-    def receive(self, sockfd, max_fds=None):
+    def receive(self, sockfd: int, max_fds: int | None = None) -> tuple[bytes, Sequence[int]]:
         """
         One C{recvmsg}, as L{recv_with_fds}.
 
         @param max_fds: room for this many descriptors this time, at most
-            the room given when made (L{None}: all of it).
+            the room given when made (C{None}: all of it).
 
         @return: C{(data, fds)}; C{data} is empty at end of stream and
             C{fds} is an C{array('i')} of the descriptors received (a
@@ -205,7 +221,7 @@ class Receiver:
         return data, array("i", ffi.buffer(self._fds, count * _INT_SIZE)[:])
 
 
-def duplicate_all(fds):
+def duplicate_all(fds: Sequence[FileDescriptorLike]) -> list[int]:
     """
     Duplicate every descriptor in C{fds} (ints), close-on-exec, in one C
     call: all of them, or none.
@@ -220,10 +236,11 @@ def duplicate_all(fds):
     duplicates = ffi.new("int[]", count)
     if lib.paf_dup_all(_fdArray(fds), count, duplicates) < 0:
         raise nativeError(ffi.errno)
-    return ffi.unpack(duplicates, count)
+    # cffi has no types: unpack of an int[] is a list of ints.
+    return ffi.unpack(duplicates, count)  # type: ignore[no-any-return]
 
 
-def close_all(fds):
+def close_all(fds: Sequence[FileDescriptorLike]) -> None:
     """
     Close every descriptor in C{fds}, ignoring errors: for cleanup paths,
     where one bad descriptor must not keep the rest open.

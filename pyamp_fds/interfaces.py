@@ -8,13 +8,25 @@ its class: a test fake, or another transport, declares the interface and is
 used the same way.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
 from twisted.internet.interfaces import IFileDescriptorReceiver, IUNIXTransport
-from zope.interface import Attribute
+from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from _typeshed import FileDescriptorLike
+
+    from pyamp_fds.outgoing import Ownership
 
 __all__ = ["IBatchingTransport", "IFileDescriptorsReceiver"]
 
 
-class IBatchingTransport(IUNIXTransport):
+# Interface is named as a base, though IUNIXTransport already extends it, so
+# that pydoctor, which cannot see Twisted's classes, knows an interface.
+class IBatchingTransport(IUNIXTransport, Interface):
     """
     A UNIX stream transport that queues descriptors with their place in the
     byte stream, sends them in batches with the bytes that name them, and
@@ -24,7 +36,7 @@ class IBatchingTransport(IUNIXTransport):
     sendmsgCalls = Attribute("How many sendmsg calls the transport has made.")
     recvmsgCalls = Attribute("How many recvmsg calls the transport has made.")
 
-    def sendFileDescriptor(descriptor, transfer=False):
+    def sendFileDescriptor(descriptor: FileDescriptorLike, transfer: bool = False) -> None:
         """
         Queue a descriptor to go with the next bytes written.
 
@@ -36,7 +48,7 @@ class IBatchingTransport(IUNIXTransport):
         @raise twisted.internet.error.ConnectionLost: nothing was queued.
         """
 
-    def sendFileDescriptors(descriptors, ownership):
+    def sendFileDescriptors(descriptors: Sequence[int], ownership: Ownership) -> None:
         """
         Queue several descriptors at once, all or none, after every box
         already sent.
@@ -47,31 +59,31 @@ class IBatchingTransport(IUNIXTransport):
         @raise twisted.internet.error.ConnectionLost: nothing was queued.
         """
 
-    def descriptorMark():
+    def descriptorMark() -> int:
         """
         A mark for L{withdrawDescriptors}: where the queue ends now.
         """
 
-    def withdrawDescriptors(mark):
+    def withdrawDescriptors(mark: int) -> None:
         """
         Take back every descriptor queued since C{mark}: the box that named
         them will not be sent.  Duplicates are closed; handed-over and lent
         descriptors are the caller's again.
         """
 
-    def addWriteHook(hook):
+    def addWriteHook(hook: Callable[[], bytes]) -> None:
         """
         Call C{hook()} once before the next bytes are written or sent, and
         write the bytes it returns.
         """
 
-    def flushNow():
+    def flushNow() -> None:
         """
         Send what has been written so far now, if the socket takes it.
         """
 
 
-class IFileDescriptorsReceiver(IFileDescriptorReceiver):
+class IFileDescriptorsReceiver(IFileDescriptorReceiver, Interface):
     """
     A protocol that takes the descriptors of one read in one call.
     """
@@ -82,7 +94,7 @@ class IFileDescriptorsReceiver(IFileDescriptorReceiver):
         "holding some, so that their boxes can claim them."
     )
 
-    def fileDescriptorsReceived(descriptors):
+    def fileDescriptorsReceived(descriptors: Sequence[int]) -> None:
         """
         Descriptors arrived, in order; the protocol owns them now.
 

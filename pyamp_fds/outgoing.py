@@ -4,18 +4,25 @@ The queue of descriptors waiting to be sent on one connection.
 
 Every descriptor queued here is placed in the byte stream: it must travel
 with a byte written no later than the box that names it.  The queue hands
-out groups of at most L{MAX_FDS_PER_MESSAGE} descriptors for the next
+out groups of at most C{MAX_FDS_PER_MESSAGE} descriptors for the next
 C{sendmsg}, says how many bytes that message may carry so that the next
 group still finds a byte of its own box, and settles each descriptor's
 ownership when it leaves: sent, withdrawn (the box that named it was not
 sent), or dropped with the connection.  No socket is touched here.
 """
 
+from __future__ import annotations
+
 import os
+from collections.abc import Sequence
 from enum import Enum
 from itertools import repeat
+from typing import TYPE_CHECKING
 
 from pyamp_fds.fdio import MAX_FDS_PER_MESSAGE, close_all, duplicate_all
+
+if TYPE_CHECKING:
+    from pyamp_fds.budget import DescriptorBudget
 
 __all__ = ["Ownership", "OutgoingDescriptors"]
 
@@ -53,34 +60,36 @@ class OutgoingDescriptors:
     name it start there or later.
     """
 
-    _budget = None
+    _budget: DescriptorBudget | None = None
 
-    def __init__(self, budget=None):
+    def __init__(self, budget: DescriptorBudget | None = None) -> None:
         """
         @param budget: a L{pyamp_fds.budget.DescriptorBudget} that counts the
-            duplicates this queue makes until they leave it, or L{None}.
+            duplicates this queue makes until they leave it, or C{None}.
         """
         self._budget = budget
         # Three parallel lists, so that a group leaves with one slice and
         # one del each, with no per-descriptor Python work in the common
         # case (no lent descriptors queued).
-        self._fds = []
-        self._positions = []
-        self._ownerships = []
+        self._fds: list[int] = []
+        self._positions: list[int] = []
+        self._ownerships: list[Ownership] = []
         self._lent = 0
         self._left = 0
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._fds)
 
     @property
-    def descriptors(self):
+    def descriptors(self) -> list[int]:
         """
         The descriptors queued, in order (a copy).
         """
         return list(self._fds)
 
-    def enqueue(self, descriptors, position, ownership=_DUPLICATE):
+    def enqueue(
+        self, descriptors: Sequence[int], position: int, ownership: Ownership = _DUPLICATE
+    ) -> None:
         """
         Queue descriptors, all or none.
 
@@ -107,13 +116,13 @@ class OutgoingDescriptors:
         self._positions.extend(repeat(position, count))
         self._ownerships.extend(repeat(ownership, count))
 
-    def mark(self):
+    def mark(self) -> int:
         """
         A mark for L{withdraw}: the end of the queue now.
         """
         return self._left + len(self._fds)
 
-    def withdraw(self, mark):
+    def withdraw(self, mark: int) -> None:
         """
         Take back every descriptor queued since C{mark}: the box that named
         them will not be sent.  Duplicates are closed; handed-over and lent
@@ -134,16 +143,16 @@ class OutgoingDescriptors:
         if self._budget is not None:
             self._budget.give(len(duplicates))
 
-    def nextGroup(self, sentPosition):
+    def nextGroup(self, sentPosition: int) -> tuple[list[int], int | None]:
         """
         The descriptors for the next C{sendmsg}, and how many bytes that
         message may carry.
 
         @param sentPosition: the stream position of the next byte to send.
-        @return: C{(descriptors, limit)}: at most L{MAX_FDS_PER_MESSAGE}
+        @return: C{(descriptors, limit)}: at most C{MAX_FDS_PER_MESSAGE}
             descriptors (empty if none are queued), and the most bytes the
             message may carry so that the group after it still finds a byte
-            of the box that names it (L{None}: no limit).
+            of the box that names it (C{None}: no limit).
         """
         fds = self._fds
         if len(fds) <= MAX_FDS_PER_MESSAGE:
@@ -153,7 +162,7 @@ class OutgoingDescriptors:
             max(1, self._positions[MAX_FDS_PER_MESSAGE] - sentPosition),
         )
 
-    def sent(self, count):
+    def sent(self, count: int) -> None:
         """
         The first C{count} descriptors went with a message: they leave the
         queue, and those it owns are closed (never sent again).
@@ -172,7 +181,7 @@ class OutgoingDescriptors:
         self._left += count
         close_all(fds)
 
-    def drop(self):
+    def drop(self) -> None:
         """
         The connection is gone: close every descriptor the queue owns
         (duplicates and handed-over ones) and empty it.

@@ -6,13 +6,24 @@ they are (those L{pyamp_fds.AMP} runs inline, as Twisted runs them) and which
 it overrides (those are called, through Twisted's own chain).
 """
 
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
 from twisted.protocols import amp
 
 from pyamp_fds import _twisted
 
+if TYPE_CHECKING:
+    from pyamp_fds.protocol import _Framing
+
 __all__ = ["planFor", "newBox", "SettlingCommand"]
 
 
+# Twisted leaves AMP's commands and dispatcher unannotated: the lines that
+# reach them carry a "type: ignore" naming the check that cannot see through
+# them.
 class SettlingCommand:
     """
     A command whose response, if it fails to serialize, takes back the
@@ -23,42 +34,44 @@ class SettlingCommand:
         chain then takes over from a responder's result).
     """
 
-    def __init__(self, command, parsed=False):
+    def __init__(self, command: type[amp.Command], parsed: bool = False) -> None:
         self._command = command
         self.parsed = parsed
 
-    def parseArguments(self, box, protocol):
+    def parseArguments(self, box: amp.AmpBox, protocol: amp.BinaryBoxProtocol) -> dict[str, Any]:
         if self.parsed:
             return {}
-        return self._command.parseArguments(box, protocol)
+        return self._command.parseArguments(box, protocol)  # type: ignore[no-any-return]
 
-    def makeResponse(self, objects, protocol):
+    def makeResponse(self, objects: Mapping[str, Any], protocol: _Framing) -> Any:
         return protocol.serializing(self._command.makeResponse, objects, protocol)
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         return getattr(self._command, name)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return repr(self._command)
 
 
 class _CommandPlan:
     """
-    How L{AMP} serves and calls one command type, worked out once: which of
+    How L{pyamp_fds.AMP} serves and calls one command type, worked out once: which of
     Twisted's steps the command leaves as they are (those run inline, as
     Twisted runs them) and which it overrides (those are called).
 
-    @ivar arguments: the argument spec, or L{None} if the command overrides
+    @ivar arguments: the argument spec, or C{None} if the command overrides
         C{parseArguments}.
-    @ivar response: the response spec, or L{None} if the command overrides
+    @ivar response: the response spec, or C{None} if the command overrides
         C{makeResponse}.
     @ivar directCall: whether C{callRemote} may skip making an instance of
         the command: its construction, argument checking and sending are
         Twisted's own.
     """
 
-    def __init__(self, command):
+    def __init__(self, command: type[amp.Command]) -> None:
         self.command = command
+        self.arguments: _ArgumentSpec | None
+        self.response: _ArgumentSpec | None
         self.arguments = self.response = None
         if _inherits(command, "parseArguments") and _inherits(command, "makeArguments"):
             self.arguments = _spec(command, "arguments")
@@ -70,35 +83,36 @@ class _CommandPlan:
             and not _twisted.overridesDoCommand(command)
         )
 
-    def parseResponse(self, box, proto):
+    def parseResponse(self, box: amp.AmpBox, proto: amp.BinaryBoxProtocol) -> dict[str, Any]:
         if self.response is not None:
             return self.response.toObjects(box, proto)
-        return self.command.parseResponse(box, proto)
+        return self.command.parseResponse(box, proto)  # type: ignore[no-any-return]
 
-    def remoteError(self, error):
+    def remoteError(self, error: amp.RemoteAmpError) -> Exception:
         """
-        What C{Command._doCommand}'s errback makes of a L{amp.RemoteAmpError}:
+        What C{Command._doCommand}'s errback makes of a
+        L{twisted.protocols.amp.RemoteAmpError}:
         the command's own exception for that code.
         """
-        errorType = self.command.reverseErrors.get(error.errorCode, amp.UnknownRemoteError)
-        return errorType(error.description)
+        errorType = self.command.reverseErrors.get(error.errorCode, amp.UnknownRemoteError)  # type: ignore[attr-defined]
+        return errorType(error.description)  # type: ignore[no-any-return]
 
 
-def newBox(boxType):
+def newBox(boxType: type[amp.AmpBox]) -> amp.AmpBox:
     # AmpBox.__init__ only converts str keys: an empty one needs none of it.
     if boxType is amp.AmpBox:
         return amp.AmpBox.__new__(amp.AmpBox)
     return boxType()
 
 
-def _inherits(command, name):
+def _inherits(command: type[amp.Command], name: str) -> bool:
     return getattr(command, name).__func__ is getattr(amp.Command, name).__func__
 
 
-_plans = {}
+_plans: dict[type[amp.Command], _CommandPlan] = {}
 
 
-def planFor(command):
+def planFor(command: type[amp.Command]) -> _CommandPlan:
     plan = _plans.get(command)
     if plan is None:
         plan = _plans[command] = _CommandPlan(command)
@@ -109,17 +123,17 @@ class _ArgumentSpec:
     """
     A command's argument list, with what Twisted works out on every call
     worked out once: each wire name's Python name, and which arguments use
-    L{amp.Argument}'s own C{toBox}/C{fromBox} (those are run inline, exactly
+    L{twisted.protocols.amp.Argument}'s own C{toBox}/C{fromBox} (those are run inline, exactly
     as Twisted runs them; the others through their own methods).
     """
 
-    def __init__(self, arglist):
+    def __init__(self, arglist: list[tuple[bytes, amp.Argument]]) -> None:
         self.arglist = arglist
-        self.entries = []
-        self.required = []
-        self.allowed = set()
+        self.entries: list[tuple[bytes, str, amp.Argument, bool, bool]] = []
+        self.required: list[str] = []
+        self.allowed: set[str] = set()
         for wireName, argument in arglist:
-            pythonName = _twisted.wireNameToPythonIdentifier(wireName)
+            pythonName = _twisted.wireNameToPythonIdentifier(wireName)  # type: ignore[no-untyped-call]
             self.allowed.add(pythonName)
             if not argument.optional:
                 self.required.append(pythonName)
@@ -131,7 +145,9 @@ class _ArgumentSpec:
             )
             self.entries.append((wireName, pythonName, argument, argument.optional, plain))
 
-    def toStrings(self, objects, strings, proto):
+    def toStrings(
+        self, objects: Mapping[str, Any], strings: amp.AmpBox, proto: amp.BinaryBoxProtocol
+    ) -> amp.AmpBox:
         # Twisted's _objectsToStrings, with Argument.toBox inlined.
         objects = dict(objects)
         for wireName, pythonName, argument, optional, plain in self.entries:
@@ -147,9 +163,11 @@ class _ArgumentSpec:
             strings[wireName] = argument.toStringProto(value, proto)
         return strings
 
-    def toObjects(self, strings, proto):
+    def toObjects(
+        self, strings: Mapping[bytes, bytes], proto: amp.BinaryBoxProtocol
+    ) -> dict[str, Any]:
         # Twisted's _stringsToObjects, with Argument.fromBox inlined.
-        objects = {}
+        objects: dict[str, Any] = {}
         strings = dict(strings)
         for wireName, pythonName, argument, optional, plain in self.entries:
             if not plain:
@@ -166,10 +184,10 @@ class _ArgumentSpec:
         return objects
 
 
-_specs = {}
+_specs: dict[tuple[type[amp.Command], str], _ArgumentSpec] = {}
 
 
-def _spec(commandType, which):
+def _spec(commandType: type[amp.Command], which: str) -> _ArgumentSpec:
     key = (commandType, which)
     spec = _specs.get(key)
     if spec is None:

@@ -11,19 +11,24 @@ What changes:
     Twisted does, stopping at a protocol switch to hand the rest over.
   - Sent boxes are checked at once (Twisted's C{TooLong} and C{TypeError}
     are raised by C{callRemote} itself) and, on a batching transport
-    (L{IBatchingTransport}), encoded together just before it writes.
-  - Received descriptors are held in a L{ReceivedDescriptors} table and
+    (L{pyamp_fds.interfaces.IBatchingTransport}), encoded together just before it writes.
+  - Received descriptors are held in a
+    L{pyamp_fds.descriptors.ReceivedDescriptors} table and
     checked: a box naming one that never arrived, or was already claimed,
     is a protocol error that closes the connection, closes every descriptor
     it held and fails the calls still waiting with a
-    L{DescriptorProtocolError}.
+    L{pyamp_fds.errors.DescriptorProtocolError}.
 
 L{AMP}'s fast paths for commands, answers and calls are in
 L{pyamp_fds.dispatch}.
 """
 
+from __future__ import annotations
+
 import errno
 import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IUNIXTransport
@@ -56,6 +61,13 @@ from pyamp_fds.fdio import _fileno, close_all
 from pyamp_fds.interfaces import IBatchingTransport, IFileDescriptorsReceiver
 from pyamp_fds.outgoing import Ownership
 
+if TYPE_CHECKING:
+    from _typeshed import FileDescriptorLike
+    from twisted.internet.interfaces import IDelayedCall, IProtocolFactory, ITransport
+    from twisted.internet.protocol import Protocol
+
+    _T = TypeVar("_T")
+
 __all__ = ["AMP", "BinaryBoxProtocol"]
 
 _log = Logger()
@@ -64,6 +76,10 @@ _HANDED_OVER = Ownership.HANDED_OVER
 _DUPLICATE = Ownership.DUPLICATE
 
 
+# On a batching transport (self._batching) the protocol calls what
+# IBatchingTransport adds to ITransport; and Twisted leaves much of AMP
+# unannotated: the lines that reach those carry a "type: ignore" naming the
+# check that cannot see through them.
 @implementer(IFileDescriptorsReceiver)
 class _Framing(_twisted.BoxProtocolHooks):
     """
@@ -71,7 +87,7 @@ class _Framing(_twisted.BoxProtocolHooks):
     descriptor ordinals, and the connection's table of received descriptors.
 
     @ivar maxBoxSize: the largest box accepted from the peer, in bytes.
-    @ivar maxUnclaimedSeconds: if not L{None}, the longest the peer may
+    @ivar maxUnclaimedSeconds: if not C{None}, the longest the peer may
         keep descriptors unclaimed without a pause (some unclaimed all that
         time) before the connection is closed: a peer that sends descriptors
         and never the boxes naming them holds part of the budget otherwise.
@@ -80,39 +96,41 @@ class _Framing(_twisted.BoxProtocolHooks):
         (C{MSG_CTRUNC}), such as Twisted's own UNIX transports: after a drop,
         every later ordinal names the wrong descriptor, so a box could be
         handed a different file than its sender meant.  Refused by default
-        (the connection is closed with L{DescriptorsUnsupported}); use
+        (the connection is closed with
+        L{pyamp_fds.errors.DescriptorsUnsupported}); use
         L{pyamp_fds.endpoints}, whose transports report drops.
-    @ivar receivedDescriptors: the L{ReceivedDescriptors} of this connection.
+    @ivar receivedDescriptors: the
+        L{pyamp_fds.descriptors.ReceivedDescriptors} of this connection.
     """
 
     maxBoxSize = DEFAULT_MAX_BOX_SIZE
-    maxUnclaimedSeconds = None
+    maxUnclaimedSeconds: float | None = None
     allowUncheckedDescriptors = False
     _maxUnclaimed = 8192
-    _unclaimedTimer = None
+    _unclaimedTimer: IDelayedCall | None = None
     #: While dispatching a long run of boxes from one read, send what they
     #: produced every this many boxes: the peer starts on the first answers
     #: while later ones are still being made, so both ends work at once.
     flushEvery = 128
 
-    _decoder = None
-    _failReason = None
+    _decoder: BoxDecoder | None = None
+    _failReason: Failure | None = None
     _batching = False
     _dispatching = False
 
     _sent = 0
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
         self._startConnectionState()
 
-    def _startConnectionState(self):
+    def _startConnectionState(self) -> None:
         self.receivedDescriptors = ReceivedDescriptors(self._protocolError)
         # Stock amp.Descriptor arguments claim from the same table.
         self.useDescriptorTable(self.receivedDescriptors)
-        self._outgoing = []
+        self._outgoing: list[Mapping[bytes, bytes]] = []
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         # A subclass whose __init__ does not call ours (Twisted's own tests
         # have one) still gets its state on first use.
         if name in ("receivedDescriptors", "_outgoing"):
@@ -121,12 +139,13 @@ class _Framing(_twisted.BoxProtocolHooks):
         raise AttributeError(name)
 
     @property
-    def maxUnclaimedDescriptors(self):
+    def maxUnclaimedDescriptors(self) -> int:
         """
         How many descriptors the peer may have sent that no box has claimed
         yet; past it, the connection is closed.  At most the descriptor
-        budget's per-connection share (L{DescriptorBudget.share}); 8192 by
-        default, and settable.  A L{DescriptorList}'s descriptors all arrive
+        budget's per-connection share
+        (L{pyamp_fds.budget.DescriptorBudget.share}); 8192 by default, and
+        settable.  A L{pyamp_fds.DescriptorList}'s descriptors all arrive
         before its box, so this must leave room for the longest expected.
         """
         budget = self.receivedDescriptors.budget
@@ -135,18 +154,18 @@ class _Framing(_twisted.BoxProtocolHooks):
         return min(self._maxUnclaimed, budget.share)
 
     @maxUnclaimedDescriptors.setter
-    def maxUnclaimedDescriptors(self, value):
+    def maxUnclaimedDescriptors(self, value: int) -> None:
         self._maxUnclaimed = value
 
     @property
-    def descriptorsUnclaimed(self):
+    def descriptorsUnclaimed(self) -> int:
         """
         How many descriptors the peer sent that no box has claimed yet.
         """
         return self.receivedDescriptors.unclaimed
 
     @property
-    def descriptorsSent(self):
+    def descriptorsSent(self) -> int:
         """
         How many descriptors this protocol has queued for sending: the next
         one sent gets this ordinal.
@@ -154,7 +173,7 @@ class _Framing(_twisted.BoxProtocolHooks):
         return self._sent
 
     @property
-    def pendingBytes(self):
+    def pendingBytes(self) -> int:
         """
         How many received bytes are held for a box not yet complete (none
         once the connection is lost).
@@ -164,15 +183,15 @@ class _Framing(_twisted.BoxProtocolHooks):
 
     # Connection
 
-    def makeConnection(self, transport):
+    def makeConnection(self, transport: ITransport) -> None:
         self._batching = IBatchingTransport.providedBy(transport)
         budget = getattr(transport, "descriptorBudget", None)
         self.receivedDescriptors.useBudget(budget if budget is not None else processBudget())
         if self._decoder is None:
             self._decoder = BoxDecoder(amp.AmpBox, self.maxBoxSize)
-        super().makeConnection(transport)
+        super().makeConnection(transport)  # type: ignore[no-untyped-call]
 
-    def connectionLost(self, reason):
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         self._stopUnclaimedTimer()
         self.receivedDescriptors.closeAll()
         self._outgoing = []
@@ -181,11 +200,11 @@ class _Framing(_twisted.BoxProtocolHooks):
             self._decoder = None
         if self._failReason is not None:
             reason = self._failReason
-        super().connectionLost(reason)
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]
 
     # Receiving boxes
 
-    def dataReceived(self, data):
+    def dataReceived(self, data: bytes) -> None:
         self.dataArrived()
         if self.innerProtocol is not None:
             self.innerProtocol.dataReceived(data)
@@ -211,7 +230,7 @@ class _Framing(_twisted.BoxProtocolHooks):
                 # What the box claimed is its responder's (or its caller's) now.
                 table.boxDispatched()
                 if every and index % every == every - 1 and self._outgoing:
-                    self.transport.flushNow()
+                    self.transport.flushNow()  # type: ignore[union-attr]
                 if self.innerProtocol is not None:
                     rest = decoder.remainder(index)
                     if rest:
@@ -224,14 +243,14 @@ class _Framing(_twisted.BoxProtocolHooks):
         if error is not None:
             self._framingError(error)
 
-    def _framingError(self, error):
+    def _framingError(self, error: FramingError) -> None:
         if isinstance(error, KeyTooLong):
             # Twisted's own path: connectionLost reports TooLong.
-            self.lengthLimitExceeded(MAX_KEY_LENGTH + 1)
+            self.lengthLimitExceeded(MAX_KEY_LENGTH + 1)  # type: ignore[no-untyped-call]
             return
         self._protocolError(error)
 
-    def _protocolError(self, error):
+    def _protocolError(self, error: Exception) -> None:
         """
         Close the connection for a fault of the peer's: log it once, close
         every descriptor held, and fail the calls waiting with C{error}.
@@ -248,16 +267,19 @@ class _Framing(_twisted.BoxProtocolHooks):
         if self.transport is not None:
             self.transport.loseConnection()
 
-    def switchProtocol(self, newProto, clientFactory=None):
+    def switchProtocol(
+        self, newProto: Protocol, clientFactory: IProtocolFactory | None = None
+    ) -> None:
         """
-        Hand the connection to C{newProto} (what a L{amp.ProtocolSwitchCommand}
+        Hand the connection to C{newProto} (what a
+        L{twisted.protocols.amp.ProtocolSwitchCommand}
         does): the switch box, and every box before it, go before the new
         protocol's bytes; bytes after the switch box go to it untouched.
         """
         self.flushBoxes()
         self.innerProtocol = newProto
         self.innerProtocolClientFactory = clientFactory
-        newProto.makeConnection(self.transport)
+        newProto.makeConnection(self.transport)  # type: ignore[no-untyped-call]
         if not self._dispatching and self._decoder is not None:
             # Outside dispatch (a responder that answered later): what is
             # held for a box not yet complete belongs to the new protocol.
@@ -267,11 +289,15 @@ class _Framing(_twisted.BoxProtocolHooks):
 
     # Sending boxes
 
-    def sendBox(self, box):
+    def sendBox(self, box: Mapping[bytes, bytes]) -> None:
         # A snapshot: later changes to the caller's box must not reach the wire.
         self._sendOwnBox(box, dict)
 
-    def _sendOwnBox(self, box, snapshot=None):
+    def _sendOwnBox(
+        self,
+        box: Mapping[bytes, bytes],
+        snapshot: Callable[[Mapping[bytes, bytes]], Mapping[bytes, bytes]] | None = None,
+    ) -> None:
         """
         L{sendBox} for a box nobody else holds, which needs no snapshot.
         """
@@ -286,13 +312,13 @@ class _Framing(_twisted.BoxProtocolHooks):
             _checkBox(box)
             self._outgoing.append(box if snapshot is None else snapshot(box))
             if len(self._outgoing) == 1:
-                self.transport.addWriteHook(self._encodeOutgoing)
+                self.transport.addWriteHook(self._encodeOutgoing)  # type: ignore[attr-defined]
 
-    def _encodeOutgoing(self):
+    def _encodeOutgoing(self) -> bytes:
         boxes, self._outgoing = self._outgoing, []
         return encode_boxes(boxes) if boxes else b""
 
-    def flushBoxes(self):
+    def flushBoxes(self) -> None:
         """
         Write the boxes queued for the transport's next write now, ahead of
         anything written after them.
@@ -302,7 +328,7 @@ class _Framing(_twisted.BoxProtocolHooks):
 
     # Descriptors
 
-    def fileDescriptorReceived(self, descriptor):
+    def fileDescriptorReceived(self, descriptor: int) -> None:
         if self._batching:
             # A batching transport reaching us through a wrapper (Twisted's
             # endpoints wrap protocols) that passes descriptors one by one:
@@ -333,7 +359,7 @@ class _Framing(_twisted.BoxProtocolHooks):
             return
         self.fileDescriptorsReceived((descriptor,))
 
-    def fileDescriptorsReceived(self, descriptors):
+    def fileDescriptorsReceived(self, descriptors: Sequence[int]) -> None:
         """
         Take descriptors in the order they arrived; each gets the next ordinal.
         """
@@ -345,20 +371,20 @@ class _Framing(_twisted.BoxProtocolHooks):
         if self.maxUnclaimedSeconds is not None and self._unclaimedTimer is None:
             self._startUnclaimedTimer()
 
-    def _startUnclaimedTimer(self):
+    def _startUnclaimedTimer(self) -> None:
         from twisted.internet import reactor
 
         clock = getattr(self.transport, "reactor", None) or reactor
-        self._unclaimedTimer = clock.callLater(self.maxUnclaimedSeconds, self._unclaimedTooLong)
+        self._unclaimedTimer = clock.callLater(self.maxUnclaimedSeconds, self._unclaimedTooLong)  # type: ignore[arg-type]
         self._unclaimedSince = self.receivedDescriptors.received
 
-    def _stopUnclaimedTimer(self):
+    def _stopUnclaimedTimer(self) -> None:
         if self._unclaimedTimer is not None:
             if self._unclaimedTimer.active():
                 self._unclaimedTimer.cancel()
             self._unclaimedTimer = None
 
-    def _unclaimedTooLong(self):
+    def _unclaimedTooLong(self) -> None:
         self._unclaimedTimer = None
         table = self.receivedDescriptors
         if not table.unclaimed or self._failReason is not None:
@@ -370,11 +396,11 @@ class _Framing(_twisted.BoxProtocolHooks):
         self._protocolError(
             UnclaimedTooLong(
                 "descriptors received were left unclaimed for over %g seconds"
-                % (self.maxUnclaimedSeconds,)
+                % (self.maxUnclaimedSeconds,)  # type: ignore[str-format]
             )
         )
 
-    def serializing(self, toStrings, *args, **kwargs):
+    def serializing(self, toStrings: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         """
         Run C{toStrings(*args, **kwargs)}, which makes a box's strings, taking back the
         descriptors its arguments queued if it fails: the box will not be
@@ -385,28 +411,30 @@ class _Framing(_twisted.BoxProtocolHooks):
         transport = self.transport
         if not self._batching or transport is None:
             return toStrings(*args, **kwargs)
-        sent, mark = self._sent, transport.descriptorMark()
+        sent, mark = self._sent, transport.descriptorMark()  # type: ignore[attr-defined]
         try:
             return toStrings(*args, **kwargs)
         except BaseException:
-            transport.withdrawDescriptors(mark)
+            transport.withdrawDescriptors(mark)  # type: ignore[attr-defined]
             self._sent = sent
             raise
 
-    def sendDescriptor(self, descriptor, transfer=False):
+    def sendDescriptor(self, descriptor: FileDescriptorLike, transfer: bool = False) -> int:
         """
         Queue a descriptor on the transport and return its ordinal.
 
         @param transfer: hand the descriptor over rather than a duplicate
             (a batching transport only).
-        @raise ConnectionLost: the connection is gone; nothing was queued.
-        @raise DescriptorsUnsupported: the transport cannot send it.
+        @raise twisted.internet.error.ConnectionLost: the connection is gone;
+            nothing was queued.
+        @raise pyamp_fds.errors.DescriptorsUnsupported: the transport cannot
+            send it.
         """
         transport = self.transport
         if transport is None:
             raise ConnectionLost()
         if self._batching:
-            transport.sendFileDescriptor(descriptor, transfer)
+            transport.sendFileDescriptor(descriptor, transfer)  # type: ignore[attr-defined]
         elif IUNIXTransport.providedBy(transport):
             if transfer:
                 raise DescriptorsUnsupported(
@@ -420,27 +448,31 @@ class _Framing(_twisted.BoxProtocolHooks):
         self._sent += 1
         return ordinal
 
-    def sendDescriptors(self, descriptors, ownership=_DUPLICATE):
+    def sendDescriptors(
+        self, descriptors: Sequence[int], ownership: Ownership = _DUPLICATE
+    ) -> int:
         """
         Queue a run of descriptors (ints) on a batching transport, all or
         none, and return the first one's ordinal; the rest follow it.
 
-        @param ownership: an L{Ownership}.
-        @raise ConnectionLost: the connection is gone; nothing was queued.
-        @raise DescriptorsUnsupported: the transport cannot batch them.
+        @param ownership: an L{pyamp_fds.outgoing.Ownership}.
+        @raise twisted.internet.error.ConnectionLost: the connection is gone;
+            nothing was queued.
+        @raise pyamp_fds.errors.DescriptorsUnsupported: the transport cannot
+            batch them.
         """
         transport = self.transport
         if transport is None:
             raise ConnectionLost()
         if not self._batching:
             raise listUnsupported(transport)
-        transport.sendFileDescriptors(descriptors, ownership)
+        transport.sendFileDescriptors(descriptors, ownership)  # type: ignore[attr-defined]
         start = self._sent
         self._sent = start + len(descriptors)
         return start
 
 
-def _checkBox(box):
+def _checkBox(box: Mapping[bytes, bytes]) -> None:
     for key, value in box.items():
         if (
             type(key) is not bytes
@@ -455,19 +487,21 @@ def _checkBox(box):
 
 class BinaryBoxProtocol(_Framing, amp.BinaryBoxProtocol):
     """
-    L{amp.BinaryBoxProtocol} with the framing in C and checked descriptors.
+    L{twisted.protocols.amp.BinaryBoxProtocol} with the framing in C and
+    checked descriptors.
     """
 
 
 class AMP(FastDispatch, _Framing, _twisted.AMPHooks, amp.AMP):
     """
-    L{amp.AMP} with the framing in C and checked, batched descriptors.
+    L{twisted.protocols.amp.AMP} with the framing in C and checked, batched
+    descriptors.
 
     Commands answered synchronously (a responder that returns a dict) are
     answered without Twisted's C{Deferred} chain; anything else (an
-    exception, a L{Deferred}, a result that does not serialize) runs through
+    exception, a L{twisted.internet.defer.Deferred}, a result that does not serialize) runs through
     Twisted's own chain from that point, so the outcome is the same.  Calls
     made with C{callRemote} have their answers parsed before their
-    L{Deferred} fires, rather than by callbacks in front of the caller's:
+    L{twisted.internet.defer.Deferred} fires, rather than by callbacks in front of the caller's:
     the caller sees the same results and errors.
     """

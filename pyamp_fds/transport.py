@@ -3,11 +3,11 @@
 UNIX stream transports that pass descriptors in batches.
 
 L{Server} and L{Client} are Twisted's C{unix.Server} and C{unix.Client}
-(L{IUNIXTransport} providers) with the descriptor path replaced; they
+(L{twisted.internet.interfaces.IUNIXTransport} providers) with the descriptor path replaced; they
 provide L{IBatchingTransport}:
 
   - C{sendFileDescriptor} queues the descriptor with its place in the byte
-    stream (an L{OutgoingDescriptors}); a write sends the buffered bytes and
+    stream (an L{pyamp_fds.outgoing.OutgoingDescriptors}); a write sends the buffered bytes and
     the queued descriptors together, up to 253 descriptors a C{sendmsg},
     each descriptor going with a byte no later than the box that names it.
   - A read takes everything available (64 KiB) with room for 253
@@ -17,7 +17,11 @@ provide L{IBatchingTransport}:
 The wire is the same as Twisted's, so either end may be stock Twisted.
 """
 
+from __future__ import annotations
+
 import errno
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import error, interfaces, main, unix
 from twisted.logger import Logger
@@ -31,6 +35,14 @@ from pyamp_fds.errors import DescriptorsTruncated
 from pyamp_fds.fdio import MAX_FDS_PER_MESSAGE, Receiver, _fileno, send_with_fds
 from pyamp_fds.interfaces import IBatchingTransport, IFileDescriptorsReceiver
 from pyamp_fds.outgoing import Ownership, OutgoingDescriptors
+
+if TYPE_CHECKING:
+    from _typeshed import FileDescriptorLike
+    from twisted.internet.interfaces import IDelayedCall
+    from twisted.python.failure import Failure
+
+    from pyamp_fds.budget import DescriptorBudget
+    from pyamp_fds.credentials import PeerCredentials
 
 __all__ = ["Server", "Client", "Connector"]
 
@@ -62,7 +74,7 @@ class _Batching(PeerCredentialsMixin, _twisted.TransportHooks):
         reading until its peer has taken them, so that a peer that sends
         requests and never reads the answers cannot make it hold more.
     @ivar maxPendingBytes: the same for bytes waiting to be sent.
-    @ivar descriptorBudget: the L{DescriptorBudget} this connection's
+    @ivar descriptorBudget: the L{pyamp_fds.budget.DescriptorBudget} this connection's
         descriptors count in (by default the process's): the transport
         reads only when a full receive fits in it.
     @ivar sendmsgCalls: C{sendmsg} calls made, for measurement.
@@ -70,18 +82,23 @@ class _Batching(PeerCredentialsMixin, _twisted.TransportHooks):
     """
 
     maxQueuedDescriptors = MAX_FDS_PER_MESSAGE
-    maxPendingDescriptors = None
+    maxPendingDescriptors: int | None = None
     maxPendingBytes = 64 << 20
-    descriptorBudget = None
+    if TYPE_CHECKING:
+        # Set by _initBatching, before the transport is used.
+        descriptorBudget: DescriptorBudget
+        _receiver: Receiver
+    else:
+        descriptorBudget = None
     sendmsgCalls = 0
     recvmsgCalls = 0
-    _backOffDelay = 0
+    _backOffDelay = 0.0
     _backOffCall = None
     _headroomCall = None
     _backOffs = 0
     _reading = False
 
-    def _initBatching(self):
+    def _initBatching(self) -> None:
         if self.descriptorBudget is None:
             self.descriptorBudget = processBudget()
         self._readStops = ReadStops(self)
@@ -89,11 +106,11 @@ class _Batching(PeerCredentialsMixin, _twisted.TransportHooks):
         # Stream positions: bytes written to this transport, and bytes sent.
         self._bytesWritten = 0
         self._bytesSent = 0
-        self._writeHooks = []
+        self._writeHooks: list[Callable[[], bytes]] = []
         self._receiver = Receiver(self.bufferSize)
 
     @property
-    def backOffs(self):
+    def backOffs(self) -> int:
         """
         How many times this transport has stopped writing for a while
         because the kernel could not take its descriptors then (C{ENOBUFS},
@@ -102,7 +119,7 @@ class _Batching(PeerCredentialsMixin, _twisted.TransportHooks):
         return self._backOffs
 
     @property
-    def queuedDescriptors(self):
+    def queuedDescriptors(self) -> list[int]:
         """
         The descriptors queued and not yet sent, in order (a copy).
         """
@@ -110,20 +127,20 @@ class _Batching(PeerCredentialsMixin, _twisted.TransportHooks):
 
     # Writing
 
-    def write(self, data):
+    def write(self, data: bytes) -> None:
         if self._writeHooks:
             self._runWriteHooks()
         self._bytesWritten += len(data)
-        super().write(data)
+        super().write(data)  # type: ignore[no-untyped-call]
 
-    def writeSequence(self, iovec):
+    def writeSequence(self, iovec: Iterable[bytes]) -> None:
         if self._writeHooks:
             self._runWriteHooks()
         iovec = list(iovec)
         self._bytesWritten += sum(map(len, iovec))
-        super().writeSequence(iovec)
+        super().writeSequence(iovec)  # type: ignore[no-untyped-call]
 
-    def addWriteHook(self, hook):
+    def addWriteHook(self, hook: Callable[[], bytes]) -> None:
         """
         Call C{hook()} once before the next bytes are written or sent, and
         write the bytes it returns: lets a protocol encode everything it has
@@ -134,15 +151,15 @@ class _Batching(PeerCredentialsMixin, _twisted.TransportHooks):
             # Inside doRead, the flush at its end sends it.
             self.startWriting()
 
-    def _runWriteHooks(self):
+    def _runWriteHooks(self) -> None:
         hooks, self._writeHooks = self._writeHooks, []
         for hook in hooks:
             data = hook()
             if data:
                 self._bytesWritten += len(data)
-                super().write(data)
+                super().write(data)  # type: ignore[no-untyped-call]
 
-    def flushNow(self):
+    def flushNow(self) -> None:
         """
         Send what has been written so far now, if the socket takes it; what
         it does not take waits for writability as usual.
@@ -153,12 +170,13 @@ class _Batching(PeerCredentialsMixin, _twisted.TransportHooks):
                 # Lost while writing: let the reactor's next pass report it.
                 self.startWriting()
 
-    def _flushAfterRead(self):
+    def _flushAfterRead(self) -> BaseException | None:
         """
         Send what was written while handling a read, now: straight to the
         socket when nothing older is buffered, so that neither a trip
         through the reactor nor registering for writability is needed.
         """
+        result: int | BaseException | None
         if self.TLS or len(self._writeHooks) != 1 or _twisted.hasBufferedOutput(self):
             # After startTLS the bytes must go through the TLS layer.
             result = self.doWrite()
@@ -168,26 +186,28 @@ class _Batching(PeerCredentialsMixin, _twisted.TransportHooks):
             result = self.writeSomeData(data)
             if isinstance(result, int) and result >= 0:
                 if result < len(data):
-                    super().write(data[result:])
+                    super().write(data[result:])  # type: ignore[no-untyped-call]
                 result = None
         if result is None and self._outputPending():
             self.startWriting()
-        return result
+        return result  # type: ignore[return-value]
 
-    def doWrite(self):
+    # Twisted's _AbortingMixin declares doWrite and doRead as returning None;
+    # FileDescriptor's, as here, return why the connection is lost, if it is.
+    def doWrite(self) -> BaseException | None:  # type: ignore[override]
         if self._writeHooks:
             self._runWriteHooks()
-        result = super().doWrite()
+        result = super().doWrite()  # type: ignore[no-untyped-call]
         if self._readStops:
             self._peerMayHaveDrained()
-        return result
+        return result  # type: ignore[no-any-return]
 
-    def loseConnection(self, *args, **kwargs):
+    def loseConnection(self, *args: Any, **kwargs: Any) -> None:
         if self._writeHooks and self.connected:
             self._runWriteHooks()
-        return super().loseConnection(*args, **kwargs)
+        return super().loseConnection(*args, **kwargs)  # type: ignore[no-any-return, no-untyped-call]
 
-    def sendFileDescriptor(self, fileno, transfer=False):
+    def sendFileDescriptor(self, fileno: FileDescriptorLike, transfer: bool = False) -> None:
         """
         Queue a descriptor to go with the next bytes written.  Write them
         before the transport next writes (in the same call, as a protocol
@@ -214,12 +234,14 @@ class _Batching(PeerCredentialsMixin, _twisted.TransportHooks):
             # that name it, without registering for writability.
             self.startWriting()
 
-    def sendFileDescriptors(self, filenos, ownership=_DUPLICATE):
+    def sendFileDescriptors(
+        self, filenos: Sequence[int], ownership: Ownership = _DUPLICATE
+    ) -> None:
         """
         Queue several descriptors at once, all or none.
 
         @param filenos: a sequence of descriptors (ints).
-        @param ownership: an L{Ownership}: duplicates made here (the
+        @param ownership: an L{pyamp_fds.outgoing.Ownership}: duplicates made here (the
             default), the descriptors handed over, or lent (Twisted's own
             rule: the caller keeps them open until they have been sent).
         @raise ConnectionLost: nothing was queued.
@@ -241,13 +263,13 @@ class _Batching(PeerCredentialsMixin, _twisted.TransportHooks):
         if not self._reading:
             self.startWriting()
 
-    def descriptorMark(self):
+    def descriptorMark(self) -> int:
         """
         A mark for L{withdrawDescriptors}: where the queue ends now.
         """
         return self._queue.mark()
 
-    def withdrawDescriptors(self, mark):
+    def withdrawDescriptors(self, mark: int) -> None:
         """
         Take back every descriptor queued since C{mark}, none of which has
         been sent yet: the box that named them will not be.  Our duplicates
@@ -256,13 +278,13 @@ class _Batching(PeerCredentialsMixin, _twisted.TransportHooks):
         """
         self._queue.withdraw(mark)
 
-    def sendBufferFull(self):
+    def sendBufferFull(self) -> bool:
         """
         Whether more descriptors are queued than L{maxQueuedDescriptors}.
         """
         return len(self._queue) > self.maxQueuedDescriptors
 
-    def writeSomeData(self, data):
+    def writeSomeData(self, data: bytes) -> int | error.ConnectionLost:
         """
         Send as much of C{data} as the socket takes, with every queued
         descriptor that may go with it, in as few C{sendmsg} calls as the
@@ -279,6 +301,7 @@ class _Batching(PeerCredentialsMixin, _twisted.TransportHooks):
             return error.FileDescriptorOverrun()
         fileno = self.socket.fileno()
         total = 0
+        fds: Sequence[int]
         while total < size:
             length = size - total
             if queue:
@@ -300,7 +323,7 @@ class _Batching(PeerCredentialsMixin, _twisted.TransportHooks):
                 return main.CONNECTION_LOST
             finally:
                 self.sendmsgCalls += 1
-            self._backOffDelay = 0
+            self._backOffDelay = 0.0
             if fds:
                 # They went with the first byte: never again.
                 queue.sent(len(fds))
@@ -310,63 +333,63 @@ class _Batching(PeerCredentialsMixin, _twisted.TransportHooks):
                 break
         return total
 
-    def _backOff(self):
+    def _backOff(self) -> None:
         if self._backOffCall is not None:
             return
         self._backOffs += 1
         self._backOffDelay = min(
             max(self._backOffDelay * 2, _FIRST_BACK_OFF), _LONGEST_BACK_OFF
         )
-        self.stopWriting()
+        self.stopWriting()  # type: ignore[no-untyped-call]
 
-        def retry():
+        def retry() -> None:
             self._backOffCall = None
             if self.connected:
                 self.startWriting()
 
         self._backOffCall = self.reactor.callLater(self._backOffDelay, retry)
 
-    def startWriting(self):
+    def startWriting(self) -> None:
         # While backing off, the timer registers for writing: anything else
         # that would (a write, a queued descriptor, a flush) would have the
         # reactor call doWrite in a loop, each sendmsg failing again.
         if self._backOffCall is None:
-            super().startWriting()
+            super().startWriting()  # type: ignore[no-untyped-call]
 
     # Reading, paused and resumed
 
     @property
-    def readPauses(self):
+    def readPauses(self) -> int:
         """
         How many times reading stopped: for the budget's headroom, for a
         peer that does not take what it is sent, or for a consumer.
         """
         return self._readStops.count
 
-    def pauseProducing(self):
+    def pauseProducing(self) -> None:
         self._readStops.stop("producer")
 
-    def resumeProducing(self):
+    def resumeProducing(self) -> None:
         self._readStops.resume("producer")
 
-    def _headroomAgain(self):
+    def _headroomAgain(self) -> None:
         if self._headroomCall is not None:
             if self._headroomCall.active():
                 self._headroomCall.cancel()
             self._headroomCall = None
         self._readStops.resume("budget")
 
-    def _holdsUnclaimed(self):
+    def _holdsUnclaimed(self) -> bool:
         protocol = self.protocol
         if self.TLS:
-            protocol = protocol.wrappedProtocol
+            protocol = protocol.wrappedProtocol  # type: ignore[attr-defined]
         return bool(getattr(protocol, "descriptorsUnclaimed", 0))
 
-    def _peerMayHaveDrained(self):
+    def _peerMayHaveDrained(self) -> None:
         if "drain" in self._readStops and not self._outputOverBound():
             self._readStops.resume("drain")
 
-    def _outputOverBound(self):
+    def _outputOverBound(self) -> bool:
         limit = self.maxPendingDescriptors
         if limit is None:
             limit = self.descriptorBudget.share
@@ -376,7 +399,9 @@ class _Batching(PeerCredentialsMixin, _twisted.TransportHooks):
 
     # Reading
 
-    def doRead(self):
+    # As doWrite; and a read may fail with DescriptorsTruncated, which is
+    # not among the errors tcp.Connection declares.
+    def doRead(self) -> BaseException | None:  # type: ignore[override]
         budget = self.descriptorBudget
         room = budget.room()
         if room < budget.fullReceive and not self._holdsUnclaimed():
@@ -426,15 +451,15 @@ class _Batching(PeerCredentialsMixin, _twisted.TransportHooks):
             self._readStops.stop("drain")
         return result
 
-    def _outputPending(self):
+    def _outputPending(self) -> bool:
         return bool(self._writeHooks) or _twisted.hasBufferedOutput(self)
 
-    def _descriptorsReceived(self, fds):
+    def _descriptorsReceived(self, fds: Sequence[int]) -> None:
         protocol = self.protocol
         if self.TLS:
             # They arrive beside the TLS records: they are for the protocol
             # the TLS layer decrypts for.
-            protocol = protocol.wrappedProtocol
+            protocol = protocol.wrappedProtocol  # type: ignore[attr-defined]
         if IFileDescriptorsReceiver.providedBy(protocol):
             protocol.fileDescriptorsReceived(fds)
         elif interfaces.IFileDescriptorReceiver.providedBy(protocol):
@@ -446,7 +471,7 @@ class _Batching(PeerCredentialsMixin, _twisted.TransportHooks):
             closeLater(fds, budget)
             _twisted.logDescriptorsRefused(self, protocol, len(fds))
 
-    def connectionLost(self, reason):
+    def connectionLost(self, reason: Failure) -> None:
         if self._backOffCall is not None:
             self._backOffCall.cancel()
             self._backOffCall = None
@@ -460,7 +485,7 @@ class _Batching(PeerCredentialsMixin, _twisted.TransportHooks):
         # this transport's cycle with its protocol: under connection churn
         # each dead transport would hold its 64 KiB until then, and the heap
         # keeps growing to make room for them.
-        self._receiver = None
+        self._receiver = None  # type: ignore[assignment]  # never read once lost
         super().connectionLost(reason)
 
 
@@ -470,7 +495,7 @@ class Server(_Batching, unix.Server):
     The server side of a UNIX stream connection, with batched descriptors.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._initBatching()
         unix.Server.__init__(self, *args, **kwargs)
 
@@ -481,7 +506,7 @@ class Client(_Batching, unix.Client):
     The client side of a UNIX stream connection, with batched descriptors.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._initBatching()
         unix.Client.__init__(self, *args, **kwargs)
 
@@ -491,5 +516,5 @@ class Connector(_twisted.ConnectorHooks, unix.Connector):
     Connects to a UNIX socket with a L{Client}.
     """
 
-    def makeTransport(self):
+    def makeTransport(self) -> Client:
         return Client(self.address, self, self.reactor, self.checkPID)

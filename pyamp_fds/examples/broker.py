@@ -2,7 +2,7 @@
 """
 A connection broker, meant as a template: one process accepts TCP
 connections and hands each one, as a descriptor, to one of N worker
-processes over pyamp_fds AMP; the workers answer HTTP requests on them.
+processes over pyamp_fds AMP; the workers answer HTTP requests on them::
 
     python -m pyamp_fds.examples.broker --port 8080 --workers 2
 
