@@ -1,0 +1,620 @@
+"""
+Peers that try to exhaust a server's descriptors or its reactor, each over
+real sockets on the real reactor: a peer that sends requests and never
+reads the answers, a kernel that refuses descriptors for a while, a
+descriptor whose close blocks, a kernel that attaches a pidfd to every
+message, a transport that cannot report dropped descriptors, and a
+connection that holds more than its share of the descriptor budget.
+
+Every test ends with exactly the descriptors it started with.
+"""
+
+import errno
+import os
+import socket
+import struct
+import time
+
+from twisted.internet import defer, protocol, reactor, task, threads
+from twisted.protocols import amp
+from twisted.trial.unittest import SkipTest, TestCase
+
+import pyamp_fds
+from pyamp_fds import fdio
+from pyamp_fds import transport as transportModule
+from pyamp_fds.budget import DescriptorBudget, processBudget, setProcessBudget
+from pyamp_fds.closer import waitUntilClosed
+from pyamp_fds.errors import (
+    DescriptorProtocolError,
+    DescriptorsUnsupported,
+    TooManyUnclaimedDescriptors,
+)
+from tests.fdcheck import assertNoNewDescriptors, identity, openDescriptors
+from tests.reactorhelpers import ReactorTestCase, adopt, settle, watchLost
+
+# Linux 6.5's SO_PASSPIDFD; the socket module may not name it yet.
+SO_PASSPIDFD = getattr(socket, "SO_PASSPIDFD", 76)
+
+
+class GivePadded(amp.Command):
+    """
+    Ask for a descriptor; the padding makes each request large, so that one
+    read of the server holds few of them.
+    """
+
+    arguments = [(b"pad", amp.String())]
+    response = [(b"fd", pyamp_fds.Descriptor())]
+
+
+class Give(amp.Command):
+    arguments = []
+    response = [(b"fd", pyamp_fds.Descriptor())]
+
+
+class Take(amp.Command):
+    arguments = [(b"fd", pyamp_fds.Descriptor()), (b"n", amp.Integer())]
+    response = [(b"n", amp.Integer())]
+
+
+class Hello(amp.Command):
+    arguments = [(b"text", amp.Unicode())]
+    response = [(b"text", amp.Unicode())]
+
+
+class Responder(pyamp_fds.AMP):
+    """
+    Answers with duplicates of one descriptor of its own, and records the
+    identity of each descriptor taken (closing it).
+    """
+
+    def __init__(self, given=None):
+        super().__init__()
+        self.given = given
+        self.taken = []
+
+    @GivePadded.responder
+    def givePadded(self, pad):
+        return {"fd": self.given}
+
+    @Give.responder
+    def give(self):
+        return {"fd": self.given}
+
+    @Take.responder
+    def take(self, fd, n):
+        self.taken.append(identity(fd))
+        os.close(fd)
+        return {"n": n}
+
+    @Hello.responder
+    def hello(self, text):
+        return {"text": text.upper()}
+
+
+def countOpen():
+    """
+    How many descriptors this process has open.
+    """
+    return len(openDescriptors())
+
+
+@defer.inlineCallbacks
+def waitFor(predicate, timeout, step=0.005):
+    """
+    Let the reactor run until C{predicate()} is true, or C{timeout} seconds
+    have passed.
+
+    @return: a L{Deferred} firing with the last value of C{predicate()}.
+    """
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        yield settle(step)
+    return predicate()
+
+
+def box(**fields):
+    """
+    An encoded box of these fields (values as bytes, or anything whose
+    C{str} is the value).
+    """
+    return pyamp_fds.encode_box(
+        {k.encode(): v if isinstance(v, bytes) else str(v).encode() for k, v in fields.items()}
+    )
+
+
+class HostileTestCase(ReactorTestCase):
+    """
+    A L{ReactorTestCase} with a descriptor the server hands out, and raw
+    peers on sockets the test sets up.
+    """
+
+    def setUp(self):
+        d = super().setUp()
+
+        def made(_):
+            r, w = os.pipe()
+            os.close(w)
+            self.given = r
+            self.addCleanup(os.close, r)
+
+        return d.addCallback(made)
+
+    def rawPeerOn(self, proto, server, peer):
+        """
+        Run C{proto} over C{server} (one end of a socketpair, then closed)
+        and return C{peer}, the other end, non-blocking, closed when the
+        test ends.
+        """
+        self._lost.append(watchLost(proto))
+        adopt(server, proto)
+        self.addCleanup(self._disconnect, proto)
+        self.addCleanup(peer.close)
+        peer.setblocking(False)
+        return peer
+
+
+class SilentReaderTests(HostileTestCase):
+    """
+    A peer that sends requests whose answers carry descriptors and never
+    reads them makes the server stop reading its requests once more than
+    C{maxPendingDescriptors} duplicates are queued, rather than queue a
+    duplicate for every request.
+    """
+
+    REQUESTS = 3000
+    BOUND = 20
+
+    @defer.inlineCallbacks
+    def test_readingStopsWhilePeerDoesNotRead(self):
+        """
+        While the peer does not read, the server's count of open descriptors
+        stays within the bound plus one read's worth of requests; once the
+        peer reads, every request is answered, each with its descriptor.
+        """
+        server, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # A small send buffer, so that answers stay queued (as descriptors of
+        # ours) rather than waiting in the kernel.
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        proto = Responder(self.given)
+        peer = self.rawPeerOn(proto, server, peer)
+        transport = proto.transport
+        transport.maxPendingDescriptors = self.BOUND
+
+        requests = [
+            box(_ask=i, _command="GivePadded", pad=b"x" * 1000) for i in range(self.REQUESTS)
+        ]
+        perRead = transport.bufferSize // len(requests[0]) + 1
+        data = memoryview(b"".join(requests))
+        state = {"written": 0, "progress": time.monotonic(), "most": 0, "fds": 0, "got": []}
+        baseline = countOpen()
+
+        def write():
+            while state["written"] < len(data):
+                try:
+                    sent = peer.send(data[state["written"] : state["written"] + 65536])
+                except BlockingIOError:
+                    break
+                state["written"] += sent
+                state["progress"] = time.monotonic()
+            state["most"] = max(state["most"], countOpen() - baseline)
+
+        def read():
+            while True:
+                try:
+                    got, fds, _ = fdio.recv_with_fds(peer, 1 << 20)
+                except BlockingIOError:
+                    return
+                fdio.close_all(fds)
+                state["fds"] += len(fds)
+                state["got"].append(got)
+                if not got:
+                    return
+
+        writer = task.LoopingCall(write)
+        writer.clock = reactor
+        writer.start(0.002)
+        try:
+            # Until everything is written, or the server has read nothing
+            # for a while: it has stopped reading.
+            yield waitFor(
+                lambda: state["written"] == len(data)
+                or time.monotonic() - state["progress"] > 0.3,
+                timeout=20,
+            )
+            stalledAt = state["written"]
+            self.assertLess(stalledAt, len(data), "the server read every request")
+            self.assertGreaterEqual(transport.readPauses, 1)
+            self.assertLessEqual(
+                state["most"],
+                self.BOUND + perRead + 16,
+                "the server held %d more descriptors (bound %d, %d requests a read)"
+                % (state["most"], self.BOUND, perRead),
+            )
+
+            reader = task.LoopingCall(read)
+            reader.clock = reactor
+            reader.start(0.002)
+            try:
+                yield waitFor(lambda: state["fds"] >= self.REQUESTS, timeout=30)
+            finally:
+                reader.stop()
+        finally:
+            writer.stop()
+        self.assertEqual(state["written"], len(data))
+        self.assertEqual(state["fds"], self.REQUESTS)
+        self.assertEqual(b"".join(state["got"]).count(b"\x00\x07_answer"), self.REQUESTS)
+        self.assertTrue(transport.connected)
+        self.assertEqual(len(transport.queuedDescriptors), 0)
+
+
+class BackOffTests(HostileTestCase):
+    """
+    While the kernel refuses descriptors (C{ETOOMANYREFS}, C{ENOBUFS}), the
+    transport waits on a timer and is not registered for writing: it does
+    not call C{sendmsg} again and again.
+    """
+
+    CALLS = 60
+    FAILING = 0.3
+
+    @defer.inlineCallbacks
+    def test_noSpinningWhileRefused(self):
+        """
+        For 0.3 s every C{sendmsg} of the server fails with C{ETOOMANYREFS}
+        while a client sends 60 calls whose answers carry descriptors: the
+        server tries tens of times, not thousands, backs off, and then
+        delivers every answer.
+        """
+        server, client = self.connect(Responder(self.given), pyamp_fds.AMP())
+        serverFd = server.transport.fileno()
+        real = transportModule.send_with_fds
+        state = {"until": None, "refused": 0}
+
+        def sendWithFds(fileno, data, fds=()):
+            refusing = state["until"] is not None and time.monotonic() < state["until"]
+            if fileno == serverFd and refusing:
+                state["refused"] += 1
+                raise OSError(errno.ETOOMANYREFS, os.strerror(errno.ETOOMANYREFS))
+            return real(fileno, data, fds)
+
+        self.patch(transportModule, "send_with_fds", sendWithFds)
+        state["until"] = time.monotonic() + self.FAILING
+        answers = []
+
+        def call():
+            answers.append(client.callRemote(Give))
+
+        sender = task.LoopingCall(call)
+        sender.clock = reactor
+        sender.start(self.FAILING / self.CALLS)
+        try:
+            yield waitFor(lambda: len(answers) >= self.CALLS, timeout=5)
+        finally:
+            sender.stop()
+        results = yield defer.gatherResults(answers)
+        for result in results:
+            self.assertEqual(identity(result["fd"]), identity(self.given))
+            os.close(result["fd"])
+        self.assertGreater(state["refused"], 0)
+        self.assertGreaterEqual(server.transport.backOffs, 1)
+        self.assertLess(
+            state["refused"],
+            200,
+            "%d sendmsg calls refused in %g s" % (state["refused"], self.FAILING),
+        )
+
+
+class BlockingCloseTests(HostileTestCase):
+    """
+    Descriptors a peer sent and never claimed are closed on a background
+    thread when its connection is lost: a close that blocks does not block
+    the reactor.
+    """
+
+    LINGER = 2
+
+    def lingeringSocket(self):
+        """
+        A TCP socket on the loopback with C{SO_LINGER} whose peer never
+        reads and whose send buffer is full: closing it blocks for the
+        linger time.
+
+        @return: C{(lingering, quietPeer)}; the caller closes C{lingering},
+            C{quietPeer} is closed when the test ends.
+        """
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(listener.close)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        lingering = socket.create_connection(listener.getsockname())
+        quiet, _ = listener.accept()
+        self.addCleanup(quiet.close)
+        lingering.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        lingering.setsockopt(
+            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, self.LINGER)
+        )
+        lingering.setblocking(False)
+        try:
+            while True:
+                lingering.send(b"x" * 65536)
+        except BlockingIOError:
+            pass
+        return lingering, quiet
+
+    @defer.inlineCallbacks
+    def test_unclaimedLingeringSocket(self):
+        """
+        A raw peer sends a lingering socket's descriptor, never claims it,
+        and disconnects; another client's call to the same process is
+        answered at once, and its connection loss is handled at once, while
+        the close takes the linger time in the background.
+        """
+        innocentServer, innocent = self.connect(Responder(), pyamp_fds.AMP())
+        yield innocent.callRemote(Hello, text="warm")
+        proto = Responder()
+        server, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        peer = self.rawPeerOn(proto, server, peer)
+        lost = watchLost(proto)
+        lingering, _ = self.lingeringSocket()
+        # The first byte of a box never finished: the descriptor stays
+        # unclaimed.
+        fdio.send_with_fds(peer, b"\x00", [lingering.fileno()])
+        yield waitFor(lambda: proto.descriptorsUnclaimed == 1, timeout=2)
+        self.assertEqual(proto.descriptorsUnclaimed, 1)
+        # Ours goes: the server's is now the last, whose close lingers.
+        lingering.close()
+
+        start = time.monotonic()
+        peer.shutdown(socket.SHUT_RDWR)
+        timings = {}
+        lost.addCallback(lambda _: timings.setdefault("lost", time.monotonic() - start))
+        answer = yield innocent.callRemote(Hello, text="hello")
+        answered = time.monotonic() - start
+        self.assertEqual(answer, {"text": "HELLO"})
+        yield waitFor(lambda: "lost" in timings, timeout=self.LINGER + 2)
+        self.assertLess(answered, self.LINGER / 4)
+        self.assertLess(timings["lost"], self.LINGER / 4)
+
+        yield threads.deferToThread(waitUntilClosed)
+        closed = time.monotonic() - start
+        # The close really did linger (else this test proves nothing).
+        self.assertGreater(closed, self.LINGER / 2)
+
+
+class PeerPidDescriptorTests(TestCase):
+    """
+    With C{SO_PASSPIDFD} set, the kernel attaches a pidfd of the sender to
+    every message received: the receiving calls close it.
+    """
+
+    MESSAGES = 200
+
+    def test_pidfdsClosed(self):
+        """
+        200 messages received with L{fdio.Receiver.receive} and
+        L{fdio.recv_with_fds}, some carrying a descriptor, leave the
+        descriptor count as it was, except for those descriptors.
+        """
+        before = openDescriptors()
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            try:
+                b.setsockopt(socket.SOL_SOCKET, SO_PASSPIDFD, 1)
+            except OSError as e:
+                raise SkipTest("SO_PASSPIDFD is not supported here (Linux 6.5+): %s" % (e,))
+            receiver = fdio.Receiver(4096)
+            r, w = os.pipe()
+            sent = identity(r)
+            try:
+                received = []
+                for i in range(self.MESSAGES):
+                    fds = [r] if i % 10 == 0 else []
+                    fdio.send_with_fds(a, b"%d;" % (i,), fds)
+                    if i % 2:
+                        data, got = receiver.receive(b.fileno())
+                    else:
+                        data, got, _ = fdio.recv_with_fds(b, 4096)
+                    self.assertEqual(data, b"%d;" % (i,))
+                    self.assertEqual(len(got), len(fds))
+                    for fd in got:
+                        received.append(identity(fd))
+                        os.close(fd)
+                    if i % 50 == 0:
+                        # Each message was read alone: a pidfd came with it.
+                        self.assertEqual(countOpen(), len(before) + 4)
+            finally:
+                os.close(r)
+                os.close(w)
+            self.assertEqual(received, [sent] * (self.MESSAGES // 10))
+        finally:
+            a.close()
+            b.close()
+        assertNoNewDescriptors(before)
+
+
+class UncheckedTransportTests(HostileTestCase):
+    """
+    Over Twisted's own UNIX transport, which cannot report descriptors the
+    kernel dropped, L{pyamp_fds.AMP} refuses descriptors unless told to
+    accept the risk.
+    """
+
+    def rawPeerOnTwisted(self, proto):
+        """
+        Run C{proto} over Twisted's own transport (C{adoptStreamConnection}),
+        with a plain socket as its peer.
+        """
+        server, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._lost.append(watchLost(proto))
+        factory = protocol.Factory()
+        factory.buildProtocol = lambda addr: proto
+        server.setblocking(False)
+        reactor.adoptStreamConnection(server.fileno(), socket.AF_UNIX, factory)
+        server.close()
+        self.addCleanup(self._disconnect, proto)
+        self.addCleanup(peer.close)
+        peer.setblocking(False)
+        return peer
+
+    @defer.inlineCallbacks
+    def test_refusedByDefault(self):
+        """
+        A descriptor received closes the connection with
+        L{DescriptorsUnsupported}, which names L{pyamp_fds.endpoints}; the
+        responder is not called and nothing is held.
+        """
+        proto = Responder()
+        self.assertFalse(proto.allowUncheckedDescriptors)
+        peer = self.rawPeerOnTwisted(proto)
+        lost = watchLost(proto)
+        # A call of the server's own, which fails with the reason the
+        # connection was closed for.
+        waiting = proto.callRemote(Hello, text="waiting")
+        r, w = os.pipe()
+        try:
+            fdio.send_with_fds(peer, box(_ask=1, _command="Take", fd=0, n=1), [r])
+        finally:
+            os.close(r)
+            os.close(w)
+        closed = yield waitFor(lambda: lost.called, timeout=2)
+        self.assertTrue(closed, "the connection is still open")
+        reason = yield self.assertFailure(waiting, DescriptorsUnsupported)
+        self.assertIn("pyamp_fds.endpoints", str(reason))
+        self.assertEqual(proto.taken, [])
+        self.assertEqual(proto.descriptorsUnclaimed, 0)
+        self.flushLoggedErrors(DescriptorProtocolError)
+
+    @defer.inlineCallbacks
+    def test_allowed(self):
+        """
+        With C{allowUncheckedDescriptors} set, the same call is answered and
+        its responder gets the descriptor sent.
+        """
+        proto = Responder()
+        proto.allowUncheckedDescriptors = True
+        peer = self.rawPeerOnTwisted(proto)
+        r, w = os.pipe()
+        try:
+            fdio.send_with_fds(peer, box(_ask=1, _command="Take", fd=0, n=7), [r])
+            got = []
+
+            def answered():
+                try:
+                    got.append(peer.recv(4096))
+                except BlockingIOError:
+                    pass
+                return b"".join(got).endswith(b"\x00\x00")
+
+            self.assertTrue((yield waitFor(answered, timeout=5)))
+            self.assertEqual(proto.taken, [identity(r)])
+        finally:
+            os.close(r)
+            os.close(w)
+        self.assertIn(b"_answer", b"".join(got))
+        self.assertTrue(proto.transport.connected)
+
+
+class BudgetTests(HostileTestCase):
+    """
+    Connections sharing a small L{DescriptorBudget}: the one holding more
+    than its share is closed, and a shortage of headroom pauses reading
+    rather than closing anyone.
+    """
+
+    def useBudget(self, budget):
+        """
+        Make C{budget} the one connections made from now on count in, until
+        the test ends.
+        """
+        old = processBudget()
+        setProcessBudget(budget)
+        self.addCleanup(setProcessBudget, old)
+
+    def openPipes(self, count):
+        fds = []
+        for _ in range(count):
+            r, w = os.pipe()
+            os.close(w)
+            fds.append(r)
+        self.addCleanup(fdio.close_all, fds)
+        return fds
+
+    @defer.inlineCallbacks
+    def test_flooderClosed(self):
+        """
+        A raw peer sending descriptors no box claims is closed with
+        L{TooManyUnclaimedDescriptors} once it holds more than its share,
+        while an innocent client's calls carrying descriptors, before and
+        after, are answered.
+        """
+        budget = DescriptorBudget(limit=2000, share=30)
+        self.useBudget(budget)
+        innocentServer, innocent = self.connect(Responder(), pyamp_fds.AMP())
+        flooder = Responder()
+        server, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        peer = self.rawPeerOn(flooder, server, peer)
+        lost = watchLost(flooder)
+        fds = self.openPipes(10)
+        waiting = flooder.callRemote(Hello, text="waiting")
+
+        expected = [fds[0]]
+        answer = yield innocent.callRemote(Take, fd=fds[0], n=1)
+        self.assertEqual(answer, {"n": 1})
+        for i in range(5):
+            try:
+                fdio.send_with_fds(peer, box(_ask=i, _command="Hello", text="hi"), fds)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            expected.append(fds[i])
+            answer = yield innocent.callRemote(Take, fd=fds[i], n=i)
+            self.assertEqual(answer, {"n": i})
+        closed = yield waitFor(lambda: lost.called, timeout=2)
+        self.assertTrue(closed, "the flooder is still connected")
+        yield self.assertFailure(waiting, TooManyUnclaimedDescriptors)
+        expected.append(fds[1])
+        answer = yield innocent.callRemote(Take, fd=fds[1], n=99)
+        self.assertEqual(answer, {"n": 99})
+        self.assertEqual(innocentServer.taken, [identity(fd) for fd in expected])
+        self.assertTrue(innocentServer.transport.connected)
+        yield threads.deferToThread(waitUntilClosed)
+        self.assertEqual(budget.used, 0)
+        self.flushLoggedErrors(DescriptorProtocolError)
+
+    @defer.inlineCallbacks
+    def test_pausedWhileShort(self):
+        """
+        With less headroom than one full receive, an innocent connection
+        stops reading instead of being closed; once the headroom is given
+        back it reads again and its call is answered.
+        """
+        budget = DescriptorBudget(limit=600, share=300)
+        server = Responder()
+        sockets = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        for proto in (server,):
+            self._lost.append(watchLost(proto))
+        old = processBudget()
+        setProcessBudget(budget)
+        try:
+            adopt(sockets[0], server)
+        finally:
+            setProcessBudget(old)
+        client = adopt(sockets[1], pyamp_fds.AMP())
+        self._lost.append(watchLost(client))
+        self.addCleanup(self._disconnect, server, client)
+        self.assertIs(server.transport.descriptorBudget, budget)
+
+        short = budget.limit - 100
+        budget.take(short)
+        fd = self.openPipes(1)[0]
+        answer = client.callRemote(Take, fd=fd, n=3)
+        yield settle(0.3)
+        self.assertFalse(answer.called, "answered while short of headroom")
+        self.assertGreaterEqual(server.transport.readPauses, 1)
+        self.assertTrue(server.transport.connected)
+        budget.give(short)
+        result = yield answer
+        self.assertEqual(result, {"n": 3})
+        self.assertEqual(server.taken, [identity(fd)])
+        self.assertTrue(server.transport.connected)
+        self.assertEqual(budget.used, 0)
