@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import resource
 import threading
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -29,6 +30,16 @@ _ROOMY_SHARE = 8192
 
 if TYPE_CHECKING:
     from typing import Protocol, TypeAlias
+
+    class _Holder(Protocol):
+        """
+        What L{DescriptorBudget.relieve} needs of a table of descriptors.
+        """
+
+        @property
+        def unclaimed(self) -> int: ...
+
+        def evict(self, why: str) -> None: ...
 
     class _Reader(Protocol):
         """
@@ -85,6 +96,7 @@ class DescriptorBudget:
         self.limit = limit
         self.share = share
         self._used = 0
+        self._holders: weakref.WeakSet[_Holder] = weakref.WeakSet()
         self._lock = threading.Lock()
         self._waiting: dict[Callable[[], object], _Wake | None] = {}
 
@@ -120,6 +132,44 @@ class DescriptorBudget:
         it is smaller than one.
         """
         return min(MAX_FDS_PER_MESSAGE, self.limit)
+
+    def hold(self, holder: _Holder) -> None:
+        """
+        C{holder} (a connection's table of received descriptors) holds
+        descriptors counted here: L{relieve} may close its connection.
+        """
+        self._holders.add(holder)
+
+    def relieve(self) -> bool:
+        """
+        Headroom is short: close the connection holding the most unclaimed
+        descriptors, if it holds at least L{evictable} of them, so that one
+        peer (or a few, each under its share) holding the budget cannot
+        stop every other connection.  It is closed as a peer over its share
+        is, and its descriptors are released.
+
+        @return: whether a connection was closed.
+        """
+        holders = list(self._holders)
+        if not holders:
+            return False
+        largest = max(holders, key=lambda holder: holder.unclaimed)
+        if largest.unclaimed < self.evictable:
+            return False
+        largest.evict(
+            "the process's descriptor budget is exhausted (%d of %d held) and this "
+            "connection holds the most unclaimed descriptors (%d)"
+            % (self._used, self.limit, largest.unclaimed)
+        )
+        return True
+
+    @property
+    def evictable(self) -> int:
+        """
+        The fewest unclaimed descriptors for which L{relieve} closes a
+        connection: a full receive's worth, or an eighth of a small budget.
+        """
+        return max(1, min(MAX_FDS_PER_MESSAGE, self.limit // 8))
 
     def take(self, count: int) -> None:
         """

@@ -63,6 +63,7 @@ class ReceivedDescriptors:
             self._budget.give(len(self._held))
         self._budget = budget
         budget.take(len(self._held))
+        budget.hold(self)
 
     @property
     def budget(self) -> DescriptorBudget | None:
@@ -164,6 +165,15 @@ class ReceivedDescriptors:
         violation of the rules, and raise it.
         """
         self._violated(error)
+
+    def evict(self, why: str) -> None:
+        """
+        The descriptor budget is exhausted and this connection holds the
+        most: report it as a L{TooManyUnclaimedDescriptors} violation (the
+        connection is closed, and what it held released).
+        """
+        if self._held:
+            self._onViolation(TooManyUnclaimedDescriptors(why))
 
     def boxDispatched(self) -> None:
         """

@@ -13,6 +13,7 @@ sent), or dropped with the connection.  No socket is touched here.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Sequence
 from enum import Enum
@@ -98,10 +99,23 @@ class OutgoingDescriptors:
             or after.
         @param ownership: an L{Ownership}; for L{Ownership.DUPLICATE} the
             duplicates (close-on-exec) are made here.
-        @raise OSError: a duplicate could not be made; those already made
-            were closed and nothing was queued.
+        @raise OSError: a duplicate could not be made (C{EMFILE} also when
+            the duplicates would take this connection past its share of the
+            descriptor budget, or the budget past its limit: a peer that
+            does not read what it is sent cannot make the process run out);
+            those already made were closed and nothing was queued.
         """
         if ownership is _DUPLICATE:
+            budget = self._budget
+            if budget is not None:
+                count = len(descriptors)
+                if len(self._fds) + count > budget.share or budget.headroom < count:
+                    raise OSError(
+                        errno.EMFILE,
+                        "no descriptor budget left for %d more duplicates (%d queued on this "
+                        "connection, its share %d; %d held of the process's %d)"
+                        % (count, len(self._fds), budget.share, budget.used, budget.limit),
+                    )
             if len(descriptors) == 1:
                 # os.dup is F_DUPFD_CLOEXEC at half the cost of fcntl.fcntl.
                 descriptors = [os.dup(descriptors[0])]

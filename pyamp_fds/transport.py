@@ -70,9 +70,11 @@ class _Batching(PeerCredentialsMixin, _twisted.TransportHooks):
         the send buffer "full" for producers, so that a sender facing a slow
         reader pauses rather than filling its own descriptor table.
     @ivar maxPendingDescriptors: descriptors queued beyond this count (by
-        default the budget's per-connection share) stop the transport
+        default half the budget's per-connection share) stop the transport
         reading until its peer has taken them, so that a peer that sends
         requests and never reads the answers cannot make it hold more.
+        Duplicates past the share itself are refused (the answer or call
+        that would queue them fails).
     @ivar maxPendingBytes: the same for bytes waiting to be sent.
     @ivar descriptorBudget: the L{pyamp_fds.budget.DescriptorBudget} this connection's
         descriptors count in (by default the process's): the transport
@@ -392,7 +394,9 @@ class _Batching(PeerCredentialsMixin, _twisted.TransportHooks):
     def _outputOverBound(self) -> bool:
         limit = self.maxPendingDescriptors
         if limit is None:
-            limit = self.descriptorBudget.share
+            # Half the share: duplicates past the share are refused, and one
+            # read's requests may queue more before reading stops.
+            limit = self.descriptorBudget.share // 2
         return (
             len(self._queue) > limit or _twisted.bufferedOutput(self) > self.maxPendingBytes
         )
@@ -410,6 +414,9 @@ class _Batching(PeerCredentialsMixin, _twisted.TransportHooks):
             # others hold the budget.  Wait for descriptors to be released
             # (and look again now and then: budgets can be replaced).
             self._readStops.stop("budget")
+            # A peer (or a few) holding the budget must not stop everyone:
+            # the one holding the most is closed, which releases it.
+            budget.relieve()
             budget.waitForHeadroom(self._headroomAgain, self.reactor.callFromThread)
             if self._headroomCall is None:
                 self._headroomCall = self.reactor.callLater(_HEADROOM_RETRY, self._headroomAgain)

@@ -618,3 +618,41 @@ class BudgetTests(HostileTestCase):
         self.assertEqual(server.taken, [identity(fd)])
         self.assertTrue(server.transport.connected)
         self.assertEqual(budget.used, 0)
+
+    @defer.inlineCallbacks
+    def test_hogsUnderTheShareRelieved(self):
+        """
+        Two peers each holding unclaimed descriptors just under their share
+        take nearly the whole budget: rather than every other connection
+        waiting for ever, the one holding the most is closed (logged as a
+        L{TooManyUnclaimedDescriptors}), its descriptors are released, and
+        an innocent client's call is answered.
+        """
+        budget = DescriptorBudget(limit=600, share=300)
+        self.useBudget(budget)
+        innocentServer, innocent = self.connect(Responder(), pyamp_fds.AMP())
+        hogs, losses, peers = [], [], []
+        pipes = self.openPipes(1) * 145
+        for _ in range(2):
+            hog = Responder()
+            server, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            peers.append(self.rawPeerOn(hog, server, peer))
+            losses.append(watchLost(hog))
+            hogs.append(hog)
+        waiting = [hog.callRemote(Hello, text="waiting") for hog in hogs]
+        # Each sends 290 on two bytes of a box that never ends.
+        for i, peer in enumerate(peers):
+            head = b"\x00\x03key\xff\xff"
+            fdio.send_with_fds(peer, head[:1], pipes)
+            fdio.send_with_fds(peer, head[1:2], pipes)
+            yield waitFor(lambda: hogs[i].receivedDescriptors.unclaimed == 290, timeout=2)
+        self.assertEqual(budget.used, 580)
+        fd = self.openPipes(1)[0]
+        answer = yield innocent.callRemote(Take, fd=fd, n=7)
+        self.assertEqual(answer, {"n": 7})
+        self.assertEqual(innocentServer.taken, [identity(fd)])
+        closed = [loss.called for loss in losses]
+        self.assertEqual(sorted(closed), [False, True])
+        yield self.assertFailure(waiting[closed.index(True)], TooManyUnclaimedDescriptors)
+        waiting[closed.index(False)].addErrback(lambda failure: None)
+        self.flushLoggedErrors(DescriptorProtocolError)

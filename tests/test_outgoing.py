@@ -3,10 +3,12 @@ Tests for L{pyamp_fds.outgoing}: the queue of descriptors to send, without
 sockets.
 """
 
+import errno
 import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from pyamp_fds.budget import DescriptorBudget
 from pyamp_fds.fdio import MAX_FDS_PER_MESSAGE
 from pyamp_fds.outgoing import Ownership, OutgoingDescriptors
 from tests.fdcheck import assertNoNewDescriptors, identity, openDescriptors
@@ -183,3 +185,55 @@ class OutgoingDescriptorsTests(SynchronousTestCase):
         self.assertFalse(self.isOpen(duplicate))
         self.assertFalse(self.isOpen(handed))
         self.assertTrue(self.isOpen(fd))
+
+
+class BudgetedQueueTests(SynchronousTestCase):
+    """
+    An L{OutgoingDescriptors} counting its duplicates in a budget.
+    """
+
+    def setUp(self):
+        self.before = openDescriptors()
+        self.budget = DescriptorBudget(limit=600, share=300)
+        self.queue = OutgoingDescriptors(self.budget)
+        self.r, self.w = os.pipe()
+
+    def tearDown(self):
+        self.queue.drop()
+        os.close(self.r)
+        os.close(self.w)
+        self.assertEqual(self.budget.used, 0)
+        assertNoNewDescriptors(self.before)
+
+    def test_counted(self):
+        """
+        Duplicates count while queued, and no longer once sent or dropped;
+        lent and handed-over descriptors are not new and do not count.
+        """
+        self.queue.enqueue([self.r] * 3, 0, Ownership.DUPLICATE)
+        self.queue.enqueue([self.r], 0, Ownership.LENT)
+        self.assertEqual(self.budget.used, 3)
+        self.queue.sent(2)
+        self.assertEqual(self.budget.used, 1)
+
+    def test_shareRefused(self):
+        """
+        Duplicates that would take the connection past its share are
+        refused (C{EMFILE}), none made: a peer that never reads what it is
+        sent cannot make the process run out of descriptors.
+        """
+        self.queue.enqueue([self.r] * 250, 0, Ownership.DUPLICATE)
+        with self.assertRaises(OSError) as caught:
+            self.queue.enqueue([self.r] * 51, 0, Ownership.DUPLICATE)
+        self.assertEqual(caught.exception.errno, errno.EMFILE)
+        self.assertEqual((len(self.queue), self.budget.used), (250, 250))
+
+    def test_budgetRefused(self):
+        """
+        Duplicates the whole budget has no room for are refused too.
+        """
+        self.budget.take(590)
+        self.assertRaises(OSError, self.queue.enqueue, [self.r] * 11, 0, Ownership.DUPLICATE)
+        self.queue.enqueue([self.r] * 10, 0, Ownership.DUPLICATE)
+        self.queue.drop()
+        self.budget.give(590)
