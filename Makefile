@@ -146,7 +146,7 @@ wheel: $(INSTALLED)
 	mkdir -p build/sdist-check
 	tar -tzf dist/pyamp_fds-$(VERSION).tar.gz | sed 's|^[^/]*/||' | sort > build/sdist-check/shipped
 	if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
-		git ls-files csrc pyamp_fds tests twisted LICENSE README.md | sort \
+		git ls-files csrc pyamp_fds tests benchmarks twisted LICENSE README.md | sort \
 			| comm -23 - build/sdist-check/shipped > build/sdist-check/missing; \
 		if [ -s build/sdist-check/missing ]; then \
 			echo "missing from the sdist:"; cat build/sdist-check/missing; exit 1; fi; \
@@ -178,7 +178,7 @@ dist: wheel
 	$(DIST_VENV)/bin/python -m pip install -q "$$(ls wheelhouse/*.whl)[test]"
 	mkdir -p $(DIST_RUN)
 	tar -xzf dist/pyamp_fds-$(VERSION).tar.gz -C $(DIST_RUN) --strip-components=1 \
-		pyamp_fds-$(VERSION)/tests pyamp_fds-$(VERSION)/pyproject.toml
+		pyamp_fds-$(VERSION)/tests pyamp_fds-$(VERSION)/benchmarks pyamp_fds-$(VERSION)/pyproject.toml
 	cd $(DIST_RUN) && ../bin/python -c '$(INSTALLED_PYTEST)'
 	for v in $(ABI3_PYTHONS); do \
 		py=python$$v; $$py -c "" 2>/dev/null || \
