@@ -29,6 +29,7 @@ starts again when the server closes its connection.  It prints what each
 did as JSON.
 """
 
+import errno
 import json
 import os
 import resource
@@ -148,12 +149,22 @@ def serve(path, limit, reserve, unclaimedSeconds=None):
     factory = Factory.forProtocol(Server)
     listenUNIX(reactor, path, factory, backlog=256)
 
-    sampled = {"peak": 0, "samples": 0}
+    sampled = {"peak": 0, "samples": 0, "full": 0}
     sampling = threading.Event()
+
+    softLimit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
     def sample():
         while not sampling.wait(SAMPLE_SECONDS):
-            count = openDescriptors()
+            try:
+                count = openDescriptors()
+            except OSError as e:
+                if e.errno != errno.EMFILE:
+                    raise
+                # Listing them takes a descriptor, and there is none left:
+                # the table holds as many as the limit allows.
+                count = softLimit
+                sampled["full"] += 1
             sampled["samples"] += 1
             if count > sampled["peak"]:
                 sampled["peak"] = count
@@ -188,6 +199,7 @@ def serve(path, limit, reserve, unclaimedSeconds=None):
                         "share": budget.share,
                         "peak": max(sampled["peak"], end),
                         "samples": sampled["samples"],
+                        "samplesAtLimit": sampled["full"],
                         "budgetPeak": budget.peak,
                         "budgetEnd": budget.used,
                         "end": end,
