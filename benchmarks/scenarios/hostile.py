@@ -18,11 +18,14 @@ one process runs every attack at once for the whole of that time:
     never reading;
   - a peer connecting and hanging up with descriptors in flight.
 
-Reported beside the good client's descriptors/s: the errors it saw, its
+Each attack is also measured alone, to tell which one hurts; the targets
+are the attacked run's.  Reported beside the good client's descriptors/s: the errors it saw, its
 longest wait for an answer, the server's peak open descriptors (sampled
 from C{/proc/self/fd}) less its baseline and budget (never above: at most
-0), the most its budget held, and the descriptors left open once every peer
-has gone (0).
+0), the most its budget held (exactly, at most its limit), the descriptors
+left open once every peer has gone (0), how many attacker connections the
+server closed, and how often it logged C{EMFILE}.  The bounds are checked on
+every repetition, not on the median.
 """
 
 import json
