@@ -38,11 +38,9 @@ from pyamp_fds.outgoing import Ownership, OutgoingDescriptors
 
 if TYPE_CHECKING:
     from _typeshed import FileDescriptorLike
-    from twisted.internet.interfaces import IDelayedCall
     from twisted.python.failure import Failure
 
     from pyamp_fds.budget import DescriptorBudget
-    from pyamp_fds.credentials import PeerCredentials
 
 __all__ = ["Server", "Client", "Connector"]
 
