@@ -22,13 +22,13 @@ import socket
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet import tcp
+from twisted.internet import abstract, tcp
+from twisted.internet.defer import Deferred
 from twisted.protocols import amp
 from twisted.python import log
 
 if TYPE_CHECKING:
     from twisted.internet import base
-    from twisted.internet.defer import Deferred
     from twisted.internet.interfaces import (
         IProtocolFactory,
         IReactorFDSet,
@@ -283,12 +283,10 @@ class AMPHooks(_AMPBase):
     def waitForAnswer(self, tag: bytes) -> Deferred[Any]:
         """
         A L{twisted.internet.defer.Deferred} for the answer to question
-        C{tag}, in Twisted's
-        private table of outstanding requests.
+        C{tag}, in Twisted's private table of outstanding requests.
         """
-        from twisted.internet.defer import Deferred
-
-        d = self._outstandingRequests[tag] = Deferred()
+        d: Deferred[Any] = Deferred()
+        self._outstandingRequests[tag] = d
         return d
 
     def takeWaiting(self, tag: bytes) -> Deferred[Any]:
@@ -330,6 +328,12 @@ class TransportHooks(_TransportBase):
         does (it also treats an empty read as the end of the stream).
         """
         return self._dataReceived(data)
+
+
+# These two run per descriptor and per call: the hook classes' methods are
+# Twisted's own functions, rather than one more call in between.
+TransportHooks.pauseProducerIfFull = abstract.FileDescriptor._maybePauseProducer  # type: ignore[method-assign]
+AMPHooks.newTag = amp.BoxDispatcher._nextTag  # type: ignore[method-assign]
 
 
 class ConnectorHooks(_ConnectorBase):

@@ -16,6 +16,7 @@ over it is the one closed.
 
 from __future__ import annotations
 
+import collections
 import resource
 import threading
 import weakref
@@ -61,8 +62,10 @@ class DescriptorBudget:
     """
     Descriptors held by the library, against a limit.
 
-    Counts may change on the reactor thread and on the thread that closes
-    descriptors (L{pyamp_fds.closer}), so they change under a lock.
+    Counts change on the thread that made the budget (the reactor's); the
+    thread that closes descriptors (L{pyamp_fds.closer}) hands its releases
+    over through a queue that the owning thread folds in when it next looks,
+    so that the hot paths take no lock.
 
     @ivar limit: the most descriptors the library may hold.
     @ivar share: the most one connection may hold (unclaimed plus queued).
@@ -97,14 +100,23 @@ class DescriptorBudget:
         self.share = share
         self._used = 0
         self._holders: weakref.WeakSet[_Holder] = weakref.WeakSet()
-        self._lock = threading.Lock()
+        self._owner = threading.get_ident()
+        # Releases from other threads, folded in by the owning thread.
+        self._released: collections.deque[int] = collections.deque()
         self._waiting: dict[Callable[[], object], _Wake | None] = {}
+
+    def _fold(self) -> None:
+        released = self._released
+        while released:
+            self._used -= released.popleft()
 
     @property
     def used(self) -> int:
         """
         How many descriptors the library holds now.
         """
+        if self._released:
+            self._fold()
         return self._used
 
     @property
@@ -112,6 +124,8 @@ class DescriptorBudget:
         """
         How many more the library may hold.
         """
+        if self._released:
+            self._fold()
         return self.limit - self._used
 
     def room(self) -> int:
@@ -120,6 +134,8 @@ class DescriptorBudget:
         worth (C{MAX_FDS_PER_MESSAGE}), or less when the headroom is short
         (0 when there is none).
         """
+        if self._released:
+            self._fold()
         headroom = self.limit - self._used
         if headroom >= MAX_FDS_PER_MESSAGE:
             return MAX_FDS_PER_MESSAGE
@@ -171,26 +187,50 @@ class DescriptorBudget:
         """
         return max(1, min(MAX_FDS_PER_MESSAGE, self.limit // 8))
 
+    def takeForQueue(self, count: int, queued: int) -> bool:
+        """
+        Take C{count} for duplicates to queue on a connection that has
+        C{queued} descriptors queued already, if that keeps the connection
+        within its L{share} and the budget within its limit.
+
+        @return: whether they were taken.
+        """
+        if self._released:
+            self._fold()
+        if queued + count > self.share or self.limit - self._used < count:
+            return False
+        self._used += count
+        return True
+
     def take(self, count: int) -> None:
         """
         The library now holds C{count} more descriptors.
         """
-        with self._lock:
-            self._used += count
+        self._used += count
 
     def give(self, count: int) -> None:
         """
         The library holds C{count} fewer descriptors: wake the readers that
-        were waiting for headroom if a full receive now fits.
+        were waiting for headroom if a full receive now fits.  Any thread
+        may call it.
         """
-        with self._lock:
-            self._used -= count
-            waiting = self._waiting if self.limit - self._used >= self.fullReceive else None
-            if waiting:
-                self._waiting = {}
-        if waiting:
-            for resume, wake in waiting.items():
-                self._wakeUp(resume, wake)
+        if threading.get_ident() != self._owner:
+            self._released.append(count)
+            # Wake the owner, which folds the release in and wakes readers.
+            wakes = [wake for wake in list(self._waiting.values()) if wake is not None]
+            if wakes:
+                wakes[0](self._wakeWaiters)
+            return
+        self._used -= count
+        if self._waiting:
+            self._wakeWaiters()
+
+    def _wakeWaiters(self) -> None:
+        if self.headroom < self.fullReceive:
+            return
+        waiting, self._waiting = self._waiting, {}
+        for resume in waiting:
+            resume()
 
     def waitForHeadroom(
         self, resume: Callable[[], object], wake: _Wake | None = None
@@ -198,22 +238,14 @@ class DescriptorBudget:
         """
         Call C{resume()} once a full receive (L{fullReceive}) fits again.
 
-        @param wake: how to call it from another thread (e.g. the reactor's
-            C{callFromThread}); by default it is called directly.
+        @param wake: how to call the owning thread from another (e.g. the
+            reactor's C{callFromThread}), for releases made there.
         """
-        with self._lock:
-            fits = self.limit - self._used >= self.fullReceive
-            if not fits:
-                # Keyed by the callable: one waiting reader waits once.
-                self._waiting[resume] = wake
-        if fits:
+        if self.headroom >= self.fullReceive:
             resume()
-
-    def _wakeUp(self, resume: Callable[[], object], wake: _Wake | None) -> None:
-        if wake is None or threading.current_thread() is threading.main_thread():
-            resume()
-        else:
-            wake(resume)
+            return
+        # Keyed by the callable: one waiting reader waits once.
+        self._waiting[resume] = wake
 
 
 _process: DescriptorBudget | None = None

@@ -48,6 +48,8 @@ class ReceivedDescriptors:
         """
         self._onViolation = onViolation
         self._held: dict[int, int] = {}
+        # Claimed since the last settle(): still counted in the budget.
+        self._claimed = 0
         self._received = 0
         self._inBox: list[int] = []
 
@@ -136,8 +138,7 @@ class ReceivedDescriptors:
         # Until the box is dispatched, a fault in a later argument must not
         # leave this one with nobody.
         self._inBox.append(descriptor)
-        if self._budget is not None:
-            self._budget.give(1)
+        self._claimed += 1
         return descriptor
 
     def claimRange(self, start: int, count: int) -> list[int]:
@@ -155,8 +156,7 @@ class ReceivedDescriptors:
             self._violated(UnknownDescriptor(missing, self._received))
         descriptors = list(map(held.pop, ordinals))
         self._inBox.extend(descriptors)
-        if self._budget is not None:
-            self._budget.give(count)
+        self._claimed += count
         return descriptors
 
     def refuse(self, error: DescriptorProtocolError) -> NoReturn:
@@ -183,34 +183,45 @@ class ReceivedDescriptors:
         if self._inBox:
             self._inBox = []
 
+    def settle(self) -> None:
+        """
+        Stop counting what boxes claimed (and their receivers now own) in
+        the budget: done once per read rather than per descriptor.
+        """
+        if self._claimed:
+            if self._budget is not None:
+                self._budget.give(self._claimed)
+            self._claimed = 0
+
     def releaseBox(self) -> None:
         """
         The box being parsed failed: close what it claimed, since no
         responder or caller will own it.
         """
         claimed, self._inBox = self._inBox, []
-        self._dispose(claimed, counted=False)
+        self._claimed -= len(claimed)
+        self._dispose(claimed)
 
     def closeAll(self) -> None:
         """
         Close every descriptor held, and those claimed by a box not yet
         dispatched.
         """
-        held = list(self._held.values())
+        held = list(self._held.values()) + self._inBox
         self._held.clear()
-        claimed, self._inBox = self._inBox, []
-        self._dispose(held, counted=True)
-        self._dispose(claimed, counted=False)
+        self._claimed -= len(self._inBox)
+        self._inBox = []
+        self.settle()
+        self._dispose(held)
 
-    def _dispose(self, fds: Sequence[int], counted: bool) -> None:
+    def _dispose(self, fds: Sequence[int]) -> None:
+        # They are counted in the budget until the closer has closed them.
         if not fds:
             return
         budget = self._budget
         if budget is None:
             close_all(fds)
             return
-        if not counted:
-            budget.take(len(fds))
         closeLater(fds, budget)
 
     def _violated(self, error: DescriptorProtocolError) -> NoReturn:

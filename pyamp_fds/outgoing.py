@@ -105,30 +105,57 @@ class OutgoingDescriptors:
             does not read what it is sent cannot make the process run out);
             those already made were closed and nothing was queued.
         """
+        count = len(descriptors)
         if ownership is _DUPLICATE:
             budget = self._budget
-            if budget is not None:
-                count = len(descriptors)
-                if len(self._fds) + count > budget.share or budget.headroom < count:
-                    raise OSError(
-                        errno.EMFILE,
-                        "no descriptor budget left for %d more duplicates (%d queued on this "
-                        "connection, its share %d; %d held of the process's %d)"
-                        % (count, len(self._fds), budget.share, budget.used, budget.limit),
-                    )
-            if len(descriptors) == 1:
-                # os.dup is F_DUPFD_CLOEXEC at half the cost of fcntl.fcntl.
-                descriptors = [os.dup(descriptors[0])]
-            else:
-                descriptors = duplicate_all(descriptors)
-            if self._budget is not None:
-                self._budget.take(len(descriptors))
+            if budget is not None and not budget.takeForQueue(count, len(self._fds)):
+                raise OSError(
+                    errno.EMFILE,
+                    "no descriptor budget left for %d more duplicates (%d queued on this "
+                    "connection, its share %d; %d held of the process's %d)"
+                    % (count, len(self._fds), budget.share, budget.used, budget.limit),
+                )
+            try:
+                if count == 1:
+                    # os.dup is F_DUPFD_CLOEXEC at half the cost of fcntl.fcntl.
+                    descriptors = [os.dup(descriptors[0])]
+                else:
+                    descriptors = duplicate_all(descriptors)
+            except BaseException:
+                if budget is not None:
+                    budget.give(count)
+                raise
         elif ownership is _LENT:
-            self._lent += len(descriptors)
-        count = len(descriptors)
-        self._fds.extend(descriptors)
-        self._positions.extend(repeat(position, count))
-        self._ownerships.extend(repeat(ownership, count))
+            self._lent += count
+        if count == 1:
+            self._fds.append(descriptors[0])
+            self._positions.append(position)
+            self._ownerships.append(ownership)
+        else:
+            self._fds.extend(descriptors)
+            self._positions.extend(repeat(position, count))
+            self._ownerships.extend(repeat(ownership, count))
+
+    def enqueueOne(self, descriptor: int, position: int, ownership: Ownership) -> None:
+        """
+        L{enqueue} for one descriptor, the common case, without the lists.
+        """
+        if ownership is _DUPLICATE:
+            budget = self._budget
+            if budget is not None and not budget.takeForQueue(1, len(self._fds)):
+                self.enqueue([descriptor], position, ownership)  # Raises, saying why.
+            try:
+                # os.dup is F_DUPFD_CLOEXEC at half the cost of fcntl.fcntl.
+                descriptor = os.dup(descriptor)
+            except BaseException:
+                if budget is not None:
+                    budget.give(1)
+                raise
+        elif ownership is _LENT:
+            self._lent += 1
+        self._fds.append(descriptor)
+        self._positions.append(position)
+        self._ownerships.append(ownership)
 
     def mark(self) -> int:
         """

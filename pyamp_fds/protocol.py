@@ -130,14 +130,6 @@ class _Framing(_twisted.BoxProtocolHooks):
         self.useDescriptorTable(self.receivedDescriptors)
         self._outgoing: list[Mapping[bytes, bytes]] = []
 
-    def __getattr__(self, name: str) -> Any:
-        # A subclass whose __init__ does not call ours (Twisted's own tests
-        # have one) still gets its state on first use.
-        if name in ("receivedDescriptors", "_outgoing"):
-            self._startConnectionState()
-            return getattr(self, name)
-        raise AttributeError(name)
-
     @property
     def maxUnclaimedDescriptors(self) -> int:
         """
@@ -183,7 +175,14 @@ class _Framing(_twisted.BoxProtocolHooks):
 
     # Connection
 
+    def _ensureConnectionState(self) -> None:
+        # A subclass whose __init__ does not call ours (Twisted's own tests
+        # have one) gets its state when it is first connected or fed.
+        if "receivedDescriptors" not in self.__dict__:
+            self._startConnectionState()
+
     def makeConnection(self, transport: ITransport) -> None:
+        self._ensureConnectionState()
         self._batching = IBatchingTransport.providedBy(transport)
         budget = getattr(transport, "descriptorBudget", None)
         self.receivedDescriptors.useBudget(budget if budget is not None else processBudget())
@@ -214,6 +213,7 @@ class _Framing(_twisted.BoxProtocolHooks):
         decoder = self._decoder
         if decoder is None:
             # Bytes before makeConnection, as Twisted's own accepts them.
+            self._ensureConnectionState()
             decoder = self._decoder = BoxDecoder(amp.AmpBox, self.maxBoxSize)
         try:
             boxes = decoder.feed(data)
@@ -240,6 +240,8 @@ class _Framing(_twisted.BoxProtocolHooks):
                     return
         finally:
             self._dispatching = False
+            # What the read's boxes claimed leaves the budget, once.
+            table.settle()
         if error is not None:
             self._framingError(error)
 

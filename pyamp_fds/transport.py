@@ -225,8 +225,10 @@ class _Batching(PeerCredentialsMixin, _twisted.TransportHooks):
         """
         if not self.connected:
             raise error.ConnectionLost()
-        self._queue.enqueue(
-            [_fileno(fileno)], self._bytesWritten, _HANDED_OVER if transfer else _DUPLICATE
+        self._queue.enqueueOne(
+            fileno if type(fileno) is int else _fileno(fileno),
+            self._bytesWritten,
+            _HANDED_OVER if transfer else _DUPLICATE,
         )
         self.pauseProducerIfFull()
         if not self._reading:
@@ -354,7 +356,9 @@ class _Batching(PeerCredentialsMixin, _twisted.TransportHooks):
         # that would (a write, a queued descriptor, a flush) would have the
         # reactor call doWrite in a loop, each sendmsg failing again.
         if self._backOffCall is None:
-            super().startWriting()  # type: ignore[no-untyped-call]
+            # FileDescriptor.startWriting, without a call in between: this
+            # runs for every descriptor queued outside a read.
+            self.reactor.addWriter(self)
 
     # Reading, paused and resumed
 
