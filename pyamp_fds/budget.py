@@ -183,9 +183,10 @@ class DescriptorBudget:
     def evictable(self) -> int:
         """
         The fewest unclaimed descriptors for which L{relieve} closes a
-        connection: a full receive's worth, or an eighth of a small budget.
+        connection: more than two full receives (a client pipelining calls
+        holds up to one between reads), or half a small share.
         """
-        return max(1, min(MAX_FDS_PER_MESSAGE, self.limit // 8))
+        return max(1, min(2 * MAX_FDS_PER_MESSAGE + 1, self.share // 2))
 
     def takeForQueue(self, count: int, queued: int) -> bool:
         """

@@ -75,7 +75,7 @@ class DescriptorBudgetTests(SynchronousTestCase):
     def test_relieveClosesTheLargestHolder(self):
         """
         Short of headroom, the connection holding the most unclaimed
-        descriptors is closed, if it holds at least a full receive's worth.
+        descriptors is closed, if it holds more than two full receives.
         """
         budget = DescriptorBudget(limit=2048)
         small, large = Holder(10), Holder(1000)
@@ -87,11 +87,11 @@ class DescriptorBudgetTests(SynchronousTestCase):
 
     def test_relieveSparesSmallHolders(self):
         """
-        Nobody is closed when no connection holds a full receive's worth:
-        a connection in the middle of a box is not a hog.
+        Nobody is closed when no connection holds more than two full receives:
+        a client pipelining calls holds up to one between reads, and is no hog.
         """
         budget = DescriptorBudget(limit=2048)
-        holder = Holder(MAX_FDS_PER_MESSAGE - 1)
+        holder = Holder(2 * MAX_FDS_PER_MESSAGE)
         budget.hold(holder)
         self.assertFalse(budget.relieve())
         self.assertEqual(holder.evicted, [])
