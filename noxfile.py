@@ -43,6 +43,7 @@ _NOT_COPIED = shutil.ignore_patterns(
     "_native.*",
     ".hypothesis",
     ".pytest_cache",
+    "_trial_temp*",
     "results",
     "c_fdloop",
     "c_rpcloop",
