@@ -10,8 +10,13 @@ when the budget's headroom covers a full receive (C{MAX_FDS_PER_MESSAGE}
 descriptors): otherwise the kernel would drop descriptors (C{MSG_CTRUNC})
 and some innocent connection would be closed for it.  Short of headroom, a
 transport stops reading and waits; it reads again when descriptors are
-released.  Each connection may hold at most its L{share}: the one that goes
-over it is the one closed.
+released.  (One whose protocol holds unclaimed descriptors reads on with the
+room there is, since the rest of the box that claims them may be waiting.)
+Each connection may hold at most its L{DescriptorBudget.share} unclaimed,
+and queue at most as many duplicates: the one that goes over is the one
+closed, or refused.  When the budget runs short, the connection holding the
+most unclaimed descriptors is closed (L{DescriptorBudget.relieve}), so that
+several peers each under their share cannot stop every other connection.
 """
 
 from __future__ import annotations
