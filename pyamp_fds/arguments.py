@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_arguments -*-
+# -*- test-case-name: tests.test_protocol,tests.test_descriptorlist -*-
 """
 AMP argument types whose values are descriptors.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_closer -*-
+# -*- test-case-name: tests.test_hostile -*-
 """
 Closing descriptors a peer sent, away from the reactor thread.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_protocol -*-
+# -*- test-case-name: tests.test_dispatch,tests.test_protocol -*-
 """
 L{pyamp_fds.AMP}'s fast paths: commands served, calls made and answers
 parsed with each command's plan (L{pyamp_fds.plans}), without Twisted's

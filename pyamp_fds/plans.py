@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_plans -*-
+# -*- test-case-name: tests.test_dispatch,tests.test_protocol -*-
 """
 How L{pyamp_fds.AMP} serves and calls one command type, worked out once per
 type rather than on every box: which of Twisted's steps a command leaves as
