@@ -87,14 +87,15 @@ class DescriptorBudget:
             longest default L{pyamp_fds.DescriptorList}s), and never less
             than one full receive.
         @param reserve: what the application keeps for itself when C{limit}
-            is derived; by default a sixteenth of the soft limit (at least 64).
+            is derived; by default a sixteenth of the soft limit, at least 64
+            (but never more than a quarter of it).
         """
         if limit is None:
             soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
             if soft == resource.RLIM_INFINITY:
                 soft = 1 << 20
             if reserve is None:
-                reserve = max(64, soft // 16)
+                reserve = min(max(64, soft // 16), soft // 4)
             limit = max(0, soft - reserve)
         if share is None:
             # Well below the budget, yet room for long lists when the limit
