@@ -402,7 +402,9 @@ def adoptConnectedSocket(
 
 #: The names C{tcp.Port.doRead} refers to, in the Twisted versions whose
 #: loop L{acceptAdmitted} copies: a change here means the copy must be
-#: looked at again.
+#: looked at again.  (Older releases, 23.8 among them, also made each
+#: accepted socket close-on-exec in the loop, which Python's accept()
+#: already does: their names are L{ACCEPT_LOOP_NAMES_BEFORE_24}.)
 ACCEPT_LOOP_NAMES = frozenset(
     [
         "BaseException", "NI_NUMERICHOST", "NI_NUMERICSERV", "_BuffersLogs", "_accept",
@@ -412,6 +414,7 @@ ACCEPT_LOOP_NAMES = frozenset(
         "reactor", "sessionno", "socket", "transport", "tuple",
     ]
 )
+ACCEPT_LOOP_NAMES_BEFORE_24 = ACCEPT_LOOP_NAMES | {"fdesc", "_setCloseOnExec", "fileno"}
 
 
 def acceptAdmitted(
