@@ -325,7 +325,12 @@ class Attack:
     """
     One attack, run in a thread until L{stop} is set: each connection is
     made, abused, and made again when the server closes it.
+
+    @cvar pauseAfterEach: whether to pause L{RECONNECT_PAUSE} after each
+        connection.
     """
+
+    pauseAfterEach = True
 
     def __init__(self, name, path, stop):
         self.name = name
@@ -406,7 +411,8 @@ class Attack:
                 self.once(sock)
             finally:
                 sock.close()
-            self.stop.wait(RECONNECT_PAUSE)
+            if self.pauseAfterEach:
+                self.stop.wait(RECONNECT_PAUSE)
 
     def report(self):
         return {
@@ -489,6 +495,9 @@ class Churn(Attack):
     are never read; at most L{CHURN_RATE} connections a second.
     """
 
+    # Paced by once() itself.
+    pauseAfterEach = False
+
     def once(self, sock):
         from twisted.protocols import amp
 
@@ -507,18 +516,6 @@ class Churn(Attack):
                 self.send(sock, boxes[1:])
                 self.requests += 16
         self.stop.wait(max(0.0, 1.0 / CHURN_RATE - (time.monotonic() - started)))
-
-    def run(self):
-        while not self.stop.is_set():
-            try:
-                sock = self.connect()
-            except OSError:
-                self.stop.wait(RECONNECT_PAUSE)
-                continue
-            try:
-                self.once(sock)
-            finally:
-                sock.close()
 
 
 ATTACKS = ("flood", "share", "noread", "churn")
