@@ -117,7 +117,7 @@ class FastDispatch(_DispatchBase):
                     answer[amp.ANSWER] = ask
                     try:
                         if self.boxSender is self and type(answer) is amp.AmpBox:
-                            # Twisted's _safeEmit, for a plain box made here
+                            # What safeEmit does, for a plain box made here
                             # (other boxes act when sent: protocol switches).
                             try:
                                 self._sendOwnBox(answer)
@@ -204,7 +204,7 @@ class FastDispatch(_DispatchBase):
             if requiresAnswer and failed is None:
                 self._waitingPlans[box[amp.ASK]] = plan
             return d
-        # Twisted's _sendBoxCommand, for a box made here.
+        # What stockSendBoxCommand does, for a box made here.
         if failed is not None:
             return fail(failed) if requiresAnswer else None
         box[amp.COMMAND] = commandType.commandName

@@ -90,9 +90,9 @@ class _CommandPlan:
 
     def remoteError(self, error: amp.RemoteAmpError) -> Exception:
         """
-        What C{Command._doCommand}'s errback makes of a
-        L{twisted.protocols.amp.RemoteAmpError}:
-        the command's own exception for that code.
+        What Twisted's C{callRemote} chain makes of a
+        L{twisted.protocols.amp.RemoteAmpError}: the command's own exception
+        for that code.
         """
         errorType = self.command.reverseErrors.get(error.errorCode, amp.UnknownRemoteError)  # type: ignore[attr-defined]
         return errorType(error.description)  # type: ignore[no-any-return]
@@ -148,7 +148,7 @@ class _ArgumentSpec:
     def toStrings(
         self, objects: Mapping[str, Any], strings: amp.AmpBox, proto: amp.BinaryBoxProtocol
     ) -> amp.AmpBox:
-        # Twisted's _objectsToStrings, with Argument.toBox inlined.
+        # What Command.makeArguments does, with Argument.toBox inlined.
         objects = dict(objects)
         for wireName, pythonName, argument, optional, plain in self.entries:
             if not plain:
@@ -166,7 +166,7 @@ class _ArgumentSpec:
     def toObjects(
         self, strings: Mapping[bytes, bytes], proto: amp.BinaryBoxProtocol
     ) -> dict[str, Any]:
-        # Twisted's _stringsToObjects, with Argument.fromBox inlined.
+        # What Command.parseArguments does, with Argument.fromBox inlined.
         objects: dict[str, Any] = {}
         strings = dict(strings)
         for wireName, pythonName, argument, optional, plain in self.entries:
