@@ -25,7 +25,7 @@ from pyamp_fds.fdio import close_all
 if TYPE_CHECKING:
     from pyamp_fds.budget import DescriptorBudget
 
-__all__ = ["closeLater", "waitUntilClosed"]
+__all__ = ["closeLater", "discard", "waitUntilClosed"]
 
 #: How long L{closeLater} waits for the close before going on without it.
 PATIENCE = 0.01
@@ -66,6 +66,19 @@ def closeLater(fds: Sequence[int], budget: DescriptorBudget | None = None) -> No
     done = threading.Event()
     _queue.put((list(fds), budget, done))
     done.wait(PATIENCE)
+
+
+def discard(fds: Sequence[int], budget: DescriptorBudget | None) -> None:
+    """
+    Close descriptors a peer sent that nobody will hold (refused, or
+    arrived after the connection failed), as held ones are closed: in the
+    background, counted in C{budget} until closed; at once without one.
+    """
+    if budget is None:
+        close_all(fds)
+        return
+    budget.take(len(fds))
+    closeLater(fds, budget)
 
 
 def waitUntilClosed() -> None:

@@ -30,6 +30,7 @@ __all__ = [
     "MAX_VALUE_LENGTH",
     "DEFAULT_MAX_BOX_SIZE",
     "BoxDecoder",
+    "check_box",
     "encode_box",
     "encode_boxes",
 ]
@@ -230,6 +231,23 @@ def key_orders_held() -> int:
     L{KEY_ORDERS_KEPT}, whatever keys the boxes it encoded had.
     """
     return len(_keyOrders)
+
+
+def check_box(box: Mapping[bytes, bytes]) -> None:
+    """
+    Raise what L{encode_box} would raise for C{box}, without encoding it:
+    a box queued for encoding later must fail when it is sent.
+    """
+    for key, value in box.items():
+        if (
+            type(key) is not bytes
+            or type(value) is not bytes
+            or not 0 < len(key) <= MAX_KEY_LENGTH
+            or len(value) > MAX_VALUE_LENGTH
+        ):
+            # The encoder knows the exact error; a bytes-like value is fine.
+            encode_box(box)
+            return
 
 
 def encode_boxes(boxes: Iterable[Mapping[bytes, bytes]]) -> bytes:

@@ -29,7 +29,7 @@ from zope.interface import implementer
 
 from pyamp_fds import _twisted
 from pyamp_fds.budget import ReadStops, processBudget
-from pyamp_fds.closer import closeLater
+from pyamp_fds.closer import discard
 from pyamp_fds.credentials import PeerCredentialsMixin, describePeer
 from pyamp_fds.errors import DescriptorsTruncated
 from pyamp_fds.fdio import MAX_FDS_PER_MESSAGE, Receiver, _fileno, send_with_fds
@@ -475,9 +475,7 @@ class _Batching(PeerCredentialsMixin, _twisted.TransportHooks):
             for fd in fds:
                 protocol.fileDescriptorReceived(fd)
         else:
-            budget = self.descriptorBudget
-            budget.take(len(fds))
-            closeLater(fds, budget)
+            discard(fds, self.descriptorBudget)
             _twisted.logDescriptorsRefused(self, protocol, len(fds))
 
     def connectionLost(self, reason: Failure) -> None:
