@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from pyamp_fds.fdio import MAX_FDS_PER_MESSAGE
 
-__all__ = ["DescriptorBudget", "ReadStops", "processBudget", "setProcessBudget"]
+__all__ = ["DescriptorBudget", "processBudget", "setProcessBudget"]
 
 _ROOMY_SHARE = 8192
 
@@ -46,18 +46,6 @@ if TYPE_CHECKING:
         def unclaimed(self) -> int: ...
 
         def evict(self, why: str) -> None: ...
-
-    class _Reader(Protocol):
-        """
-        What L{ReadStops} needs of a transport.
-        """
-
-        connected: bool | int
-        disconnecting: bool | int
-
-        def stopReading(self) -> None: ...
-
-        def startReading(self) -> None: ...
 
     # How a reader is woken from another thread: the reactor's callFromThread.
     _Wake: TypeAlias = Callable[[Callable[[], object]], object]
@@ -276,43 +264,3 @@ def setProcessBudget(budget: DescriptorBudget) -> None:
     """
     global _process
     _process = budget
-
-
-class ReadStops:
-    """
-    Why a transport is not reading now, for each of several reasons at
-    once ("budget": waiting for headroom; "drain": its peer does not take
-    what it is sent; "producer": its consumer paused it): it reads again
-    only once none is left.
-
-    @ivar count: how many times reading stopped, for measurement.
-    """
-
-    def __init__(self, transport: _Reader) -> None:
-        self._transport = transport
-        self._reasons: set[str] = set()
-        self.count = 0
-
-    def __contains__(self, reason: str) -> bool:
-        return reason in self._reasons
-
-    def __bool__(self) -> bool:
-        return bool(self._reasons)
-
-    def stop(self, reason: str) -> None:
-        """
-        Stop reading for C{reason}.
-        """
-        if reason not in self._reasons:
-            self._reasons.add(reason)
-            self.count += 1
-        self._transport.stopReading()
-
-    def resume(self, reason: str) -> None:
-        """
-        C{reason} no longer holds: read again if no other does.
-        """
-        self._reasons.discard(reason)
-        transport = self._transport
-        if not self._reasons and transport.connected and not transport.disconnecting:
-            transport.startReading()

@@ -28,7 +28,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from pyamp_fds import _twisted
-from pyamp_fds.budget import ReadStops, processBudget
+from pyamp_fds.backpressure import ReadGate, ReadStops
+from pyamp_fds.budget import processBudget
 from pyamp_fds.closer import discard
 from pyamp_fds.credentials import PeerCredentialsMixin, describePeer
 from pyamp_fds.errors import DescriptorsTruncated
@@ -53,37 +54,26 @@ _log = Logger()
 _BACK_OFF = (errno.ENOBUFS, errno.ETOOMANYREFS)
 _FIRST_BACK_OFF = 0.001
 _LONGEST_BACK_OFF = 0.1
-# How often a reader waiting for budget headroom looks again by itself.
-_HEADROOM_RETRY = 0.05
 
 _DUPLICATE = Ownership.DUPLICATE
 _HANDED_OVER = Ownership.HANDED_OVER
 
 
-class _Batching(PeerCredentialsMixin, _twisted.TransportHooks):
+class _Batching(PeerCredentialsMixin, ReadGate):
     """
     The descriptor path shared by L{Server} and L{Client}.
 
     @ivar maxQueuedDescriptors: descriptors queued beyond this count make
         the send buffer "full" for producers, so that a sender facing a slow
         reader pauses rather than filling its own descriptor table.
-    @ivar maxPendingDescriptors: descriptors queued beyond this count (by
-        default half the budget's per-connection share) stop the transport
-        reading until its peer has taken them, so that a peer that sends
-        requests and never reads the answers cannot make it hold more.
-        Duplicates past the share itself are refused (the answer or call
-        that would queue them fails).
-    @ivar maxPendingBytes: the same for bytes waiting to be sent.
     @ivar descriptorBudget: the L{pyamp_fds.budget.DescriptorBudget} this connection's
         descriptors count in (by default the process's): the transport
-        reads only when a full receive fits in it.
+        reads only when a full receive fits in it (L{ReadGate}).
     @ivar sendmsgCalls: C{sendmsg} calls made, for measurement.
     @ivar recvmsgCalls: C{recvmsg} calls made, for measurement.
     """
 
     maxQueuedDescriptors = MAX_FDS_PER_MESSAGE
-    maxPendingDescriptors: int | None = None
-    maxPendingBytes = 64 << 20
     if TYPE_CHECKING:
         # Set by _initBatching, before the transport is used.
         descriptorBudget: DescriptorBudget
@@ -94,7 +84,6 @@ class _Batching(PeerCredentialsMixin, _twisted.TransportHooks):
     recvmsgCalls = 0
     _backOffDelay = 0.0
     _backOffCall = None
-    _headroomCall = None
     _backOffs = 0
     _reading = False
 
@@ -198,8 +187,7 @@ class _Batching(PeerCredentialsMixin, _twisted.TransportHooks):
         if self._writeHooks:
             self._runWriteHooks()
         result = super().doWrite()  # type: ignore[no-untyped-call]
-        if self._readStops:
-            self._peerMayHaveDrained()
+        self.resumeReadingIfPeerCaughtUp()
         return result  # type: ignore[no-any-return]
 
     def loseConnection(self, *args: Any, **kwargs: Any) -> None:
@@ -360,72 +348,14 @@ class _Batching(PeerCredentialsMixin, _twisted.TransportHooks):
             # runs for every descriptor queued outside a read.
             self.reactor.addWriter(self)
 
-    # Reading, paused and resumed
-
-    @property
-    def readPauses(self) -> int:
-        """
-        How many times reading stopped: for the budget's headroom, for a
-        peer that does not take what it is sent, or for a consumer.
-        """
-        return self._readStops.count
-
-    def pauseProducing(self) -> None:
-        self._readStops.stop("producer")
-
-    def resumeProducing(self) -> None:
-        self._readStops.resume("producer")
-
-    def _headroomAgain(self) -> None:
-        if self._headroomCall is not None:
-            if self._headroomCall.active():
-                self._headroomCall.cancel()
-            self._headroomCall = None
-        self._readStops.resume("budget")
-
-    def _holdsUnclaimed(self) -> bool:
-        protocol = self.protocol
-        if self.TLS:
-            protocol = protocol.wrappedProtocol  # type: ignore[attr-defined]
-        return bool(getattr(protocol, "descriptorsUnclaimed", 0))
-
-    def _peerMayHaveDrained(self) -> None:
-        if "drain" in self._readStops and not self._outputOverBound():
-            self._readStops.resume("drain")
-
-    def _outputOverBound(self) -> bool:
-        limit = self.maxPendingDescriptors
-        if limit is None:
-            # Half the share: duplicates past the share are refused, and one
-            # read's requests may queue more before reading stops.
-            limit = self.descriptorBudget.share // 2
-        return (
-            len(self._queue) > limit or _twisted.bufferedOutput(self) > self.maxPendingBytes
-        )
-
     # Reading
 
     # As doWrite; and a read may fail with DescriptorsTruncated, which is
     # not among the errors tcp.Connection declares.
     def doRead(self) -> BaseException | None:  # type: ignore[override]
-        budget = self.descriptorBudget
-        room = budget.room()
-        if room < budget.fullReceive and not self._holdsUnclaimed():
-            # Short of headroom: what does not fit, the kernel would drop
-            # (MSG_CTRUNC), and this connection would be lost for it, though
-            # others hold the budget.  Wait for descriptors to be released
-            # (and look again now and then: budgets can be replaced).
-            self._readStops.stop("budget")
-            # A peer (or a few) holding the budget must not stop everyone:
-            # the one holding the most is closed, which releases it.
-            budget.relieve()
-            budget.waitForHeadroom(self._headroomAgain, self.reactor.callFromThread)
-            if self._headroomCall is None:
-                self._headroomCall = self.reactor.callLater(_HEADROOM_RETRY, self._headroomAgain)
+        room = self.roomToRead()
+        if room is None:
             return None
-        # A connection holding unclaimed descriptors reads on with the room
-        # there is: the rest of the box that claims them may be in its
-        # socket, and one that sends more than fits is the one closed.
         try:
             data, fds = self._receiver.receive(self.socket.fileno(), room)
         except BlockingIOError:
@@ -454,10 +384,8 @@ class _Batching(PeerCredentialsMixin, _twisted.TransportHooks):
         if result is None and self._outputPending() and not self.disconnecting:
             # Answers to what was just read go out now, in one sendmsg.
             result = self._flushAfterRead()
-        if result is None and self._outputOverBound():
-            # The peer is not taking what we send: read no more requests
-            # from it until it does.
-            self._readStops.stop("drain")
+        if result is None:
+            self.stopReadingIfPeerIsBehind()
         return result
 
     def _outputPending(self) -> bool:
@@ -482,10 +410,7 @@ class _Batching(PeerCredentialsMixin, _twisted.TransportHooks):
         if self._backOffCall is not None:
             self._backOffCall.cancel()
             self._backOffCall = None
-        if self._headroomCall is not None:
-            if self._headroomCall.active():
-                self._headroomCall.cancel()
-            self._headroomCall = None
+        self.stopWaitingForHeadroom()
         self._queue.drop()
         self._writeHooks = []
         # The receive buffers go now rather than when the collector breaks
