@@ -199,7 +199,7 @@ class ReceivedDescriptors:
         responder or caller will own it.
         """
         claimed, self._inBox = self._inBox, []
-        self._claimed -= len(claimed)
+        self._countAgain(len(claimed))
         self._dispose(claimed)
 
     def closeAll(self) -> None:
@@ -209,10 +209,19 @@ class ReceivedDescriptors:
         """
         held = list(self._held.values()) + self._inBox
         self._held.clear()
-        self._claimed -= len(self._inBox)
+        self._countAgain(len(self._inBox))
         self._inBox = []
         self.settle()
         self._dispose(held)
+
+    def _countAgain(self, count: int) -> None:
+        # Claimed descriptors the table closes after all: they must count in
+        # the budget until closed.  Those claimed since the last settle()
+        # still do; any settled already are taken again.
+        counted = min(count, self._claimed)
+        self._claimed -= counted
+        if count > counted and self._budget is not None:
+            self._budget.take(count - counted)
 
     def _dispose(self, fds: Sequence[int]) -> None:
         # They are counted in the budget until the closer has closed them.

@@ -104,3 +104,43 @@ class ReceivedDescriptorsTests(SynchronousTestCase):
         for fd in fds:
             self.assertRaises(OSError, os.fstat, fd)
         self.assertEqual((self.table.unclaimed, self.table.claimedByBox), (0, 0))
+
+
+class BudgetedTableTests(SynchronousTestCase):
+    """
+    A table counting its descriptors in a budget.
+    """
+
+    def test_countedUntilClosed(self):
+        """
+        Held descriptors count; claims leave the budget once settled; those
+        a failed box claimed count again until the closer has closed them,
+        whether or not they were settled, and the count ends at zero.
+        """
+        from pyamp_fds.budget import DescriptorBudget
+        from pyamp_fds.closer import waitUntilClosed
+
+        before = openDescriptors()
+        budget = DescriptorBudget(limit=100)
+        table = ReceivedDescriptors()
+        table.useBudget(budget)
+        fds = []
+        for _ in range(3):
+            r, w = os.pipe()
+            os.close(w)
+            fds.append(r)
+        table.receive(fds, 10)
+        self.assertEqual(budget.used, 3)
+        table.claim(0)
+        table.settle()
+        self.assertEqual(budget.used, 2)
+        table.claim(1)
+        # The box fails after a settle: both claims close, counted till then.
+        table.releaseBox()
+        waitUntilClosed()
+        # The one still held is all that counts.
+        self.assertEqual(budget.used, 1)
+        table.closeAll()
+        waitUntilClosed()
+        self.assertEqual(budget.used, 0)
+        assertNoNewDescriptors(before)
