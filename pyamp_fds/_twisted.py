@@ -200,6 +200,31 @@ class AMPHooks(_AMPBase):
             self, aCallable: Callable[..., Any], command: Any
         ) -> Callable[[amp.AmpBox], Any]: ...
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "ampBoxReceived" not in cls.__dict__ and (
+            cls._commandReceived is not AMPHooks._commandReceived
+            or cls._answerReceived is not AMPHooks._answerReceived
+            or cls._errorReceived is not AMPHooks._errorReceived
+        ):
+            # A class that overrides the dispatcher's private routing hooks
+            # gets its boxes through them, as in Twisted.
+            cls.ampBoxReceived = amp.BoxDispatcher.ampBoxReceived  # type: ignore[method-assign]
+
+    def ampBoxReceived(self, box: amp.AmpBox) -> None:
+        """
+        Route a box by its kind, as Twisted's dispatcher does, straight to
+        the package's handlers (the three hooks below only forward to them).
+        """
+        if amp.ANSWER in box:
+            self.answerBoxReceived(box)
+        elif amp.ERROR in box:
+            self.errorBoxReceived(box)
+        elif amp.COMMAND in box:
+            self.commandBoxReceived(box)
+        else:
+            raise amp.NoEmptyBoxes(box)
+
     # The dispatcher routes each box by its kind through these three.
     def _commandReceived(self, box: amp.AmpBox) -> Deferred[Any] | None:
         return self.commandBoxReceived(box)

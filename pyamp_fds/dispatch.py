@@ -23,7 +23,8 @@ from twisted.internet.error import ConnectionLost
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-from pyamp_fds.plans import SettlingCommand, newBox, planFor
+from pyamp_fds.codec import MAX_VALUE_LENGTH
+from pyamp_fds.plans import SettlingCommand, _plans, newBox, planFor
 
 if TYPE_CHECKING:
     from pyamp_fds._twisted import AMPHooks
@@ -39,6 +40,8 @@ else:
     _DispatchBase = object
 
 __all__ = ["FastDispatch"]
+
+_stockLocateResponder = amp.AMP.locateResponder
 
 
 # Twisted leaves AMP's commands and dispatcher unannotated: the lines that
@@ -66,12 +69,12 @@ class FastDispatch(_DispatchBase):
         when the responder is found the standard way and answers at once.
         """
         entry = None
-        if self.locator is self and type(self).locateResponder is amp.AMP.locateResponder:
+        if self.locator is self and type(self).locateResponder is _stockLocateResponder:
             entry = self.responderFor(box[amp.COMMAND])
         if entry is None:
             return self.stockCommandReceived(box)
         command, responderFunc = entry
-        plan = planFor(command)
+        plan = _plans.get(command) or planFor(command)
         try:
             if plan.arguments is not None:
                 kw = plan.arguments.toObjects(box, self)
@@ -87,6 +90,15 @@ class FastDispatch(_DispatchBase):
             result = responderFunc(self, **kw)
         except BaseException:
             result = fail()
+        if plan.emptyAnswer and type(result) is dict:
+            # Twisted's makeResponse for a response with no values: an empty
+            # box, whatever the dict holds.
+            ask = box.get(amp.ASK)
+            if ask is not None:
+                tagged = amp.AmpBox.__new__(amp.AmpBox)
+                tagged[amp.ANSWER] = ask
+                self._answer(tagged, type(ask) is bytes and len(ask) <= MAX_VALUE_LENGTH)
+            return None
         if not isinstance(result, Deferred):
             try:
                 if plan.response is not None:
@@ -115,21 +127,25 @@ class FastDispatch(_DispatchBase):
                 ask = box.get(amp.ASK)
                 if ask is not None:
                     answer[amp.ANSWER] = ask
-                    try:
-                        if self.boxSender is self and type(answer) is amp.AmpBox:
-                            # What safeEmit does, for a plain box made here
-                            # (other boxes act when sent: protocol switches).
-                            try:
-                                self._sendOwnBox(answer)
-                            except (amp.ProtocolSwitched, ConnectionLost):
-                                pass
-                        else:
-                            self.safeEmit(answer)
-                    except BaseException:
-                        self.unhandledError(Failure())
+                    self._answer(answer, False)
                 return None
         chain = self._settledResponder(lambda **kw: result, SettlingCommand(command, parsed=True))
         return self._answerByTwisted(box, chain(box))
+
+    def _answer(self, answer: amp.AmpBox, checked: bool) -> None:
+        # What Twisted's responder chain does with an answer box made here.
+        try:
+            if self.boxSender is self and type(answer) is amp.AmpBox:
+                # What safeEmit does, for a plain box made here
+                # (other boxes act when sent: protocol switches).
+                try:
+                    self._sendOwnBox(answer, None, checked)
+                except (amp.ProtocolSwitched, ConnectionLost):
+                    pass
+            else:
+                self.safeEmit(answer)
+        except BaseException:
+            self.unhandledError(Failure())
 
     def _answerByTwisted(self, box: amp.AmpBox, deferred: Deferred[Any]) -> Deferred[Any] | None:
         self._prepared = deferred
@@ -180,23 +196,30 @@ class FastDispatch(_DispatchBase):
     def callRemote(
         self, commandType: type[amp.Command], *a: Any, **kw: Any
     ) -> Deferred[Any] | None:
-        plan = planFor(commandType)
+        plan = _plans.get(commandType) or planFor(commandType)
         if a or not plan.directCall:
             return self._callByTwisted(commandType, a, kw)
         # directCall is only set for a command with an argument spec.
         spec: _ArgumentSpec = plan.arguments  # type: ignore[assignment]
-        forgotten = [name for name in spec.required if name not in kw]
-        if forgotten:
-            return fail(
-                amp.InvalidSignature(
-                    # The same message as Twisted's own, bytes name and all.
-                    "forgot {} for {}".format(", ".join(forgotten), commandType.commandName)  # type: ignore[str-bytes-safe]
+        if kw.keys() != spec.names:
+            forgotten = [name for name in spec.required if name not in kw]
+            if forgotten:
+                return fail(
+                    amp.InvalidSignature(
+                        # The same message as Twisted's own, bytes name and all.
+                        "forgot {} for {}".format(", ".join(forgotten), commandType.commandName)  # type: ignore[str-bytes-safe]
+                    )
                 )
-            )
-        for name in kw:
-            if name not in spec.allowed:
-                raise amp.InvalidSignature(f"{name} is not a valid argument")
-        box = self.serializing(spec.toStrings, kw, newBox(commandType.commandType), self)  # type: ignore[arg-type]
+            for name in kw:
+                if name not in spec.allowed:
+                    raise amp.InvalidSignature(f"{name} is not a valid argument")
+        boxType: type[amp.AmpBox] = commandType.commandType  # type: ignore[assignment]
+        box = amp.AmpBox.__new__(amp.AmpBox) if boxType is amp.AmpBox else newBox(boxType)
+        if spec.needsMark:
+            self.serializing(spec.toStrings, kw, box, self)
+        else:
+            # Nothing can fail after a descriptor was queued for this box.
+            spec.toStrings(kw, box, self)
         requiresAnswer = commandType.requiresAnswer
         failed = self.failedAllOutgoing()
         if self.boxSender is not self or type(box) is not amp.AmpBox:
@@ -208,12 +231,11 @@ class FastDispatch(_DispatchBase):
         if failed is not None:
             return fail(failed) if requiresAnswer else None
         box[amp.COMMAND] = commandType.commandName
-        tag = self.newTag()
         if not requiresAnswer:
-            self._sendOwnBox(box)
+            self._sendOwnBox(box, None, plan.callChecked)
             return None
-        box[amp.ASK] = tag
-        self._sendOwnBox(box)
+        tag = box[amp.ASK] = self.newTag()
+        self._sendOwnBox(box, None, plan.callChecked)
         self._waitingPlans[tag] = plan
         return self.waitForAnswer(tag)  # type: ignore[no-any-return]
 
@@ -249,16 +271,21 @@ class FastDispatch(_DispatchBase):
         if plan is None:
             return self.stockAnswerReceived(box)
         question = self.takeWaiting(box[amp.ANSWER])
-        question.addErrback(self.unhandledError)
         try:
-            result = plan.parseResponse(box, self)
+            result = {} if plan.emptyResponse else plan.parseResponse(box, self)
         except BaseException:
             failure = Failure()
             self.receivedDescriptors.releaseBox()
+            question.addErrback(self.unhandledError)
             question.errback(failure)
-        else:
-            self.receivedDescriptors.boxDispatched()
-            question.callback(result)
+            return
+        self.receivedDescriptors.boxDispatched()
+        question.callback(result)
+        # Twisted adds unhandledError last before firing; where the chain
+        # ran to its end, the outcome is the same when it is added after
+        # (it only acts on a failure), and costs nothing when all went well.
+        if question.paused or isinstance(question.result, Failure):
+            question.addErrback(self.unhandledError)
 
     def errorBoxReceived(self, box: amp.AmpBox) -> None:
         """

@@ -67,6 +67,9 @@ class DescriptorExchange:
     _maxUnclaimed = 8192
     _unclaimedTimer: IDelayedCall | None = None
     _sent = 0
+    # _sent when the last box was queued: the descriptors queued since are
+    # the next box's.
+    _sentBeforeBox = 0
     _batching = False
     _failReason: Failure | None = None
 
@@ -205,6 +208,20 @@ class DescriptorExchange:
             transport.withdrawDescriptors(mark)  # type: ignore[attr-defined]
             self._sent = sent
             raise
+
+    def takeBackUnboxed(self) -> None:
+        """
+        The box being sent failed when queued (it does not encode, or no box
+        may be sent now): take back the descriptors queued for it since the
+        last box was queued, as L{serializing} does when a box's strings
+        fail.  The failure is the same whichever path made the box.
+        """
+        count = self._sent - self._sentBeforeBox
+        transport = self.transport
+        if count <= 0 or not self._batching or transport is None:
+            return
+        transport.withdrawDescriptors(transport.descriptorMark() - count)  # type: ignore[attr-defined]
+        self._sent -= count
 
     def sendDescriptor(self, descriptor: FileDescriptorLike, transfer: bool = False) -> int:
         """

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 from twisted.protocols import amp
 
 from pyamp_fds import _twisted
+from pyamp_fds.arguments import Descriptor
+from pyamp_fds.codec import MAX_KEY_LENGTH, MAX_VALUE_LENGTH
 
 if TYPE_CHECKING:
     from pyamp_fds.protocol import _Framing
@@ -66,6 +68,12 @@ class _CommandPlan:
     @ivar directCall: whether C{callRemote} may skip making an instance of
         the command: its construction, argument checking and sending are
         Twisted's own.
+    @ivar callChecked: whether a call's box, made with the argument spec,
+        needs no check before it is queued (see L{_ArgumentSpec.checked}).
+    @ivar emptyResponse: whether the response is Twisted's own, with no
+        values: parsing it gives an empty dict.
+    @ivar emptyAnswer: whether, moreover, the answer to a responder's dict
+        is a plain L{twisted.protocols.amp.AmpBox} with nothing but its tag.
     """
 
     def __init__(self, command: type[amp.Command]) -> None:
@@ -82,8 +90,21 @@ class _CommandPlan:
             and command.__init__ is amp.Command.__init__
             and not _twisted.overridesDoCommand(command)
         )
+        name = command.commandName
+        # A call's box is its arguments, _command and _ask (a short tag): it
+        # needs no check before it is queued if they need none.
+        self.callChecked = (
+            self.arguments is not None
+            and self.arguments.checked
+            and type(name) is bytes
+            and len(name) <= MAX_VALUE_LENGTH
+        )
+        self.emptyResponse = self.response is not None and self.response.empty
+        self.emptyAnswer = self.emptyResponse and command.responseType is amp.AmpBox
 
     def parseResponse(self, box: amp.AmpBox, proto: amp.BinaryBoxProtocol) -> dict[str, Any]:
+        if self.emptyResponse:
+            return {}
         if self.response is not None:
             return self.response.toObjects(box, proto)
         return self.command.parseResponse(box, proto)  # type: ignore[no-any-return]
@@ -119,69 +140,134 @@ def planFor(command: type[amp.Command]) -> _CommandPlan:
     return plan
 
 
+# How an argument is made and parsed: by Argument's own toBox/fromBox,
+# inlined (_PLAIN); by L{pyamp_fds.Descriptor}, inlined further (_OURS); or
+# by the argument's own toBox/fromBox (_OWN).
+_PLAIN, _OURS, _OWN = range(3)
+
+# Argument types whose strings are bytes of bounded length (so a box of only
+# these needs no check before it is queued) and whose toStringProto sends no
+# descriptor (so a failure after them has nothing to take back).
+_BOUNDED_TYPES = (Descriptor, amp.Boolean, amp.Float)
+_QUEUES_NOTHING = (
+    amp.Integer,
+    amp.String,
+    amp.Unicode,
+    amp.Boolean,
+    amp.Float,
+    amp.Decimal,
+    amp.DateTime,
+    amp.Path,
+)
+
+
 class _ArgumentSpec:
     """
     A command's argument list, with what Twisted works out on every call
     worked out once: each wire name's Python name, and which arguments use
     L{twisted.protocols.amp.Argument}'s own C{toBox}/C{fromBox} (those are run inline, exactly
     as Twisted runs them; the others through their own methods).
+
+    @ivar names: every argument's Python name.
+    @ivar empty: whether there are no arguments at all.
+    @ivar checked: whether every string these arguments make is C{bytes} of
+        a length AMP allows, whatever the values: a box of them (with keys
+        checked once, here) needs no check before it is queued.
+    @ivar needsMark: whether an argument that may queue descriptors comes
+        before another argument, which may fail: only then must a failed
+        box take back what was queued for it.
     """
 
     def __init__(self, arglist: list[tuple[bytes, amp.Argument]]) -> None:
         self.arglist = arglist
-        self.entries: list[tuple[bytes, str, amp.Argument, bool, bool]] = []
+        self.entries: list[tuple[bytes, str, amp.Argument, bool, int]] = []
         self.required: list[str] = []
         self.allowed: set[str] = set()
+        self.checked = True
+        self.needsMark = False
+        mayHaveQueued = False
         for wireName, argument in arglist:
             pythonName = _twisted.wireNameToPythonIdentifier(wireName)  # type: ignore[no-untyped-call]
             self.allowed.add(pythonName)
             if not argument.optional:
                 self.required.append(pythonName)
             kind = type(argument)
-            plain = (
+            if kind is Descriptor:
+                how = _OURS
+            elif (
                 kind.toBox is amp.Argument.toBox
                 and kind.fromBox is amp.Argument.fromBox
                 and kind.retrieve is amp.Argument.retrieve
-            )
-            self.entries.append((wireName, pythonName, argument, argument.optional, plain))
+            ):
+                how = _PLAIN
+            else:
+                how = _OWN
+            if kind not in _BOUNDED_TYPES or not _goodKey(wireName):
+                self.checked = False
+            if mayHaveQueued:
+                self.needsMark = True
+            if kind not in _QUEUES_NOTHING:
+                mayHaveQueued = True
+            self.entries.append((wireName, pythonName, argument, argument.optional, how))
+        self.names = frozenset(self.allowed)
+        self.empty = not self.entries
+        self._copyObjects = any(e[4] is _OWN for e in self.entries)
 
     def toStrings(
         self, objects: Mapping[str, Any], strings: amp.AmpBox, proto: amp.BinaryBoxProtocol
     ) -> amp.AmpBox:
-        # What Command.makeArguments does, with Argument.toBox inlined.
-        objects = dict(objects)
-        for wireName, pythonName, argument, optional, plain in self.entries:
-            if not plain:
+        # What Command.makeArguments does, with Argument.toBox inlined.  Only
+        # an argument's own toBox takes its value out of the objects: they
+        # are copied for it, as Twisted does.
+        if self._copyObjects or type(objects) is not dict:
+            # Not a dict (a responder's wrong result) fails here, as in Twisted.
+            objects = dict(objects)
+        for wireName, pythonName, argument, optional, how in self.entries:
+            if how is _OWN:
                 argument.toBox(wireName, strings, objects, proto)
                 continue
             if optional:
-                value = objects.pop(pythonName, None)
+                value = objects.get(pythonName)
                 if value is None:
                     continue
             else:
-                value = objects.pop(pythonName)
-            strings[wireName] = argument.toStringProto(value, proto)
+                value = objects[pythonName]
+            if how is _OURS:
+                strings[wireName] = b"%d" % (proto.sendDescriptor(value, argument.transfer),)  # type: ignore[attr-defined]
+            else:
+                strings[wireName] = argument.toStringProto(value, proto)
         return strings
 
     def toObjects(
         self, strings: Mapping[bytes, bytes], proto: amp.BinaryBoxProtocol
     ) -> dict[str, Any]:
         # What Command.parseArguments does, with Argument.fromBox inlined.
+        # Only an argument's own fromBox takes its string out of the box:
+        # it gets a copy, as in Twisted.
         objects: dict[str, Any] = {}
-        strings = dict(strings)
-        for wireName, pythonName, argument, optional, plain in self.entries:
-            if not plain:
+        if self._copyObjects:
+            strings = dict(strings)
+        for wireName, pythonName, argument, optional, how in self.entries:
+            if how is _OWN:
                 argument.fromBox(wireName, strings, objects, proto)
                 continue
             if optional:
-                value = strings.pop(wireName, None)
+                value = strings.get(wireName)
                 if value is None:
                     objects[pythonName] = None
                     continue
             else:
-                value = strings.pop(wireName)
-            objects[pythonName] = argument.fromStringProto(value, proto)
+                value = strings[wireName]
+            if how is _OURS and value.isdigit():
+                # Descriptor.fromStringProto, for an ordinal that is one.
+                objects[pythonName] = proto.receivedDescriptors.claim(int(value))  # type: ignore[attr-defined]
+            else:
+                objects[pythonName] = argument.fromStringProto(value, proto)
         return objects
+
+
+def _goodKey(key: bytes) -> bool:
+    return type(key) is bytes and 0 < len(key) <= MAX_KEY_LENGTH
 
 
 _specs: dict[tuple[type[amp.Command], str], _ArgumentSpec] = {}

@@ -233,21 +233,34 @@ class _Framing(DescriptorExchange, _twisted.BoxProtocolHooks):
         self,
         box: Mapping[bytes, bytes],
         snapshot: Callable[[Mapping[bytes, bytes]], Mapping[bytes, bytes]] | None = None,
+        checked: bool = False,
     ) -> None:
         """
         L{sendBox} for a box nobody else holds, which needs no snapshot.
+
+        @param checked: the box's keys and values are known to be C{bytes}
+            of lengths AMP allows (it was made from a command's plan): it
+            needs no check before it is queued.
         """
-        waiting = self.checkCanSend()
-        if self.transport is None:
-            raise ConnectionLost()
+        try:
+            waiting = self.checkCanSend()
+            if self.transport is None:
+                raise ConnectionLost()
+            if self._batching and waiting is None and not checked:
+                check_box(box)
+        except BaseException:
+            # The box goes nowhere: nor may the descriptors queued for it.
+            self.takeBackUnboxed()
+            raise
+        self._sentBeforeBox = self._sent
         if waiting is not None:
             waiting.append(box)
         elif not self._batching:
             self.transport.write(encode_box(box))
         else:
-            check_box(box)
-            self._outgoing.append(box if snapshot is None else snapshot(box))
-            if len(self._outgoing) == 1:
+            outgoing = self._outgoing
+            outgoing.append(box if snapshot is None else snapshot(box))
+            if len(outgoing) == 1:
                 self.transport.addWriteHook(self._encodeOutgoing)  # type: ignore[attr-defined]
 
     def _encodeOutgoing(self) -> bytes:

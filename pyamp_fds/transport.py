@@ -218,7 +218,8 @@ class _Batching(PeerCredentialsMixin, ReadGate):
             self._bytesWritten,
             _HANDED_OVER if transfer else _DUPLICATE,
         )
-        self.pauseProducerIfFull()
+        if self.producer is not None:
+            self.pauseProducerIfFull()
         if not self._reading:
             # Inside doRead, the flush at its end sends it with the bytes
             # that name it, without registering for writability.

@@ -13,7 +13,7 @@ from twisted.protocols import amp
 import pyamp_fds
 from pyamp_fds.closer import waitUntilClosed
 from tests.fdcheck import identity
-from tests.unixsim import FakeConnectionTestCase
+from tests.unixsim import FakeConnectionTestCase, watchLost
 
 
 class NotParsed(amp.Argument):
@@ -187,3 +187,191 @@ class SettledOnEveryPathTests(FakeConnectionTestCase):
         pump.flush()
         self.assertEqual(client.receivedDescriptors.received, 0)
         self.assertEqual(identity(self.fd), inode)
+
+
+class NumberThenHandOver(amp.Command):
+    """
+    A number, then a handed-over descriptor: nothing can fail after the
+    descriptor is queued, so the box is made without a mark to go back to.
+    """
+
+    commandName = b"NumberThenHandOver"
+    arguments = [(b"n", amp.Integer()), (b"fd", pyamp_fds.Descriptor(transfer=True))]
+    response = []
+
+
+class HandOverThenText(amp.Command):
+    """
+    A handed-over descriptor, then text that may be too long, on the fast
+    path (no step overridden).
+    """
+
+    commandName = b"HandOverThenText"
+    arguments = [(b"fd", pyamp_fds.Descriptor(transfer=True)), (b"text", amp.String())]
+    response = []
+
+
+class Nothing(amp.Command):
+    """
+    No arguments and an empty response.
+    """
+
+    commandName = b"Nothing"
+    arguments = []
+    response = []
+
+
+class PlannedResponder(pyamp_fds.AMP):
+    """
+    Responders for the commands made and answered from their plans.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.received = []
+
+    @NumberThenHandOver.responder
+    @HandOverThenText.responder
+    def take(self, fd, n=None, text=None):
+        self.received.append(identity(fd))
+        os.close(fd)
+        return {}
+
+    @Nothing.responder
+    def nothing(self):
+        # Not a dict: Twisted's makeResponse cannot copy it.
+        return None
+
+
+class PlannedPathTests(FakeConnectionTestCase):
+    """
+    Calls made and answered from a command's plan (no step of Twisted's
+    overridden) keep Twisted's outcomes, and settle their descriptors.
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.fd = os.open("/dev/null", os.O_RDONLY)
+        self.addCleanup(os.close, self.fd)
+
+    def test_failureBeforeTheDescriptorTakesNothing(self):
+        """
+        An argument ahead of the descriptor that fails to serialize raises
+        before anything is queued: the handed-over descriptor is still the
+        caller's, no ordinal is used; the next call goes through.
+        """
+        server, client = PlannedResponder(), pyamp_fds.AMP()
+        pump = self.connect(server, client)
+        inode = identity(self.fd)
+        with self.assertRaises(TypeError):
+            client.callRemote(NumberThenHandOver, n="not a number", fd=self.fd)
+        self.assertEqual(client.transport.queuedDescriptors, [])
+        self.assertEqual(client.descriptorsSent, 0)
+        self.assertEqual(identity(self.fd), inode)
+        answer = client.callRemote(NumberThenHandOver, n=1, fd=os.dup(self.fd))
+        pump.flush()
+        self.assertEqual(self.successResultOf(answer), {})
+        self.assertEqual(server.received, [inode])
+
+    def test_tooLongAfterTheDescriptorTakesNothing(self):
+        """
+        Text too long for AMP after the descriptor: C{callRemote} raises
+        Twisted's L{amp.TooLong} at once, and the descriptor queued for the
+        box is the caller's again.
+        """
+        server, client = PlannedResponder(), pyamp_fds.AMP()
+        pump = self.connect(server, client)
+        with self.assertRaises(amp.TooLong):
+            client.callRemote(HandOverThenText, fd=self.fd, text=b"x" * 70000)
+        self.assertEqual(client.transport.queuedDescriptors, [])
+        self.assertEqual(client.descriptorsSent, 0)
+        os.fstat(self.fd)
+        pump.flush()
+        self.assertEqual(server.receivedDescriptors.received, 0)
+
+    def test_emptyResponseNotADict(self):
+        """
+        A responder for a command with an empty response that returns
+        something other than a dict fails as in Twisted: the caller gets an
+        unknown error, and L{amp.BadLocalReturn} is logged.
+        """
+        server, client = PlannedResponder(), pyamp_fds.AMP()
+        pump = self.connect(server, client)
+        answer = self.caught(client.callRemote(Nothing))
+        pump.flush()
+        self.failureResultOf(answer, amp.UnknownRemoteError)
+        self.assertEqual(len(self.flushLoggedErrors(amp.BadLocalReturn)), 1)
+
+    def test_callerCallbackFailsUnhandled(self):
+        """
+        A caller's callback that raises, at once or later (a L{Deferred} it
+        returned fails), reaches the protocol's C{unhandledError}, as in
+        Twisted, which drops the connection.
+        """
+        for later in (False, True):
+            server, client = PlannedResponder(), pyamp_fds.AMP()
+            pump = self.connect(server, client)
+            lost = watchLost(client)
+            inner = defer.Deferred()
+
+            def fails(result):
+                if later:
+                    return inner
+                raise ZeroDivisionError()
+
+            call = client.callRemote(NumberThenHandOver, n=1, fd=os.dup(self.fd))
+            call.addCallback(fails)
+            pump.flush()
+            if later:
+                self.assertEqual(lost, [])
+                inner.errback(ZeroDivisionError())
+            self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+            pump.flush()
+            self.assertEqual(len(lost), 1)
+
+
+class GiveText(amp.Command):
+    """
+    Answers with a descriptor, then text that may be too long.
+    """
+
+    commandName = b"GiveText"
+    arguments = [(b"length", amp.Integer())]
+    response = [(b"fd", pyamp_fds.Descriptor()), (b"text", amp.String())]
+
+
+class TextResponder(pyamp_fds.AMP):
+    def __init__(self, fd):
+        super().__init__()
+        self.fd = fd
+
+    @GiveText.responder
+    def give(self, length):
+        return {"fd": self.fd, "text": b"x" * length}
+
+
+class TooLongAnswerTests(FakeConnectionTestCase):
+    """
+    An answer too long for AMP fails as in Twisted, taking back the
+    descriptor queued for it.
+    """
+
+    def test_tooLongAnswerTakesNothing(self):
+        """
+        The answer's text is too long once its descriptor was queued: the
+        responder's side logs Twisted's L{amp.TooLong} and drops the
+        connection, the duplicate queued for the answer is closed, never
+        sent, and the caller's call fails.
+        """
+        fd = os.open("/dev/null", os.O_RDONLY)
+        self.addCleanup(os.close, fd)
+        server, client = TextResponder(fd), pyamp_fds.AMP()
+        pump = self.connect(server, client)
+        lost = watchLost(server)
+        answer = self.caught(client.callRemote(GiveText, length=70000))
+        pump.flush()
+        self.assertEqual(len(self.flushLoggedErrors(amp.TooLong)), 1)
+        self.assertEqual(server.descriptorsSent, 0)
+        self.assertEqual(client.receivedDescriptors.received, 0)
+        self.assertEqual(len(lost), 1)
+        self.failureResultOf(answer)

@@ -48,6 +48,32 @@ class PrivateNamesTests(SynchronousTestCase):
             self.assertEqual(list(inspect.signature(method).parameters), params, name)
         self.assertTrue(callable(_twisted.wireNameToPythonIdentifier))
 
+    def test_ampRouting(self):
+        """
+        Twisted's dispatcher routes a box only through its three private
+        hooks (which L{pyamp_fds.AMP} goes around), and a class that
+        overrides one of them gets its boxes through them again.
+        """
+        self.assertEqual(
+            referencedNames(amp.BoxDispatcher.ampBoxReceived.__code__),
+            {"ANSWER", "ERROR", "COMMAND", "_answerReceived", "_errorReceived",
+             "_commandReceived", "NoEmptyBoxes"},
+        )
+        import pyamp_fds
+
+        seen = []
+
+        class Watching(pyamp_fds.AMP):
+            def _answerReceived(self, box):
+                seen.append(box)
+
+        self.assertIs(Watching.ampBoxReceived, amp.BoxDispatcher.ampBoxReceived)
+        self.assertIsNot(pyamp_fds.AMP.ampBoxReceived, amp.BoxDispatcher.ampBoxReceived)
+        proto = Watching()
+        box = amp.AmpBox({b"_answer": b"1"})
+        proto.ampBoxReceived(box)
+        self.assertEqual(seen, [box])
+
     def test_ampState(self):
         """
         The private state the hooks read exists on a fresh protocol.
