@@ -47,7 +47,12 @@ benchmarks/c_fdloop: benchmarks/c_fdloop.c
 benchmarks/c_rpcloop: benchmarks/c_rpcloop.c
 	$(CC) -O2 $(CWARN) -o $@ $<
 
-bench: $(INSTALLED) benchmarks/c_fdloop benchmarks/c_rpcloop bench-tools
+benchmarks/c_rpcbatch: benchmarks/c_rpcbatch.c
+	$(CC) -O2 $(CWARN) -o $@ $<
+
+BENCH_PROGRAMS := benchmarks/c_fdloop benchmarks/c_rpcloop benchmarks/c_rpcbatch
+
+bench: $(INSTALLED) $(BENCH_PROGRAMS) bench-tools
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
 
 # wrk, from the system's packages, for the broker scenario: installed when
@@ -193,5 +198,5 @@ dist: wheel
 clean:
 	rm -rf $(VENV) $(SANITIZE_VENV) $(DIST_VENV) build dist wheelhouse docs/api *.egg-info \
 		pyamp_fds/_native.* pyamp_fds/__pycache__ twisted/plugins/dropin.cache \
-		tests/c/build fuzz/build benchmarks/c_fdloop benchmarks/c_rpcloop benchmarks/results \
+		tests/c/build fuzz/build $(BENCH_PROGRAMS) benchmarks/results \
 		.pytest_cache .hypothesis .mypy_cache
