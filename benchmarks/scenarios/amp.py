@@ -38,9 +38,10 @@ SPREAD = {
 }
 
 
-# The batched C floor pipelines a call in well under a microsecond: ten times
-# the calls, so that its runs last as long as a scheduler's time slice.
-C_BATCH_SCALE = {"window 256": 10, "window 1": 1}
+# The batched C floor and the echo floor pipeline a call in well under a
+# microsecond: ten times the calls, so that a run lasts longer than a few
+# scheduler time slices.
+FAST_SCALE = {"window 256": 10, "window 1": 1}
 
 SYSCALLS = "sendmsg+recvmsg per descriptor"
 CPU = "CPU us per descriptor, both processes"
@@ -92,13 +93,14 @@ def cLoop(param):
 
 def cBatch(param):
     calls, window, connections = SHAPES[param]
-    return _measure([os.path.join(HERE, "c_rpcbatch"), str(calls * C_BATCH_SCALE[param]),
+    return _measure([os.path.join(HERE, "c_rpcbatch"), str(calls * FAST_SCALE[param]),
                      str(window)])
 
 
 def twistedEcho(param):
     calls, window, connections = SHAPES[param]
-    return _measure([sys.executable, os.path.join(HERE, "echo_peer.py"), str(calls), str(window)])
+    return _measure([sys.executable, os.path.join(HERE, "echo_peer.py"),
+                     str(calls * FAST_SCALE[param]), str(window)])
 
 
 def spread(name):
