@@ -12,9 +12,12 @@ themselves, the functions with the most time under them, and the modules,
 each as a share of that process's samples; and beside it the collapsed
 stacks (C{.folded}, not kept in the repository: for flamegraph.pl or
 speedscope).  Only samples taken while the reactor runs count (not the
-imports or the set-up), and only those on the CPU (py-spy leaves out idle
-stacks, such as the reactor waiting in epoll).  Python frames only: time in a
-system call or in the C core shows in the Python function that called it.
+imports or the set-up), and only those not waiting in a blocking call (py-spy
+leaves out idle stacks, such as the reactor waiting in epoll; a process ready
+to run but waiting for a CPU still counts, so on a busy machine a system call
+that wakes the peer, such as a sendmsg one call at a time, looks dearer than
+its CPU time).  Python frames only: time in a system call or in the C core
+shows in the Python function that called it.
 """
 
 import argparse
@@ -126,7 +129,7 @@ def report(name, side, calls, window, rate, result, samples, skipped):
     lines = [
         "%s, %s: pyamp_fds, %d calls, %d in flight, one descriptor each (benchmarks/amp_peer.py)"
         % (name, side, calls, window),
-        "py-spy record --rate %d --subprocesses (Python frames only; on-CPU samples only)" % rate,
+        "py-spy record --rate %d --subprocesses (Python frames only; idle samples left out)" % rate,
         "%s; %s, %s CPUs; Python %s, Twisted %s"
         % (about["date"], about["cpu"], about["cpus"], about["python"], about["twisted"]),
         "under the profiler: %.0f descriptors/s, %.1f us CPU per descriptor (both processes)"
