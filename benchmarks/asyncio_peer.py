@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_anchors -*-
 """
 The AMP scenario's conversation written by hand on asyncio, as a competent
 engineer would without Twisted: one descriptor per call, the server closes
