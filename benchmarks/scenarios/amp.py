@@ -128,10 +128,11 @@ TARGETS = [
     Target("pyamp_fds", None, 0.05, param="window 256", figure=SYSCALLS,
            text="pyamp_fds <= 0.05 sendmsg+recvmsg per descriptor"),
     # Pipelined only: one call at a time, every call is two wake-ups of each
-    # process, and even the C loop spends some 20 us of CPU on them.
+    # process, and even the C loop spends some 15 us of CPU on them.
     Target("pyamp_fds", None, 5.0, param="window 256", figure=CPU,
            text="pyamp_fds <= 5 us CPU per descriptor, both processes"),
 ]
+
 
 def _uvloopMissing():
     """
