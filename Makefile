@@ -12,7 +12,7 @@ FUZZ_SECONDS ?= 60
 # Written once, in pyamp_fds/__init__.py; setuptools reads it from there too.
 VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' pyamp_fds/__init__.py)
 
-.PHONY: all test matrix bench soak sanitize fuzz lint docs wheel dist clean
+.PHONY: all test matrix bench profile soak sanitize fuzz lint docs wheel dist clean
 
 all: $(INSTALLED)
 
@@ -47,8 +47,19 @@ benchmarks/c_fdloop: benchmarks/c_fdloop.c
 benchmarks/c_rpcloop: benchmarks/c_rpcloop.c
 	$(CC) -O2 $(CWARN) -o $@ $<
 
-bench: $(INSTALLED) benchmarks/c_fdloop benchmarks/c_rpcloop bench-tools
+benchmarks/c_rpcbatch: benchmarks/c_rpcbatch.c
+	$(CC) -O2 $(CWARN) -o $@ $<
+
+BENCH_PROGRAMS := benchmarks/c_fdloop benchmarks/c_rpcloop benchmarks/c_rpcbatch
+
+bench: $(INSTALLED) $(BENCH_PROGRAMS) bench-tools
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
+
+# Where the time goes in the AMP scenario's pyamp_fds peers, under py-spy
+# (needs ptrace: root, or kernel.yama.ptrace_scope=0): a summary per shape and
+# side in benchmarks/results/profiles/*.txt, collapsed stacks beside them.
+profile: $(INSTALLED)
+	$(PY) benchmarks/profile.py
 
 # wrk, from the system's packages, for the broker scenario: installed when
 # missing if we are root; otherwise that scenario says it was skipped.
@@ -105,12 +116,13 @@ fuzz:
 	FUZZ_SECONDS=$(FUZZ_SECONDS) sh fuzz/run.sh
 
 # Pyflakes' checks over the Python, mypy over the package (settings in
-# pyproject.toml), the news fragments, and the C under -Wall -Wextra -Werror.
+# pyproject.toml), the news fragments, and the C (the core, its tests, the
+# fuzzers and the benchmarks' floors) under -Wall -Wextra -Werror.
 lint: $(INSTALLED)
 	$(PY) -m ruff check --no-cache --select F,E9 pyamp_fds tests benchmarks twisted
 	$(PY) -m mypy
 	$(VENV)/bin/towncrier build --draft --version $(VERSION) >/dev/null
-	for c in csrc/*.c tests/c/*.c fuzz/*.c; do \
+	for c in csrc/*.c tests/c/*.c fuzz/*.c benchmarks/*.c; do \
 		$(CC) -fsyntax-only $(CWARN) -Icsrc -Itests/c $$c || exit 1; done
 
 # The API reference, from the epytext docstrings, in docs/api/index.html;
@@ -193,5 +205,6 @@ dist: wheel
 clean:
 	rm -rf $(VENV) $(SANITIZE_VENV) $(DIST_VENV) build dist wheelhouse docs/api *.egg-info \
 		pyamp_fds/_native.* pyamp_fds/__pycache__ twisted/plugins/dropin.cache \
-		tests/c/build fuzz/build benchmarks/c_fdloop benchmarks/c_rpcloop benchmarks/results \
+		tests/c/build fuzz/build $(BENCH_PROGRAMS) \
+		$(filter-out benchmarks/results/profiles,$(wildcard benchmarks/results/*)) \
 		.pytest_cache .hypothesis .mypy_cache

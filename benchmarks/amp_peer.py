@@ -7,8 +7,11 @@ responder closes it.
 The server is forked before the reactor exists; the client keeps WINDOW
 calls in flight on each of CONNECTIONS connections until CALLS calls have
 been answered.  Prints {"descriptors", "seconds", "sendmsg", "recvmsg",
-"send"}: system calls counted in both processes (Twisted's stock transport
-writes plain data with send(); everything pyamp_fds does is sendmsg/recvmsg).
+"send", "cpu"}: system calls counted in both processes (Twisted's stock
+transport writes plain data with send(); everything pyamp_fds does is
+sendmsg/recvmsg), and the CPU seconds of both, each counted from its reactor's
+start (the client: from its first call) to its last answer, so that neither
+process's imports count.
 """
 
 import json
@@ -40,9 +43,14 @@ def main(kind, calls, window, connections):
     with os.fdopen(reportRead) as report:
         server = json.loads(report.read())
     os.waitpid(pid, 0)
-    for key in ("sendmsg", "recvmsg", "send"):
+    for key in ("sendmsg", "recvmsg", "send", "cpu"):
         result[key] += server[key]
     print(json.dumps(result))
+
+
+def cpuSeconds():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def setUp(kind):
@@ -113,17 +121,21 @@ def serve(kind, socks, reportFd):
             super().connectionLost(reason)
             open_.remove(self)
             if not open_:
+                cpu.append(cpuSeconds())
                 reactor.stop()
 
     final = []
     open_ = [Server() for _ in socks]
     for sock, proto in zip(socks, list(open_)):
         adopt(kind, reactor, sock, proto)
+    cpu = []
+    reactor.callWhenRunning(lambda: cpu.append(cpuSeconds()))
     reactor.run()
     if counts is not None:
-        total = counts
+        total = dict(counts)
     else:
         total = {k: sum(f[k] for f in final) for k in ("sendmsg", "recvmsg", "send")}
+    total["cpu"] = cpu[1] - cpu[0]
     os.write(reportFd, json.dumps(total).encode())
 
 
@@ -147,6 +159,7 @@ def drive(kind, socks, calls, window):
             send(proto)
         elif state["answered"] == calls:
             outcome["seconds"] = time.perf_counter() - outcome["started"]
+            outcome["cpu"] = cpuSeconds() - outcome["cpuStarted"]
             outcome.update(counted(kind, protos, counts))
             for p in protos:
                 p.transport.loseConnection()
@@ -158,6 +171,7 @@ def drive(kind, socks, calls, window):
 
     def start():
         outcome["started"] = time.perf_counter()
+        outcome["cpuStarted"] = cpuSeconds()
         for proto in protos:
             for _ in range(window):
                 if state["sent"] < calls:
@@ -172,6 +186,7 @@ def drive(kind, socks, calls, window):
         "sendmsg": outcome["sendmsg"],
         "recvmsg": outcome["recvmsg"],
         "send": outcome["send"],
+        "cpu": outcome["cpu"],
     }
 
 

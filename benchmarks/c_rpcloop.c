@@ -9,7 +9,9 @@
  *
  *   c_rpcloop CALLS WINDOW
  *
- * Prints {"descriptors": N, "seconds": S}.
+ * Prints {"descriptors", "seconds", "sendmsg", "recvmsg", "cpu"}: system
+ * calls and CPU seconds of both processes (the client's from its first
+ * request to its last answer, the server's whole life).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -17,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -36,6 +39,15 @@ static double now(void)
 
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static double cpuSeconds(void)
+{
+    struct rusage usage;
+
+    getrusage(RUSAGE_SELF, &usage);
+    return (double)usage.ru_utime.tv_sec + (double)usage.ru_utime.tv_usec / 1e6
+        + (double)usage.ru_stime.tv_sec + (double)usage.ru_stime.tv_usec / 1e6;
 }
 
 static void die(const char *what)
@@ -68,12 +80,18 @@ static void sendRequest(int sock, int fd)
             die("sendmsg");
 }
 
-/* Answers every request until the client closes; returns the recvmsg calls. */
-static long serve(int sock)
+struct report {
+    long writes, recvmsgs;
+    double cpu;
+};
+
+/* Answers every request until the client closes. */
+static struct report serve(int sock)
 {
     static char answer[ANSWER];
     char data[4096];
-    long calls = 0, pending = 0;
+    struct report report = { 0, 0, 0.0 };
+    long pending = 0;
 
     for (;;) {
         union cmsgbuf control;
@@ -93,9 +111,9 @@ static long serve(int sock)
                 continue;
             die("recvmsg");
         }
-        calls++;
+        report.recvmsgs++;
         if (got == 0)
-            return calls;
+            return report;
         for (cmsg = CMSG_FIRSTHDR(&msg); cmsg; cmsg = CMSG_NXTHDR(&msg, cmsg)) {
             int fd;
 
@@ -105,7 +123,7 @@ static long serve(int sock)
             close(fd);
         }
         pending += got;
-        for (; pending >= REQUEST; pending -= REQUEST)
+        for (; pending >= REQUEST; pending -= REQUEST, report.writes++)
             while (write(sock, answer, sizeof answer) < 0)
                 if (errno != EINTR)
                     die("write");
@@ -114,10 +132,11 @@ static long serve(int sock)
 
 int main(int argc, char **argv)
 {
-    long calls, window, sent = 0, answered = 0, buffered = 0, recvs = 0;
+    long calls, window, sent = 0, answered = 0, buffered = 0, reads = 0;
     int sv[2], report[2], fd;
     char answers[ANSWER * 256];
-    double started, elapsed;
+    double started, elapsed, cpuStarted, cpu;
+    struct report server;
     pid_t pid;
 
     if (argc != 3)
@@ -133,8 +152,9 @@ int main(int argc, char **argv)
         die("fork");
     if (pid == 0) {
         close(sv[0]);
-        recvs = serve(sv[1]);
-        if (write(report[1], &recvs, sizeof recvs) != sizeof recvs)
+        server = serve(sv[1]);
+        server.cpu = cpuSeconds();
+        if (write(report[1], &server, sizeof server) != sizeof server)
             die("write");
         _exit(0);
     }
@@ -143,6 +163,7 @@ int main(int argc, char **argv)
     if (fd < 0)
         die("open");
     started = now();
+    cpuStarted = cpuSeconds();
     for (; sent < window && sent < calls; sent++)
         sendRequest(sv[0], fd);
     while (answered < calls) {
@@ -153,6 +174,7 @@ int main(int argc, char **argv)
                 continue;
             die("read");
         }
+        reads++;
         if (got == 0)
             die("server closed");
         buffered += got;
@@ -165,10 +187,14 @@ int main(int argc, char **argv)
         }
     }
     elapsed = now() - started;
+    cpu = cpuSeconds() - cpuStarted;
     shutdown(sv[0], SHUT_WR);
-    if (read(report[0], &recvs, sizeof recvs) != sizeof recvs)
+    if (read(report[0], &server, sizeof server) != sizeof server)
         die("read");
     waitpid(pid, NULL, 0);
-    printf("{\"descriptors\": %ld, \"seconds\": %.9f}\n", calls, elapsed);
+    /* One sendmsg per request on the client's side. */
+    printf("{\"descriptors\": %ld, \"seconds\": %.9f, \"sendmsg\": %ld, \"recvmsg\": %ld, "
+           "\"cpu\": %.6f}\n",
+           calls, elapsed, calls + server.writes, reads + server.recvmsgs, cpu + server.cpu);
     return 0;
 }

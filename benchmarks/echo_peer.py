@@ -6,18 +6,26 @@ UNIX transport, with no AMP and no descriptors.
 
     python benchmarks/echo_peer.py CALLS WINDOW
 
-Prints {"descriptors": CALLS, "seconds": S} (one call stands for one
-descriptor of the AMP scenario).
+Prints {"descriptors": CALLS, "seconds": S, "cpu": C} (one call stands for
+one descriptor of the AMP scenario; C, the CPU seconds of both processes,
+each counted from its reactor's start, the client's from its first call, to
+its last answer).
 """
 
 import json
 import os
+import resource
 import socket
 import sys
 import time
 
 REQUEST = b"q" * 64
 ANSWER = b"a" * 16
+
+
+def cpuSeconds():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def adopt(reactor, sock, proto):
@@ -30,8 +38,10 @@ def adopt(reactor, sock, proto):
     sock.close()
 
 
-def serve(sock):
+def serve(sock, reportFd):
     from twisted.internet import protocol, reactor
+
+    cpu = []
 
     class Echo(protocol.Protocol):
         pending = 0
@@ -42,10 +52,13 @@ def serve(sock):
             self.transport.write(ANSWER * answers)
 
         def connectionLost(self, reason):
+            cpu.append(cpuSeconds())
             reactor.stop()
 
     adopt(reactor, sock, Echo())
+    reactor.callWhenRunning(lambda: cpu.append(cpuSeconds()))
     reactor.run()
+    os.write(reportFd, json.dumps(cpu[1] - cpu[0]).encode())
 
 
 def drive(sock, calls, window):
@@ -67,6 +80,7 @@ def drive(sock, calls, window):
             self.answered += answers
             if self.answered == calls:
                 outcome["seconds"] = time.perf_counter() - outcome["started"]
+                outcome["cpu"] = cpuSeconds() - outcome["cpuStarted"]
                 self.transport.loseConnection()
                 reactor.callLater(0.05, reactor.stop)
             else:
@@ -77,24 +91,30 @@ def drive(sock, calls, window):
 
     def start():
         outcome["started"] = time.perf_counter()
+        outcome["cpuStarted"] = cpuSeconds()
         caller.send(window)
 
     reactor.callWhenRunning(start)
     reactor.run()
-    return outcome["seconds"]
+    return outcome["seconds"], outcome["cpu"]
 
 
 def main(calls, window):
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    reportRead, reportWrite = os.pipe()
     pid = os.fork()
     if pid == 0:
+        os.close(reportRead)
         a.close()
-        serve(b)
+        serve(b, reportWrite)
         os._exit(0)
+    os.close(reportWrite)
     b.close()
-    seconds = drive(a, calls, window)
+    seconds, cpu = drive(a, calls, window)
+    with os.fdopen(reportRead) as report:
+        cpu += json.loads(report.read())
     os.waitpid(pid, 0)
-    print(json.dumps({"descriptors": calls, "seconds": seconds}))
+    print(json.dumps({"descriptors": calls, "seconds": seconds, "cpu": cpu}))
 
 
 if __name__ == "__main__":

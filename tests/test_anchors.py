@@ -1,0 +1,135 @@
+"""
+Tests for the AMP benchmark's anchors: L{benchmarks.asyncio_peer} (the
+conversation written by hand on asyncio or uvloop) and C{c_rpcbatch} (the
+batched C floor), each run as the benchmark runs it, in its own two
+processes, with few calls: each must answer every call, close every
+descriptor it received, and batch when calls are pipelined.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import unittest
+
+from benchmarks import asyncio_peer
+from tests.fdcheck import assertNoNewDescriptors, openDescriptors
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCHMARKS = os.path.join(ROOT, "benchmarks")
+TIMEOUT = 60
+
+
+def run(command):
+    """
+    Run a benchmark peer and return what it printed, parsed.
+    """
+    done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT)
+    if done.returncode != 0:
+        raise AssertionError("%r exited with %d: %s" % (command, done.returncode, done.stderr))
+    return json.loads(done.stdout)
+
+
+def uvloopMissing():
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return True
+    return False
+
+
+class AsyncioPeerTests(unittest.TestCase):
+    """
+    Tests for C{benchmarks/asyncio_peer.py}, run as a program.
+    """
+
+    def peer(self, loop, calls, window):
+        return run([sys.executable, os.path.join(BENCHMARKS, "asyncio_peer.py"), loop, str(calls),
+                    str(window)])
+
+    def test_pipelined(self):
+        """
+        With 256 calls in flight every call is answered, and the calls of one
+        loop turn leave together, as do the answers of one read: fewer
+        sendmsg calls, both sides together, than calls (one at a time takes
+        two per call).
+        """
+        result = self.peer("asyncio", 1000, 256)
+        self.assertEqual(result["descriptors"], 1000)
+        self.assertLess(result["sendmsg"], 1000)
+        self.assertGreater(result["cpu"], 0)
+
+    def test_oneAtATime(self):
+        """
+        One call at a time, each call is one sendmsg from the client and one
+        answer from the server.
+        """
+        result = self.peer("asyncio", 200, 1)
+        self.assertEqual(result["descriptors"], 200)
+        self.assertEqual(result["sendmsg"], 400)
+
+    @unittest.skipIf(uvloopMissing(), "uvloop is not installed (it comes with the bench extra)")
+    def test_uvloop(self):
+        """
+        The same program runs on uvloop.
+        """
+        result = self.peer("uvloop", 1000, 256)
+        self.assertEqual(result["descriptors"], 1000)
+        self.assertLess(result["sendmsg"], 1000)
+
+
+class LeakedTests(unittest.TestCase):
+    """
+    Tests for L{asyncio_peer.leaked}, the peer's check that every descriptor
+    it received was closed.
+    """
+
+    def test_leaked(self):
+        """
+        A descriptor on C{os.devnull} opened since the snapshot is reported
+        until it is closed.
+        """
+        before = openDescriptors()
+        snapshot = asyncio_peer.openDescriptors()
+        fd = os.open(os.devnull, os.O_RDONLY)
+        try:
+            self.assertEqual(asyncio_peer.leaked(snapshot), [fd])
+        finally:
+            os.close(fd)
+        self.assertEqual(asyncio_peer.leaked(snapshot), [])
+        assertNoNewDescriptors(before)
+
+
+class BatchedFloorTests(unittest.TestCase):
+    """
+    Tests for C{benchmarks/c_rpcbatch.c}, built here with the warnings the
+    Makefile uses.
+    """
+
+    def setUp(self):
+        compiler = os.environ.get("CC", "cc")
+        if shutil.which(compiler) is None:
+            self.skipTest("no C compiler")
+        build = os.path.join(ROOT, "build", "tests")
+        os.makedirs(build, exist_ok=True)
+        self.program = os.path.join(build, "c_rpcbatch")
+        subprocess.run([compiler, "-O2", "-std=gnu99", "-Wall", "-Wextra", "-Werror", "-o",
+                        self.program, os.path.join(BENCHMARKS, "c_rpcbatch.c")], check=True)
+
+    def test_pipelined(self):
+        """
+        With 256 calls in flight every descriptor is received (the program
+        fails otherwise), in sendmsg calls of up to 253: fewer sendmsg and
+        write calls, both sides together, than calls.
+        """
+        result = run([self.program, "2000", "256"])
+        self.assertEqual(result["descriptors"], 2000)
+        self.assertLess(result["sendmsg"], 2000)
+
+    def test_oneAtATime(self):
+        """
+        One call at a time, each call is one sendmsg and one answer.
+        """
+        result = run([self.program, "200", "1"])
+        self.assertEqual(result["sendmsg"], 400)
