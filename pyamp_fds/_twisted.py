@@ -473,7 +473,7 @@ def listenOnSocket(port: tcp.Port, skt: socket.socket) -> None:
     needs it for a socket handed over by another process, since the
     reactor's own UNIX port, adopted, makes the socket's file C{0o666}.
     """
-    port._preexistingSocket = skt  # type: ignore[attr-defined]
+    port._preexistingSocket = skt
 
 
 def keepSocketListening(port: tcp.Port) -> None:
