@@ -410,7 +410,7 @@ class Handover(service.Service):
         if self._taker is not taker:
             raise NotTaking("this connection took nothing: Take first")
         self._taker = None
-        self._stopAccepting(self._lent)
+        self._stopAccepting(self._lent, True)
         return {"connections": self._startDraining()}
 
     def _drainAlone(self) -> int:
@@ -418,7 +418,7 @@ class Handover(service.Service):
             return len(self._connections)
         if self.state != "serving":
             raise HandoverBusy("this process (pid %d) is %s" % (os.getpid(), self.state))
-        self._stopAccepting(set())
+        self._stopAccepting(set(), False)
         return self._startDraining()
 
     def _peerLost(self, lender: _Lender) -> None:
@@ -428,11 +428,11 @@ class Handover(service.Service):
             _log.warn("handover at {path}: the process taking over went before it was ready;"
                       " serving on", path=self.path)
 
-    def _stopAccepting(self, lent: set[str]) -> None:
-        handedOver = bool(lent)
+    def _stopAccepting(self, lent: set[str], successor: bool) -> None:
         ports = [(port, name in lent) for name, port in self.ports.items()]
         if self._listener is not None:
-            ports.append((self._listener, handedOver))
+            # A successor took the handover socket too, whatever else.
+            ports.append((self._listener, successor))
         for port, shared in ports:
             self._closing.append(giveUp(port, shared))
 
@@ -526,7 +526,7 @@ class Handover(service.Service):
         self._stopping = True
         if self.state in ("serving", "lending"):
             # A process taking over keeps what it took.
-            self._stopAccepting(self._lent)
+            self._stopAccepting(self._lent, self.state == "lending")
             self._startDraining()
         if self.state in ("draining", "drained"):
             return self.drained
