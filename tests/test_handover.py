@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 
-from twisted.internet import defer, endpoints, error, protocol, reactor, task
+from twisted.internet import defer, endpoints, error, protocol, reactor, task, utils
 from twisted.logger import globalLogPublisher
 from twisted.web import resource, server
 
@@ -300,6 +300,29 @@ class HappyPathTests(_HandoverTestCase):
         self.assertEqual(self.endedBy, [old])
         self.assertFalse(os.path.exists(self.path))
         self.assertFalse(os.path.exists(self.unixPath))
+
+    @defer.inlineCallbacks
+    def test_commandLine(self):
+        """
+        C{python -m pyamp_fds.handover PATH list} prints what a server
+        serves; C{drain} stops it.
+        """
+        old = self.handover(udp=False)
+        yield old.start()
+        run = lambda command: utils.getProcessOutputAndValue(
+            sys.executable, ["-m", "pyamp_fds.handover", self.path, command],
+            env=os.environ, path=ROOT)
+        out, err, code = yield run("list")
+        self.assertEqual((code, err), (0, b""))
+        self.assertEqual(out.decode().splitlines(), [
+            "pid %d serving" % (os.getpid(),),
+            "tcp tcp 127.0.0.1:%d" % (old.ports["tcp"].getHost().port,),
+            "unix unix %s" % (self.unixPath,),
+        ])
+        out, err, code = yield run("drain")
+        self.assertEqual((code, out), (0, b"draining 0 connections\n"))
+        yield old.drained
+        self.assertEqual(self.endedBy, [old])
 
     @defer.inlineCallbacks
     def test_drainTimeout(self):

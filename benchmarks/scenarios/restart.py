@@ -1,20 +1,25 @@
 """
 Zero-downtime restarts: a twisted.web server (C{python -m
 benchmarks.restart_server}) under load from wrk, replaced three times
-during the run through L{pyamp_fds.handover}, against the same server left
-alone.  Both with a new connection per request (wrk sends C{Connection:
-close}) and with keep-alive connections (which the old process closes after
-a response that says C{Connection: close}).
+through L{pyamp_fds.handover}, against the same server left alone.  Both
+with a new connection per request (wrk sends C{Connection: close}) and with
+keep-alive connections (which a process replaced closes after a response
+that says C{Connection: close}).
+
+wrk runs from a second before the first restart until half a second after
+the last replaced process has exited (it stops early on SIGINT), the
+restarts one after the other: each new process started and serving, the
+one it replaced drained and exited 0.  So wrk's latency percentiles are
+those of the restarts.  A run without restarts lasts five and a half
+seconds.
 
 Reported for each run: failed requests (wrk's socket errors of every kind,
-connect, read, write and timeout, and responses other than 2xx or 3xx),
-connection resets (the TCP resets sent from a tenth of the run to nine
-tenths, around the restarts, from C{/proc/net/snmp}: run as root, each run
-has a network namespace of its own, so these are the run's; otherwise a
-reset anywhere on the machine counts), requests/s, and
-wrk's latency percentiles over the whole run, restarts included.  Each
-replaced process must exit 0 by itself once drained, and the last one on
-SIGTERM.
+connect, read, write and timeout, and responses other than 2xx or 3xx);
+connection resets (the TCP resets sent until just before wrk stops, from
+C{/proc/net/snmp}: run as root, each run has a network namespace of its
+own, so these are the run's; otherwise a reset anywhere on the machine
+counts); requests/s; and wrk's latency percentiles.  The last process must
+exit 0 on SIGTERM.
 """
 
 import json
@@ -36,13 +41,15 @@ ROOT = os.path.dirname(HERE)
 
 CONNECTIONS = 32
 THREADS = 2
-SECONDS = 8
 RESTARTS = 3
 STARTUP_TIMEOUT = 20
-#: The part of the run (as fractions of it) whose resets are counted; the
-#: last restart begins at RESTARTED_BY, the others evenly before it.
-WINDOW = (0.1, 0.9)
-RESTARTED_BY = 0.55
+#: Seconds of load before the first restart and after the last process
+#: replaced has exited; between them, the restarts one after the other.  A
+#: run without restarts lasts BEFORE + UNRESTARTED + AFTER.
+BEFORE = 1.0
+AFTER = 0.5
+UNRESTARTED = 4.0
+WRK_LIMIT = 120
 
 MODES = {
     "new connection": ["-H", "Connection: close"],
@@ -55,17 +62,30 @@ DONE = "restarts done"
 EXTRAS = ["p%s ms" % p for p in PERCENTILES] + [FAILED, RESETS, DONE]
 
 
-def _outRsts():
+def _tcpCounters():
     """
-    The TCP resets this machine has sent (C{OutRsts} of C{/proc/net/snmp}).
+    The kernel's TCP counters (C{/proc/net/snmp} and C{/proc/net/netstat}).
     """
-    with open("/proc/net/snmp") as f:
-        lines = [line.split() for line in f if line.startswith("Tcp:")]
-    return int(lines[1][lines[0].index("OutRsts")])
+    counters = {}
+    for name in ("/proc/net/snmp", "/proc/net/netstat"):
+        with open(name) as f:
+            lines = [line.split() for line in f if line.startswith(("Tcp:", "TcpExt:"))]
+        for keys, values in zip(lines[::2], lines[1::2]):
+            counters.update((keys[0] + k, int(v)) for k, v in zip(keys[1:], values[1:]))
+    return counters
 
 
-def _sleepUntil(moment):
-    time.sleep(max(0, moment - time.monotonic()))
+def _resetsSince(before):
+    """
+    The TCP resets sent since the counters were C{before}; when there are
+    any, the counters that say why are shown.
+    """
+    after = _tcpCounters()
+    changed = {k: after[k] - v for k, v in before.items()
+               if after[k] != v and any(w in k for w in ("Rst", "Abort", "Reset", "PAWS"))}
+    if changed.get("Tcp:OutRsts"):
+        progress("  resets: " + ", ".join("%s %d" % item for item in sorted(changed.items())))
+    return after["Tcp:OutRsts"] - before["Tcp:OutRsts"]
 
 
 def _start(path, port=0):
@@ -112,7 +132,7 @@ def load(restarts):
             sys.executable, shlex.quote(param), restarts)
         done = subprocess.run(["unshare", "--net", "sh", "-c", command], cwd=ROOT,
                               stdout=subprocess.PIPE, text=True, check=True,
-                              timeout=SECONDS + 120)
+                              timeout=WRK_LIMIT + 60)
         requests, seconds, extras = json.loads(done.stdout)
         return requests, seconds, extras
 
@@ -130,25 +150,27 @@ def _measureHere(param, restarts):
         server, port = _start(path)
         servers.append(server)
         wrk = subprocess.Popen(
-            ["wrk", "-t%d" % THREADS, "-c%d" % CONNECTIONS, "-d%ds" % SECONDS, "--latency"]
+            ["wrk", "-t%d" % THREADS, "-c%d" % CONNECTIONS, "-d%ds" % WRK_LIMIT, "--latency"]
             + MODES[param] + ["http://127.0.0.1:%d/" % (port,)],
             stdout=subprocess.PIPE, text=True,
         )
-        began = time.monotonic()
-        # Resets are counted from a tenth of the run to nine tenths:
-        # wrk's own, as it starts and as it closes its connections with
-        # responses in flight at the end, are not the server's doing.
-        _sleepUntil(began + SECONDS * WINDOW[0])
-        resets = _outRsts()
-        for i in range(restarts):
-            _sleepUntil(began + SECONDS * RESTARTED_BY * (i + 1) / restarts)
-            server, _ = _start(path)
-            servers.append(server)
-        for old in servers[:-1]:
-            _ended(old)
-        _sleepUntil(began + SECONDS * WINDOW[1])
-        resets = _outRsts() - resets
-        output, _ = wrk.communicate(timeout=SECONDS + 30)
+        time.sleep(BEFORE)
+        # Resets are counted from here until just before wrk stops: as it
+        # stops it closes connections with responses on their way, which
+        # the kernel answers with resets that are not the server's doing.
+        resets = _tcpCounters()
+        if restarts:
+            for _ in range(restarts):
+                server, _ = _start(path)
+                servers.append(server)
+                _ended(servers[-2])
+        else:
+            time.sleep(UNRESTARTED)
+        time.sleep(AFTER)
+        resets = _resetsSince(resets)
+        # wrk stops early on SIGINT, and reports as at the end of its time.
+        wrk.send_signal(signal.SIGINT)
+        output, _ = wrk.communicate(timeout=30)
         if wrk.returncode != 0:
             raise RuntimeError("wrk failed:\n" + output)
         servers[-1].send_signal(signal.SIGTERM)
@@ -190,7 +212,7 @@ else:
                 Target("restarted", "no restart", 0.8,
                        text="restarted >= 0.8x no restart"),
             ],
-            quickRepetitions=2,
+            quickRepetitions=3,
             extras=EXTRAS,
         ),
     ]

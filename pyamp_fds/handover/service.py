@@ -280,6 +280,7 @@ class Handover(service.Service):
         if self.state != "new":
             raise HandoverError("already started")
         self.state = "starting"
+        previous = None
         try:
             previous = self._connectToPrevious()
             if previous is None:
@@ -302,6 +303,8 @@ class Handover(service.Service):
             # Our descriptors only: the previous process may serve these
             # sockets still (and a stale file is removed at the next start).
             self.state = "new"
+            if previous is not None and previous.transport is not None:
+                previous.transport.loseConnection()
             yield defer.gatherResults([giveUp(port, True) for port in self.ports.values()])
             self.ports.clear()
             raise
@@ -507,14 +510,23 @@ class Handover(service.Service):
 
     # As a service.
 
-    def startService(self) -> None:
-        service.Service.startService(self)  # type: ignore[no-untyped-call]
+    def privilegedStartService(self) -> None:
+        """
+        Start (see L{start}) before C{twistd} gives up root: ports opened
+        here may be privileged ones; taken ones need no privilege.
+        """
+        service.Service.privilegedStartService(self)  # type: ignore[no-untyped-call]
 
         def failed(reason: Failure) -> None:
             _log.failure("handover at {path}: could not start", reason, path=self.path)
             _stopReactor(self.reactor)
 
         self.start().addErrback(failed)
+
+    def startService(self) -> None:
+        service.Service.startService(self)  # type: ignore[no-untyped-call]
+        if self.state == "new":  # Not through privilegedStartService.
+            self.privilegedStartService()
 
     def stopService(self) -> defer.Deferred[None] | None:
         """
