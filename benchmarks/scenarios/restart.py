@@ -9,8 +9,9 @@ that says C{Connection: close}).
 wrk runs from a second before the first restart until half a second after
 the last replaced process has exited (it stops early on SIGINT), the
 restarts one after the other: each new process started and serving, the
-one it replaced drained and exited 0.  So wrk's latency percentiles are
-those of the restarts.  A run without restarts lasts five and a half
+one it replaced drained and exited 0 (the time that takes, from starting
+the new process, is reported).  So wrk's latency percentiles are those of
+the restarts.  A run without restarts lasts five and a half
 seconds.
 
 Reported for each run: failed requests (wrk's socket errors of every kind,
@@ -63,7 +64,8 @@ FAILED = "failed requests"
 RESETS = "resets by the server"
 CLIENT_RESETS = "resets by wrk"
 DONE = "restarts done"
-EXTRAS = ["p%s ms" % p for p in PERCENTILES] + [FAILED, RESETS, CLIENT_RESETS, DONE]
+TAKES = "s per restart"
+EXTRAS = ["p%s ms" % p for p in PERCENTILES] + [FAILED, RESETS, CLIENT_RESETS, DONE, TAKES]
 
 SO_ATTACH_FILTER = 26
 ETH_P_IP = 0x0800
@@ -200,6 +202,7 @@ def _measureHere(param, restarts):
         # answers with resets that are not the server's doing.
         resets = ResetWatch(port)
         time.sleep(BEFORE)
+        restarting = time.monotonic()
         if restarts:
             for _ in range(restarts):
                 server, _ = _start(path)
@@ -207,6 +210,7 @@ def _measureHere(param, restarts):
                 _ended(servers[-2])
         else:
             time.sleep(UNRESTARTED)
+        restarting = time.monotonic() - restarting
         time.sleep(AFTER)
         serverResets, clientResets = resets.stop()
         # wrk stops early on SIGINT, and reports as at the end of its time.
@@ -227,6 +231,8 @@ def _measureHere(param, restarts):
     extras[RESETS] = serverResets
     extras[CLIENT_RESETS] = clientResets
     extras[DONE] = len(servers) - 1
+    if restarts:
+        extras[TAKES] = restarting / restarts
     return requests, seconds, extras
 
 
