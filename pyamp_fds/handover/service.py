@@ -273,7 +273,7 @@ class Handover(service.Service):
         Take the ports from the process serving the handover socket, or open
         them; serve them and the handover socket.
 
-        @return: a L{Deferred} firing with L{ports}, or failing with
+        @return: a C{Deferred} firing with L{ports}, or failing with
             L{HandoverBusy} (another process is taking over),
             L{HandoverError}, or C{CannotListenError}.
         """
