@@ -17,7 +17,7 @@ from twisted.internet import defer, error
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
-from twisted.internet.interfaces import IProtocolFactory
+from twisted.internet.interfaces import ILoggingContext, IProtocolFactory
 
 from pyamp_fds.endpoints import adoptStreamConnection
 from pyamp_fds.handover.commands import (
@@ -72,7 +72,7 @@ def _call(proto: AMP, command: type[Any], **arguments: Any) -> defer.Deferred[An
     return answer
 
 
-@implementer(IProtocolFactory)
+@implementer(IProtocolFactory, ILoggingContext)
 class _TrackingFactory:
     """
     A stream port's factory, whose connections the L{Handover} tracks so as
@@ -94,6 +94,12 @@ class _TrackingFactory:
         if proto is not None:
             self.handover._track(proto)
         return proto
+
+    def logPrefix(self) -> str:
+        # The port's log lines name the application's factory, not this.
+        if ILoggingContext.providedBy(self.factory):
+            return self.factory.logPrefix()
+        return type(self.factory).__name__
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.factory, name)
