@@ -302,6 +302,31 @@ class HappyPathTests(_HandoverTestCase):
         self.assertFalse(os.path.exists(self.unixPath))
 
     @defer.inlineCallbacks
+    def test_asService(self):
+        """
+        As a service (in a C{.tac} file under C{twistd}), a L{Handover}
+        starts when its parent does, and stopping it drains: the ports are
+        closed once the connections are done, without calling
+        C{onDrained} (the process is stopping already).
+        """
+        first = self.handover()
+        first.startService()
+        yield settle(0.02)
+        self.assertEqual(first.state, "serving")
+        kept = yield self.tcp(first).connect(protocol.Factory.forProtocol(Collect))
+        kept.transport.write(b"one")
+        yield kept.expect(3)
+        stopped = first.stopService()
+        yield settle(0.05)
+        self.assertFalse(stopped.called)
+        kept.transport.write(b"two")
+        self.assertEqual((yield kept.expect(6)), b"onetwo")
+        kept.transport.loseConnection()
+        yield stopped
+        self.assertEqual(self.endedBy, [])
+        self.assertFalse(os.path.exists(self.path))
+
+    @defer.inlineCallbacks
     def test_commandLine(self):
         """
         C{python -m pyamp_fds.handover PATH list} prints what a server
