@@ -166,7 +166,12 @@ class Handover(service.Service):
     process there (no socket, or one nobody listens on), the ports are
     opened here.  Either way this process then serves the handover socket
     for the next one: the same socket, handed over as the ports are, so it
-    has one name throughout and, at every moment, a process accepting on it.
+    has one name throughout and, at every moment, a process accepting on it
+    (until L{Ready} the old process, which answers a second taker with
+    L{HandoverBusy}; then the new one).  Binding a new socket to a
+    temporary name and renaming it into place would work too, but leaves
+    the old process's socket with no name while it drains, and its port
+    would unlink the new one's file when it closes.
 
     A service too: in a C{.tac} file, C{setServiceParent(application)};
     C{twistd -y} runs it, and C{twistd -y} again (with another pidfile, or
