@@ -76,6 +76,8 @@ __all__ = [
     "logDescriptorsRefused",
     "adoptConnectedSocket",
     "acceptAdmitted",
+    "listenOnSocket",
+    "keepSocketListening",
 ]
 
 
@@ -485,3 +487,26 @@ def acceptAdmitted(
             port.numberAccepts = max(1, accepted)
     except BaseException:
         log.deferr()
+
+
+def listenOnSocket(port: tcp.Port, skt: socket.socket) -> None:
+    """
+    Make C{port}'s C{startListening} listen on C{skt}, a socket already
+    bound (and perhaps listening, in this process or another), instead of
+    binding one: what C{reactor.adoptStreamPort} does, through the private
+    C{_preexistingSocket}, for the ports it makes.  The package's UNIX port
+    needs it for a socket handed over by another process, since the
+    reactor's own UNIX port, adopted, makes the socket's file C{0o666}.
+    """
+    port._preexistingSocket = skt
+
+
+def keepSocketListening(port: tcp.Port) -> None:
+    """
+    Have C{port} close its socket without shutting it down first (the
+    private C{_shouldShutdown}, which C{adoptStreamPort} clears on the TCP
+    ports it makes, and only on those): C{shutdown()} acts on the socket,
+    not on this process's descriptor, and makes a listening socket refuse
+    every connection, for every process that holds it.
+    """
+    port._shouldShutdown = False

@@ -121,3 +121,15 @@ class PrivateNamesTests(SynchronousTestCase):
         )
         self.assertTrue(callable(tcp._BuffersLogs))
         self.assertTrue(callable(tcp._reservedFD.reserve))
+
+    def test_listeningSocketHooks(self):
+        """
+        The privates L{_twisted.listenOnSocket} and
+        L{_twisted.keepSocketListening} set exist on a fresh UNIX port, with
+        the values Twisted starts them at, and an adopted TCP port is made
+        not to shut its socket down.
+        """
+        port = unix.Port(b"/nonexistent/socket", None)
+        self.assertIsNone(port._preexistingSocket)
+        self.assertTrue(port._shouldShutdown)
+        self.assertIn("_shouldShutdown = False", inspect.getsource(tcp.Port.startListening))
