@@ -14,7 +14,7 @@ from typing import Any
 from twisted.web import http
 from zope.interface import implementer
 
-from pyamp_fds.handover.service import IDrainable
+from pyamp_fds.handover.connections import IDrainable
 
 __all__ = ["DrainingHTTPChannel"]
 
