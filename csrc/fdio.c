@@ -167,7 +167,10 @@ ssize_t paf_recvmsg(int sockfd, void *buf, size_t len,
         if (cmsg->cmsg_level == SOL_SOCKET && cmsg->cmsg_type == PAF_SCM_PIDFD) {
             /* A pidfd the kernel attached because the socket asked for
              * them (SO_PASSPIDFD): installed in our table, and not one of
-             * the peer's descriptors, so close it rather than leak it. */
+             * the peer's descriptors, so close it rather than leak it.
+             * Closed here, unlike the peer's descriptors, because closing a
+             * pidfd cannot block: it refers to a process, and holds no data
+             * that must leave first. */
             if (cmsg->cmsg_len >= CMSG_LEN(sizeof(int))) {
                 int pidfd;
 
@@ -183,22 +186,26 @@ ssize_t paf_recvmsg(int sockfd, void *buf, size_t len,
             int fd;
 
             memcpy(&fd, data + i * sizeof(int), sizeof fd);
-            if (count < max_fds) {
+            if (count < PAF_MAX_FDS_PER_MESSAGE) {
+                /* Past max_fds too: installed in our table all the same,
+                 * reported as a truncation, and the caller's to close. */
                 fds[count++] = fd;
             } else {
-                /* More than the caller has room for: installed in our
-                 * table all the same, so close it, and report the loss. */
+                /* Cannot happen: a stream recvmsg returns at most one
+                 * SCM_RIGHTS message, and a message carries at most
+                 * SCM_MAX_FD descriptors.  Should a kernel ever send more,
+                 * not leaking them is all that can be done. */
                 close(fd);
                 truncated = 1;
             }
         }
     }
 
+    if (count > max_fds)
+        truncated = 1;
     if (truncated) {
         /* An unknown number of descriptors was lost, so none of the ordinals
-         * after this point can be trusted: keep nothing. */
-        paf_close_all(fds, count);
-        count = 0;
+         * after this point can be trusted: the caller closes what arrived. */
         msg.msg_flags |= MSG_CTRUNC;
     }
     *msg_flags = msg.msg_flags;

@@ -96,7 +96,9 @@ class _Batching(PeerCredentialsMixin, ReadGate):
         self._bytesWritten = 0
         self._bytesSent = 0
         self._writeHooks: list[Callable[[], bytes]] = []
-        self._receiver = Receiver(self.bufferSize)
+        # Descriptors of a truncated receive come back open, to be closed
+        # off the reactor thread (closing a peer's descriptor may block).
+        self._receiver = Receiver(self.bufferSize, closeTruncated=False)
 
     @property
     def backOffs(self) -> int:
@@ -361,8 +363,11 @@ class _Batching(PeerCredentialsMixin, ReadGate):
         except BlockingIOError:
             return None
         except DescriptorsTruncated as e:
-            # What arrived was closed already; nothing of this read may be
-            # dispatched, since no later ordinal can be trusted.
+            # Nothing of this read may be dispatched, since no later ordinal
+            # can be trusted; what did arrive is closed in the background,
+            # counted in the budget until then.
+            discard(e.descriptors, self.descriptorBudget)
+            e.descriptors = ()
             _log.error(
                 "{transport}: {error}; closing the connection to {peer}",
                 transport=self,

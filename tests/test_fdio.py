@@ -274,6 +274,56 @@ class TestFailures:
         assert report["outcome"] == "limit"
         assert report["after"] == report["before"]
 
+    def test_receiverClosesTruncated(self, pair, files):
+        """
+        A L{fdio.Receiver} closes the descriptors of a truncated receive
+        before raising L{DescriptorsTruncated}, by default.
+        """
+        a, b = pair
+        fdio.send_with_fds(a, b"cut", files(10))
+        before = len(os.listdir("/proc/self/fd"))
+        with pytest.raises(DescriptorsTruncated) as caught:
+            fdio.Receiver(100).receive(b.fileno(), 3)
+        assert caught.value.data == b"cut"
+        assert len(caught.value.descriptors) == 0
+        assert len(os.listdir("/proc/self/fd")) == before
+
+    def test_receiverHandsBackTruncated(self, pair, files):
+        """
+        A L{fdio.Receiver} made with C{closeTruncated=False} hands every
+        descriptor of a truncated receive, past its room too, to the caller,
+        open and in order, in L{DescriptorsTruncated.descriptors}: the caller
+        chooses where to close them.
+        """
+        a, b = pair
+        sent = files(10)
+        fdio.send_with_fds(a, b"cut", sent)
+        with pytest.raises(DescriptorsTruncated) as caught:
+            fdio.Receiver(100, closeTruncated=False).receive(b.fileno(), 3)
+        arrived = list(caught.value.descriptors)
+        try:
+            assert caught.value.data == b"cut"
+            assertSameFiles(sent, arrived)
+        finally:
+            fdio.close_all(arrived)
+
+    def test_receiverHandsBackKernelTruncated(self, pair, files):
+        """
+        Where the kernel itself dropped descriptors (the control buffer had
+        room for a few), those it installed are handed back, in order.
+        """
+        a, b = pair
+        sent = files(20)
+        fdio.send_with_fds(a, b"cut", sent)
+        with pytest.raises(DescriptorsTruncated) as caught:
+            fdio.Receiver(100, closeTruncated=False).receive(b.fileno(), 0)
+        arrived = list(caught.value.descriptors)
+        try:
+            assert 0 < len(arrived) < 20
+            assertSameFiles(sent[: len(arrived)], arrived)
+        finally:
+            fdio.close_all(arrived)
+
     def test_wouldBlock(self, pair, files):
         """
         A full non-blocking socket raises C{BlockingIOError}, and descriptors

@@ -26,6 +26,7 @@ from pyamp_fds.budget import DescriptorBudget, processBudget, setProcessBudget
 from pyamp_fds.closer import waitUntilClosed
 from pyamp_fds.errors import (
     DescriptorProtocolError,
+    DescriptorsTruncated,
     DescriptorsUnsupported,
     TooManyUnclaimedDescriptors,
 )
@@ -306,9 +307,9 @@ class BackOffTests(HostileTestCase):
 
 class BlockingCloseTests(HostileTestCase):
     """
-    Descriptors a peer sent and never claimed are closed on a background
-    thread when its connection is lost: a close that blocks does not block
-    the reactor.
+    Descriptors a peer sent and never claimed, or that arrived in a
+    truncated receive, are closed on a background thread: a close that
+    blocks does not block the reactor.
     """
 
     LINGER = 2
@@ -380,6 +381,79 @@ class BlockingCloseTests(HostileTestCase):
         closed = time.monotonic() - start
         # The close really did linger (else this test proves nothing).
         self.assertGreater(closed, self.LINGER / 2)
+
+
+    @defer.inlineCallbacks
+    def truncatedLingeringSocket(self, copies):
+        """
+        A raw peer sends C{copies} of a lingering socket's descriptor to a
+        connection whose every receive has room for none, so the receive is
+        truncated (C{MSG_CTRUNC}): the connection is lost with
+        L{DescriptorsTruncated} at once, and another client's call to the
+        same process is answered at once, while the descriptors that did
+        arrive are closed in the background, taking the linger time.
+        """
+        innocentServer, innocent = self.connect(Responder(), pyamp_fds.AMP())
+        yield innocent.callRemote(Hello, text="warm")
+        proto = Responder()
+        server, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # A budget without room for any descriptor: this connection reads
+        # with room for none, and every descriptor sent truncates its read.
+        budget = DescriptorBudget(limit=0)
+        old = processBudget()
+        setProcessBudget(budget)
+        try:
+            peer = self.rawPeerOn(proto, server, peer)
+        finally:
+            setProcessBudget(old)
+        self.assertIs(proto.transport.descriptorBudget, budget)
+        lost = watchLost(proto)
+        lingering, _ = self.lingeringSocket()
+        start = time.monotonic()
+        fdio.send_with_fds(peer, b"\x00", [lingering.fileno()] * copies)
+        # Ours goes before the server can read (the reactor does not run
+        # until this test yields): the copies that reach the server are then
+        # the last, and closing the last lingers.
+        lingering.close()
+
+        timings = {}
+
+        def lostAt(reason):
+            timings["lost"] = time.monotonic() - start
+            return reason
+
+        lost.addCallback(lostAt)
+        answer = yield innocent.callRemote(Hello, text="hello")
+        answered = time.monotonic() - start
+        self.assertEqual(answer, {"text": "HELLO"})
+        reason = yield lost
+        self.assertIsInstance(reason, DescriptorsTruncated)
+        self.assertLess(answered, self.LINGER / 4)
+        self.assertLess(timings["lost"], self.LINGER / 4)
+        self.assertTrue(innocentServer.transport.connected)
+
+        yield threads.deferToThread(waitUntilClosed)
+        closed = time.monotonic() - start
+        # The close really did linger (else this test proves nothing), and
+        # the budget counted the descriptors until then.
+        self.assertGreater(closed, self.LINGER / 2)
+        self.assertEqual(budget.used, 0)
+
+    def test_truncatedByRoom(self):
+        """
+        One descriptor arriving where the receive had room for none (the
+        kernel installs it in the room kept for credentials): the receive
+        counts as truncated, and the descriptor is closed in the background.
+        """
+        return self.truncatedLingeringSocket(1)
+
+    def test_truncatedByKernel(self):
+        """
+        More descriptors than the control buffer holds: the kernel drops
+        some (C{MSG_CTRUNC}), and those it installed are closed in the
+        background.
+        """
+        return self.truncatedLingeringSocket(20)
 
 
 class PeerPidDescriptorTests(TestCase):
