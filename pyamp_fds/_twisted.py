@@ -68,6 +68,7 @@ __all__ = [
     "ConnectorHooks",
     "wireNameToPythonIdentifier",
     "overridesDoCommand",
+    "locatorResponderFor",
     "nextSendingOrdinal",
     "sendStockDescriptor",
     "claimStockDescriptor",
@@ -92,6 +93,34 @@ def overridesDoCommand(command: type[amp.Command]) -> bool:
     C{ProtocolSwitchCommand} do): such commands keep Twisted's own path.
     """
     return command._doCommand is not amp.Command._doCommand
+
+
+def locatorResponderFor(
+    locator: object, name: bytes
+) -> tuple[type[amp.Command], Callable[..., Any]] | None:
+    """
+    The C{(command, responder)} a separate
+    L{twisted.protocols.amp.CommandLocator} registered for a command name
+    (the metaclass's private C{_commandDispatch}), if it finds its
+    responders Twisted's own way: neither C{locateResponder} (nor
+    C{lookupFunction}, which the metaclass turns into it) nor the private
+    C{_wrapWithSerialization} it calls is overridden.  C{None} otherwise,
+    or if none is registered.
+
+    Twisted's own wrapper parses arguments and makes responses with the
+    locator in place of the protocol, where no descriptor can be claimed or
+    sent; with this, the protocol wraps the responder itself.
+    """
+    if not isinstance(locator, amp.CommandLocator):
+        return None
+    locate = getattr(locator.locateResponder, "__func__", None)
+    wrap = getattr(locator._wrapWithSerialization, "__func__", None)
+    if (
+        locate is not amp.CommandLocator.locateResponder
+        or wrap is not amp.CommandLocator._wrapWithSerialization
+    ):
+        return None
+    return locator._commandDispatch.get(name)  # type: ignore[attr-defined, no-any-return]
 
 
 def nextSendingOrdinal(proto: amp.BinaryBoxProtocol) -> int:
