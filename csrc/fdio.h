@@ -31,7 +31,10 @@ ssize_t paf_send(int sockfd, const void *buf, size_t len,
 
 /*
  * One recvmsg of up to len bytes with room for max_fds descriptors,
- * MSG_CMSG_CLOEXEC, EINTR retried.  fds must have room for
+ * MSG_CMSG_CLOEXEC, EINTR retried.  Room for fewer than
+ * PAF_MAX_FDS_PER_MESSAGE is exact, behind room for the control messages the
+ * socket asked for (SO_PASSCRED, SO_PASSPIDFD: two getsockopt calls), so that
+ * the kernel installs no more than max_fds.  fds must have room for
  * PAF_MAX_FDS_PER_MESSAGE descriptors whatever max_fds is: every descriptor
  * of every SCM_RIGHTS message is stored there, in order, and counted in
  * *nfds, even past max_fds (a stream recvmsg returns at most one message
@@ -41,7 +44,10 @@ ssize_t paf_send(int sockfd, const void *buf, size_t len,
  * still returned, open: no later ordinal can be trusted, so the caller must
  * close them all, and it chooses where (closing a peer's descriptor may
  * block).  Descriptors of other control messages (SCM_PIDFD) are closed
- * here.  *msg_flags is the kernel's msg_flags.  Returns the bytes read (0 at
+ * here.  Those the kernel drops it releases itself, in the calling thread
+ * (a last reference to a socket with SO_LINGER blocks this call for its
+ * linger time): only room for a whole message avoids that.  *msg_flags is
+ * the kernel's msg_flags.  Returns the bytes read (0 at
  * end of stream; the data is returned on truncation too), or -1 with errno
  * set and no descriptor kept.
  */

@@ -384,22 +384,22 @@ class BlockingCloseTests(HostileTestCase):
 
 
     @defer.inlineCallbacks
-    def truncatedLingeringSocket(self, copies):
+    def test_truncatedLingeringSocket(self):
         """
-        A raw peer sends C{copies} of a lingering socket's descriptor to a
-        connection whose every receive has room for none, so the receive is
-        truncated (C{MSG_CTRUNC}): the connection is lost with
-        L{DescriptorsTruncated} at once, and another client's call to the
-        same process is answered at once, while the descriptors that did
-        arrive are closed in the background, taking the linger time.
+        A raw peer sends more copies of a lingering socket's descriptor than
+        a connection's receive has room for, so the receive is truncated
+        (C{MSG_CTRUNC}): the connection is lost with L{DescriptorsTruncated}
+        at once, and another client's call to the same process is answered
+        at once, while the descriptors that did arrive are closed in the
+        background, taking the linger time.
         """
         innocentServer, innocent = self.connect(Responder(), pyamp_fds.AMP())
         yield innocent.callRemote(Hello, text="warm")
         proto = Responder()
         server, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        # A budget without room for any descriptor: this connection reads
-        # with room for none, and every descriptor sent truncates its read.
-        budget = DescriptorBudget(limit=0)
+        # A budget with room for four descriptors: this connection reads
+        # with room for four, and the kernel drops the rest of a message.
+        budget = DescriptorBudget(limit=4)
         old = processBudget()
         setProcessBudget(budget)
         try:
@@ -410,10 +410,11 @@ class BlockingCloseTests(HostileTestCase):
         lost = watchLost(proto)
         lingering, _ = self.lingeringSocket()
         start = time.monotonic()
-        fdio.send_with_fds(peer, b"\x00", [lingering.fileno()] * copies)
+        fdio.send_with_fds(peer, b"\x00", [lingering.fileno()] * 20)
         # Ours goes before the server can read (the reactor does not run
-        # until this test yields): the copies that reach the server are then
-        # the last, and closing the last lingers.
+        # until this test yields): the copies the server receives are then
+        # the last (those the kernel drops are not, they go first), and
+        # closing the last lingers.
         lingering.close()
 
         timings = {}
@@ -431,29 +432,14 @@ class BlockingCloseTests(HostileTestCase):
         self.assertLess(answered, self.LINGER / 4)
         self.assertLess(timings["lost"], self.LINGER / 4)
         self.assertTrue(innocentServer.transport.connected)
+        # Counted in the budget until closed, and never more than its room.
+        self.assertEqual(budget.used, 4)
 
         yield threads.deferToThread(waitUntilClosed)
         closed = time.monotonic() - start
-        # The close really did linger (else this test proves nothing), and
-        # the budget counted the descriptors until then.
+        # The close really did linger (else this test proves nothing).
         self.assertGreater(closed, self.LINGER / 2)
         self.assertEqual(budget.used, 0)
-
-    def test_truncatedByRoom(self):
-        """
-        One descriptor arriving where the receive had room for none (the
-        kernel installs it in the room kept for credentials): the receive
-        counts as truncated, and the descriptor is closed in the background.
-        """
-        return self.truncatedLingeringSocket(1)
-
-    def test_truncatedByKernel(self):
-        """
-        More descriptors than the control buffer holds: the kernel drops
-        some (C{MSG_CTRUNC}), and those it installed are closed in the
-        background.
-        """
-        return self.truncatedLingeringSocket(20)
 
 
 class PeerPidDescriptorTests(TestCase):
