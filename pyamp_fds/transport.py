@@ -365,8 +365,9 @@ class _Batching(PeerCredentialsMixin, ReadGate):
         except DescriptorsTruncated as e:
             # Nothing of this read may be dispatched, since no later ordinal
             # can be trusted; what did arrive is closed in the background,
-            # counted in the budget until then.
-            discard(e.descriptors, self.descriptorBudget)
+            # counted in the budget until then (without waiting for it: the
+            # connection goes, as with what it held unclaimed).
+            discard(e.descriptors, self.descriptorBudget, patience=0)
             e.descriptors = ()
             _log.error(
                 "{transport}: {error}; closing the connection to {peer}",

@@ -20,7 +20,7 @@ from twisted.protocols import amp
 from twisted.trial.unittest import SkipTest, TestCase
 
 import pyamp_fds
-from pyamp_fds import fdio
+from pyamp_fds import closer, fdio
 from pyamp_fds import transport as transportModule
 from pyamp_fds.budget import DescriptorBudget, processBudget, setProcessBudget
 from pyamp_fds.closer import waitUntilClosed
@@ -121,6 +121,34 @@ def box(**fields):
     return pyamp_fds.encode_box(
         {k.encode(): v if isinstance(v, bytes) else str(v).encode() for k, v in fields.items()}
     )
+
+
+def lingeringSocket(case, linger):
+    """
+    A TCP socket on the loopback with C{SO_LINGER} whose peer never reads
+    and whose send buffer is full: closing it blocks for the linger time.
+
+    @param case: the test case, which closes the rest when it ends.
+    @return: C{(lingering, quietPeer)}; the caller closes C{lingering},
+        C{quietPeer} is closed when the test ends.
+    """
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    case.addCleanup(listener.close)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    lingering = socket.create_connection(listener.getsockname())
+    quiet, _ = listener.accept()
+    case.addCleanup(quiet.close)
+    lingering.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    lingering.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, linger))
+    lingering.setblocking(False)
+    try:
+        while True:
+            lingering.send(b"x" * 65536)
+    except BlockingIOError:
+        pass
+    return lingering, quiet
 
 
 class HostileTestCase(ReactorTestCase):
@@ -316,32 +344,9 @@ class BlockingCloseTests(HostileTestCase):
 
     def lingeringSocket(self):
         """
-        A TCP socket on the loopback with C{SO_LINGER} whose peer never
-        reads and whose send buffer is full: closing it blocks for the
-        linger time.
-
-        @return: C{(lingering, quietPeer)}; the caller closes C{lingering},
-            C{quietPeer} is closed when the test ends.
+        See L{lingeringSocket}.
         """
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.addCleanup(listener.close)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(1)
-        lingering = socket.create_connection(listener.getsockname())
-        quiet, _ = listener.accept()
-        self.addCleanup(quiet.close)
-        lingering.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-        lingering.setsockopt(
-            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, self.LINGER)
-        )
-        lingering.setblocking(False)
-        try:
-            while True:
-                lingering.send(b"x" * 65536)
-        except BlockingIOError:
-            pass
-        return lingering, quiet
+        return lingeringSocket(self, self.LINGER)
 
     @defer.inlineCallbacks
     def test_unclaimedLingeringSocket(self):
@@ -439,6 +444,58 @@ class BlockingCloseTests(HostileTestCase):
         closed = time.monotonic() - start
         # The close really did linger (else this test proves nothing).
         self.assertGreater(closed, self.LINGER / 2)
+        self.assertEqual(budget.used, 0)
+
+
+class CloserTests(TestCase):
+    """
+    L{pyamp_fds.closer} closes what it is handed, in order, counted in a
+    budget until closed, and handing over never waits for a close.
+    """
+
+    def openPipes(self, count):
+        fds = []
+        for _ in range(count):
+            r, w = os.pipe()
+            os.close(w)
+            fds.append(r)
+        return fds
+
+    def test_countedUntilClosed(self):
+        """
+        Descriptors discarded without patience count in the budget until
+        the closer has closed them, then not at all; every one is closed.
+        """
+        before = countOpen()
+        budget = DescriptorBudget(limit=1000)
+        for _ in range(20):
+            closer.discard(self.openPipes(5), budget, patience=0)
+        self.assertLessEqual(budget.used, 100)
+        closer.waitUntilClosed()
+        self.assertEqual(budget.used, 0)
+        self.assertEqual(countOpen(), before)
+
+    def test_handOverDoesNotWait(self):
+        """
+        While the closer is held by a close that blocks (a lingering
+        socket), handing it more returns at once each time; they are
+        closed after it.
+        """
+        before = countOpen()
+        # Cleanups run last first: this one once the sockets are closed.
+        self.addCleanup(lambda: self.assertEqual(countOpen(), before))
+        linger = BlockingCloseTests.LINGER
+        lingering, _ = lingeringSocket(self, linger)
+        budget = DescriptorBudget(limit=1000)
+        start = time.monotonic()
+        closer.discard([lingering.detach()], budget, patience=0)
+        for _ in range(50):
+            closer.closeLater(self.openPipes(1))
+        handedOver = time.monotonic() - start
+        self.assertLess(handedOver, linger / 4)
+        closer.waitUntilClosed()
+        closed = time.monotonic() - start
+        self.assertGreater(closed, linger / 2)
         self.assertEqual(budget.used, 0)
 
 
