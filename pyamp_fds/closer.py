@@ -59,7 +59,7 @@ def _run() -> None:
                 if fds:
                     close_all(fds)
                     if budget is not None:
-                        budget.give(len(fds))
+                        budget.closed(len(fds))
             finally:
                 if done is not None:
                     done.set()
@@ -76,6 +76,8 @@ def _handOver(
     fds: Sequence[int], budget: DescriptorBudget | None, done: threading.Event | None
 ) -> None:
     global _thread, _idle
+    if budget is not None:
+        budget.closing(len(fds))
     if _thread is None:
         with _threadLock:
             if _thread is None:
