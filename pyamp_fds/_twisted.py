@@ -337,6 +337,8 @@ class TransportHooks(_TransportBase):
         # What the class these hooks serve (pyamp_fds.transport._Batching) defines.
         def sendBufferFull(self) -> bool: ...
 
+        def closeSocket(self, orderly: bool) -> None: ...
+
         # Twisted declares IReactorFDSet; a transport's is a whole reactor.
         reactor: IPortReactor
 
@@ -350,6 +352,16 @@ class TransportHooks(_TransportBase):
         Pause a streaming producer if the buffer is now full.
         """
         self._maybePauseProducer()  # type: ignore[no-untyped-call]
+
+    def _closeSocket(self, orderly: bool) -> None:
+        # tcp.Connection.connectionLost closes the socket through this.
+        self.closeSocket(orderly)
+
+    def stockCloseSocket(self, orderly: bool) -> None:
+        """
+        Twisted's own closing of a connection's socket (C{_SocketCloser}).
+        """
+        super()._closeSocket(orderly)  # type: ignore[no-untyped-call]
 
     def deliverData(self, data: bytes) -> BaseException | None:
         """

@@ -389,6 +389,53 @@ class BlockingCloseTests(HostileTestCase):
 
 
     @defer.inlineCallbacks
+    def test_unreadLingeringSocket(self):
+        """
+        A raw peer breaks the rules with one message and sends a lingering
+        socket's descriptor in the next, which the server never reads: the
+        connection is closed at once, and another client's call is answered
+        at once, while the close of its socket, which releases that
+        descriptor, takes the linger time in the background.
+        """
+        innocentServer, innocent = self.connect(Responder(), pyamp_fds.AMP())
+        yield innocent.callRemote(Hello, text="warm")
+        proto = Responder()
+        server, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        peer = self.rawPeerOn(proto, server, peer)
+        lost = watchLost(proto)
+        lingering, _ = self.lingeringSocket()
+        harmless = os.open(os.devnull, os.O_RDONLY)
+        self.addCleanup(os.close, harmless)
+        start = time.monotonic()
+        # A read stops right after a message carrying descriptors: the first
+        # is read, and names a descriptor never sent (the connection is
+        # closed for it); the second stays in the socket.
+        fdio.send_with_fds(peer, box(_ask=1, _command="Take", fd=5, n=1), [harmless])
+        fdio.send_with_fds(peer, b"\x00", [lingering.fileno()])
+        lingering.close()
+
+        timings = {}
+
+        def lostAt(reason):
+            timings["lost"] = time.monotonic() - start
+            return reason
+
+        lost.addCallback(lostAt)
+        answer = yield innocent.callRemote(Hello, text="hello")
+        answered = time.monotonic() - start
+        self.assertEqual(answer, {"text": "HELLO"})
+        yield lost
+        self.assertLess(answered, self.LINGER / 4)
+        self.assertLess(timings["lost"], self.LINGER / 4)
+        self.assertEqual(proto.receivedDescriptors.received, 1)
+
+        yield threads.deferToThread(waitUntilClosed)
+        closed = time.monotonic() - start
+        # The close really did linger (else this test proves nothing).
+        self.assertGreater(closed, self.LINGER / 2)
+        self.flushLoggedErrors(DescriptorProtocolError)
+
+    @defer.inlineCallbacks
     def test_truncatedLingeringSocket(self):
         """
         A raw peer sends more copies of a lingering socket's descriptor than

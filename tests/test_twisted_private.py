@@ -100,6 +100,12 @@ class PrivateNamesTests(SynchronousTestCase):
         ]:
             self.assertTrue(callable(getattr(owner, name)), name)
         self.assertTrue(callable(unix.Server._fromConnectedSocket))
+        # A connection's socket is closed through _closeSocket(orderly).
+        self.assertEqual(
+            list(inspect.signature(tcp._SocketCloser._closeSocket).parameters),
+            ["self", "orderly"],
+        )
+        self.assertIn("_closeSocket", referencedNames(tcp.Connection.connectionLost.__code__))
         descriptor = FileDescriptor()
         self.assertEqual(
             (descriptor.dataBuffer, descriptor.offset, descriptor._tempDataLen), (b"", 0, 0)
