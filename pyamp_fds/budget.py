@@ -99,7 +99,7 @@ class DescriptorBudget:
         self._released: collections.deque[int] = collections.deque()
         # Of those counted, how many were handed to the closer and are not
         # closed yet; and the closer's releases of them (each also in
-        # _released, which is appended to first).
+        # _released, appended to after).
         self._closing = 0
         self._closedReleased: collections.deque[int] = collections.deque()
         self._waiting: dict[Callable[[], object], _Wake | None] = {}
@@ -173,7 +173,7 @@ class DescriptorBudget:
 
         @return: whether a connection was closed.
         """
-        if self._released:
+        if self._released or self._closedReleased:
             self._fold()
         if self.limit - (self._used - self._closing) >= self.fullReceive:
             return False
@@ -233,9 +233,12 @@ class DescriptorBudget:
         they are released as by L{give}.  Any thread may call it.
         """
         if threading.get_ident() != self._owner:
-            # Folded in by the owner, after the release itself.
-            self.give(count)
+            # Folded in by the owner.  Appended before the release itself:
+            # folded early, it makes relief more ready to close someone,
+            # never less (were it folded late, relief would wait for a
+            # release already made, for ever if nothing else came).
             self._closedReleased.append(count)
+            self.give(count)
             return
         self._closing -= count
         self.give(count)
