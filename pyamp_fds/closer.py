@@ -21,6 +21,7 @@ expect it), unless the close blocks.
 from __future__ import annotations
 
 import collections
+import os
 import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -48,6 +49,21 @@ _wake.acquire()
 _idle = False
 _thread: threading.Thread | None = None
 _threadLock = threading.Lock()
+
+
+def _forked() -> None:
+    # A child made by fork() has none of its parent's threads: what is
+    # pending (its own copies of the descriptors) goes to a closer of its
+    # own, started when next needed.
+    global _wake, _idle, _thread, _threadLock
+    _wake = threading.Lock()
+    _wake.acquire()
+    _idle = False
+    _thread = None
+    _threadLock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def _run() -> None:
@@ -139,7 +155,7 @@ def waitUntilClosed() -> None:
     Block until everything given to L{closeLater} so far is closed: for
     tests and orderly shutdown.
     """
-    if _thread is None:
+    if _thread is None and not _pending:
         return
     done = threading.Event()
     # Closed in order: once this empty one is done, so is everything before.

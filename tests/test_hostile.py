@@ -522,6 +522,41 @@ class CloserTests(TestCase):
         self.assertEqual(budget.used, 0)
         self.assertEqual(countOpen(), before)
 
+    def test_forkedChild(self):
+        """
+        A child made by C{fork()} while the closer runs has a closer of its
+        own: what it hands over is closed there.
+        """
+        closer.closeLater(self.openPipes(1))
+        closer.waitUntilClosed()
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(w)
+                closer.closeLater([r])
+                closer.waitUntilClosed()
+                try:
+                    os.fstat(r)
+                except OSError:
+                    os._exit(0)
+                os._exit(1)
+            finally:
+                os._exit(2)
+        os.close(r)
+        os.close(w)
+        deadline = time.monotonic() + 10
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                self.fail("the child's closer never closed what it was handed")
+            time.sleep(0.01)
+        self.assertEqual(os.waitstatus_to_exitcode(status), 0)
+
     def test_handOverDoesNotWait(self):
         """
         While the closer is held by a close that blocks (a lingering
