@@ -19,12 +19,37 @@
 #else
 #define PAF_SCM_PIDFD 0x04
 #endif
+#ifdef SO_PASSPIDFD
+#define PAF_SO_PASSPIDFD SO_PASSPIDFD
+#else
+#define PAF_SO_PASSPIDFD 76
+#endif
+#define PAF_PIDFD_SPACE CMSG_SPACE(sizeof(int))
 
 /* Control buffer for the largest message we send or accept, aligned for cmsghdr. */
 union paf_cmsgbuf {
-    char buf[CMSG_SPACE(sizeof(int) * PAF_MAX_FDS_PER_MESSAGE) + PAF_CRED_SPACE];
+    char buf[CMSG_SPACE(sizeof(int) * PAF_MAX_FDS_PER_MESSAGE) + PAF_CRED_SPACE + PAF_PIDFD_SPACE];
     struct cmsghdr align;
 };
+
+/* The room the control messages a socket asked for (credentials, a pidfd)
+ * take ahead of the descriptors: the kernel puts them first. */
+static size_t asked_for_space(int sockfd)
+{
+    size_t space = 0;
+    socklen_t len;
+    int on;
+
+    on = 0;
+    len = sizeof on;
+    if (getsockopt(sockfd, SOL_SOCKET, SO_PASSCRED, &on, &len) == 0 && on)
+        space += PAF_CRED_SPACE;
+    on = 0;
+    len = sizeof on;
+    if (getsockopt(sockfd, SOL_SOCKET, PAF_SO_PASSPIDFD, &on, &len) == 0 && on)
+        space += PAF_PIDFD_SPACE;
+    return space;
+}
 
 /*
  * close_range(2) closes a run of consecutive descriptors in one system call:
@@ -147,11 +172,18 @@ ssize_t paf_recvmsg(int sockfd, void *buf, size_t len,
     memset(&msg, 0, sizeof msg);
     msg.msg_iov = &iov;
     msg.msg_iovlen = 1;
-    /* Room for max_fds and a credentials message; the kernel puts the
-     * credentials first, so more than max_fds can only arrive when no
-     * credentials did, and that is treated as truncation below. */
     msg.msg_control = control.buf;
-    msg.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)max_fds) + PAF_CRED_SPACE;
+    if (max_fds == PAF_MAX_FDS_PER_MESSAGE) {
+        /* No message carries more: room to spare for credentials and a
+         * pidfd, whether asked for or not, cannot let more in. */
+        msg.msg_controllen = sizeof control.buf;
+    } else {
+        /* Room for exactly max_fds (the kernel counts the room left after
+         * the header, not CMSG_SPACE's padding) behind what the socket asked
+         * for: room to spare would let the kernel install more descriptors
+         * than the caller can take, which is why it asked for fewer. */
+        msg.msg_controllen = asked_for_space(sockfd) + CMSG_LEN(sizeof(int) * (size_t)max_fds);
+    }
 
     do {
         got = recvmsg(sockfd, &msg, MSG_CMSG_CLOEXEC);
@@ -167,7 +199,10 @@ ssize_t paf_recvmsg(int sockfd, void *buf, size_t len,
         if (cmsg->cmsg_level == SOL_SOCKET && cmsg->cmsg_type == PAF_SCM_PIDFD) {
             /* A pidfd the kernel attached because the socket asked for
              * them (SO_PASSPIDFD): installed in our table, and not one of
-             * the peer's descriptors, so close it rather than leak it. */
+             * the peer's descriptors, so close it rather than leak it.
+             * Closed here, unlike the peer's descriptors, because closing a
+             * pidfd cannot block: it refers to a process, and holds no data
+             * that must leave first. */
             if (cmsg->cmsg_len >= CMSG_LEN(sizeof(int))) {
                 int pidfd;
 
@@ -183,22 +218,27 @@ ssize_t paf_recvmsg(int sockfd, void *buf, size_t len,
             int fd;
 
             memcpy(&fd, data + i * sizeof(int), sizeof fd);
-            if (count < max_fds) {
+            if (count < PAF_MAX_FDS_PER_MESSAGE) {
+                /* Past max_fds too (should the kernel ever use more room
+                 * than it was given): installed in our table all the same,
+                 * reported as a truncation, and the caller's to close. */
                 fds[count++] = fd;
             } else {
-                /* More than the caller has room for: installed in our
-                 * table all the same, so close it, and report the loss. */
+                /* Cannot happen: a stream recvmsg returns at most one
+                 * SCM_RIGHTS message, and a message carries at most
+                 * SCM_MAX_FD descriptors.  Should a kernel ever send more,
+                 * not leaking them is all that can be done. */
                 close(fd);
                 truncated = 1;
             }
         }
     }
 
+    if (count > max_fds)
+        truncated = 1;
     if (truncated) {
         /* An unknown number of descriptors was lost, so none of the ordinals
-         * after this point can be trusted: keep nothing. */
-        paf_close_all(fds, count);
-        count = 0;
+         * after this point can be trusted: the caller closes what arrived. */
         msg.msg_flags |= MSG_CTRUNC;
     }
     *msg_flags = msg.msg_flags;

@@ -31,13 +31,25 @@ ssize_t paf_send(int sockfd, const void *buf, size_t len,
 
 /*
  * One recvmsg of up to len bytes with room for max_fds descriptors,
- * MSG_CMSG_CLOEXEC, EINTR retried.  Every control message is walked; the
- * descriptors of every SCM_RIGHTS message are stored in fds, in order, and
- * counted in *nfds.  Other control messages are ignored (any descriptors they
- * could hold are not ours to keep).  If the kernel had to drop descriptors
- * (MSG_CTRUNC), every descriptor that did arrive is closed and *nfds is 0;
- * the data is still returned.  *msg_flags is the kernel's msg_flags.
- * Returns the bytes read (0 at end of stream), or -1 with errno set.
+ * MSG_CMSG_CLOEXEC, EINTR retried.  Room for fewer than
+ * PAF_MAX_FDS_PER_MESSAGE is exact, behind room for the control messages the
+ * socket asked for (SO_PASSCRED, SO_PASSPIDFD: two getsockopt calls), so that
+ * the kernel installs no more than max_fds.  fds must have room for
+ * PAF_MAX_FDS_PER_MESSAGE descriptors whatever max_fds is: every descriptor
+ * of every SCM_RIGHTS message is stored there, in order, and counted in
+ * *nfds, even past max_fds (a stream recvmsg returns at most one message
+ * carrying descriptors, and a message carries at most SCM_MAX_FD).  If the
+ * kernel had to drop descriptors (MSG_CTRUNC), or more than max_fds arrived,
+ * MSG_CTRUNC is set in *msg_flags and the descriptors that did arrive are
+ * still returned, open: no later ordinal can be trusted, so the caller must
+ * close them all, and it chooses where (closing a peer's descriptor may
+ * block).  Descriptors of other control messages (SCM_PIDFD) are closed
+ * here.  Those the kernel drops it releases itself, in the calling thread
+ * (a last reference to a socket with SO_LINGER blocks this call for its
+ * linger time): only room for a whole message avoids that.  *msg_flags is
+ * the kernel's msg_flags.  Returns the bytes read (0 at
+ * end of stream; the data is returned on truncation too), or -1 with errno
+ * set and no descriptor kept.
  */
 ssize_t paf_recvmsg(int sockfd, void *buf, size_t len,
                     int *fds, int max_fds, int *nfds, int *msg_flags);

@@ -1,1 +1,1 @@
-Descriptors a peer sent that pyamp_fds closes (unclaimed at the end, refused) are closed on a background thread, so a socket with ``SO_LINGER`` or a file on FUSE cannot stop the reactor; no ``startWriting`` while backing off from ``ENOBUFS``/``ETOOMANYREFS``.
+Descriptors a peer sent that pyamp_fds closes (unclaimed at the end, refused, or arrived in a truncated receive) are closed on a background thread, so a socket with ``SO_LINGER`` or a file on FUSE cannot stop the reactor; no ``startWriting`` while backing off from ``ENOBUFS``/``ETOOMANYREFS``.

@@ -68,6 +68,7 @@ __all__ = [
     "ConnectorHooks",
     "wireNameToPythonIdentifier",
     "overridesDoCommand",
+    "locatorResponderFor",
     "nextSendingOrdinal",
     "sendStockDescriptor",
     "claimStockDescriptor",
@@ -94,6 +95,34 @@ def overridesDoCommand(command: type[amp.Command]) -> bool:
     C{ProtocolSwitchCommand} do): such commands keep Twisted's own path.
     """
     return command._doCommand is not amp.Command._doCommand
+
+
+def locatorResponderFor(
+    locator: object, name: bytes
+) -> tuple[type[amp.Command], Callable[..., Any]] | None:
+    """
+    The C{(command, responder)} a separate
+    L{twisted.protocols.amp.CommandLocator} registered for a command name
+    (the metaclass's private C{_commandDispatch}), if it finds its
+    responders Twisted's own way: neither C{locateResponder} (nor
+    C{lookupFunction}, which the metaclass turns into it) nor the private
+    C{_wrapWithSerialization} it calls is overridden.  C{None} otherwise,
+    or if none is registered.
+
+    Twisted's own wrapper parses arguments and makes responses with the
+    locator in place of the protocol, where no descriptor can be claimed or
+    sent; with this, the protocol wraps the responder itself.
+    """
+    if not isinstance(locator, amp.CommandLocator):
+        return None
+    locate = getattr(locator.locateResponder, "__func__", None)
+    wrap = getattr(locator._wrapWithSerialization, "__func__", None)
+    if (
+        locate is not amp.CommandLocator.locateResponder
+        or wrap is not amp.CommandLocator._wrapWithSerialization
+    ):
+        return None
+    return locator._commandDispatch.get(name)  # type: ignore[attr-defined, no-any-return]
 
 
 def nextSendingOrdinal(proto: amp.BinaryBoxProtocol) -> int:
@@ -335,6 +364,8 @@ class TransportHooks(_TransportBase):
         # What the class these hooks serve (pyamp_fds.transport._Batching) defines.
         def sendBufferFull(self) -> bool: ...
 
+        def closeSocket(self, orderly: bool) -> None: ...
+
         # Twisted declares IReactorFDSet; a transport's is a whole reactor.
         reactor: IPortReactor
 
@@ -348,6 +379,16 @@ class TransportHooks(_TransportBase):
         Pause a streaming producer if the buffer is now full.
         """
         self._maybePauseProducer()  # type: ignore[no-untyped-call]
+
+    def _closeSocket(self, orderly: bool) -> None:
+        # tcp.Connection.connectionLost closes the socket through this.
+        self.closeSocket(orderly)
+
+    def stockCloseSocket(self, orderly: bool) -> None:
+        """
+        Twisted's own closing of a connection's socket (C{_SocketCloser}).
+        """
+        super()._closeSocket(orderly)  # type: ignore[no-untyped-call]
 
     def deliverData(self, data: bytes) -> BaseException | None:
         """

@@ -80,6 +80,8 @@ class Descriptor(amp.Descriptor):
         if send is not None:
             return b"%d" % (send(inObject, self.transfer),)
         # A stock protocol.
+        if not isinstance(proto, amp.BinaryBoxProtocol):
+            raise notAProtocol(proto)
         transport = proto.transport
         if IBatchingTransport.providedBy(transport):
             transport.sendFileDescriptor(inObject, self.transfer)
@@ -101,6 +103,8 @@ class Descriptor(amp.Descriptor):
             raise error
         if table is not None:
             return table.claim(int(inString))
+        if not isinstance(proto, amp.BinaryBoxProtocol):
+            raise notAProtocol(proto)
         return _twisted.claimStockDescriptor(proto, int(inString))
 
 
@@ -212,6 +216,8 @@ class DescriptorList(amp.Argument):
             return _encodeRange(send(filenos, self.ownership), count)
         # A stock protocol over a batching transport: it counts its
         # ordinals one at a time.
+        if not isinstance(proto, amp.BinaryBoxProtocol):
+            raise notAProtocol(proto)
         transport = proto.transport
         if transport is None:
             raise ConnectionLost()
@@ -241,6 +247,8 @@ class DescriptorList(amp.Argument):
             )
         elif table is not None:
             return table.claimRange(start, count)  # type: ignore[arg-type]
+        elif not isinstance(proto, amp.BinaryBoxProtocol):
+            raise notAProtocol(proto)
         else:
             return _claimStockRange(proto, start, count)  # type: ignore[arg-type]
         if table is not None:
@@ -254,6 +262,20 @@ def unsupportedTransport(transport: object) -> DescriptorsUnsupported:
     """
     return DescriptorsUnsupported(
         "descriptors can only be sent over a UNIX socket transport, not %r" % (transport,)
+    )
+
+
+def notAProtocol(proto: object) -> DescriptorsUnsupported:
+    """
+    The error for a descriptor argument serialized or parsed with something
+    other than the connection's protocol: Twisted's own responder wrapper
+    passes a locator separate from its protocol in the protocol's place.
+    """
+    return DescriptorsUnsupported(
+        "descriptors are sent and received by a connection's protocol, not by %r: a "
+        "locator separate from its pyamp_fds.AMP takes and returns descriptors when it "
+        "finds its responders as CommandLocator does (without overriding "
+        "locateResponder)" % (proto,)
     )
 
 

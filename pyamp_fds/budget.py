@@ -97,12 +97,20 @@ class DescriptorBudget:
         self._owner = threading.get_ident()
         # Releases from other threads, folded in by the owning thread.
         self._released: collections.deque[int] = collections.deque()
+        # Of those counted, how many were handed to the closer and are not
+        # closed yet; and the closer's releases of them (each also in
+        # _released, appended to after).
+        self._closing = 0
+        self._closedReleased: collections.deque[int] = collections.deque()
         self._waiting: dict[Callable[[], object], _Wake | None] = {}
 
     def _fold(self) -> None:
         released = self._released
         while released:
             self._used -= released.popleft()
+        closed = self._closedReleased
+        while closed:
+            self._closing -= closed.popleft()
 
     @property
     def used(self) -> int:
@@ -158,8 +166,17 @@ class DescriptorBudget:
         stop every other connection.  It is closed as a peer over its share
         is, and its descriptors are released.
 
+        Not while the descriptors already on their way to the closer
+        (L{closing}) would leave room for a full receive once closed: the
+        readers waiting are woken then, and closing another connection would
+        only have its peer send its descriptors again.
+
         @return: whether a connection was closed.
         """
+        if self._released or self._closedReleased:
+            self._fold()
+        if self.limit - (self._used - self._closing) >= self.fullReceive:
+            return False
         holders = list(self._holders)
         if not holders:
             return False
@@ -202,6 +219,29 @@ class DescriptorBudget:
         The library now holds C{count} more descriptors.
         """
         self._used += count
+
+    def closing(self, count: int) -> None:
+        """
+        C{count} of the descriptors counted here were handed to the closer
+        (L{pyamp_fds.closer}): they are released by L{closed} once closed.
+        """
+        self._closing += count
+
+    def closed(self, count: int) -> None:
+        """
+        The closer closed C{count} descriptors it was handed (L{closing}):
+        they are released as by L{give}.  Any thread may call it.
+        """
+        if threading.get_ident() != self._owner:
+            # Folded in by the owner.  Appended before the release itself:
+            # folded early, it makes relief more ready to close someone,
+            # never less (were it folded late, relief would wait for a
+            # release already made, for ever if nothing else came).
+            self._closedReleased.append(count)
+            self.give(count)
+            return
+        self._closing -= count
+        self.give(count)
 
     def give(self, count: int) -> None:
         """

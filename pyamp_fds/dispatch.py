@@ -18,11 +18,12 @@ from collections.abc import Callable
 from types import MethodType
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.error import ConnectionLost
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
+from pyamp_fds import _twisted
 from pyamp_fds.codec import MAX_VALUE_LENGTH
 from pyamp_fds.plans import SettlingCommand, _plans, newBox, planFor
 
@@ -158,6 +159,16 @@ class FastDispatch(_DispatchBase):
         prepared, self._prepared = self._prepared, None
         if prepared is not None:
             return prepared
+        locator = self.locator
+        if locator is not self:
+            # A separate locator's own wrapper would parse the arguments and
+            # make the response with the locator, where no descriptor can be
+            # claimed or sent: wrap its responder here, with this protocol.
+            entry = _twisted.locatorResponderFor(locator, box[amp.COMMAND])
+            if entry is not None:
+                command, responderFunc = entry
+                responder = self.wrapResponder(MethodType(responderFunc, locator), command)
+                return maybeDeferred(responder, box)
         return super().dispatchCommand(box)  # type: ignore[no-any-return, no-untyped-call]
 
     def wrapResponder(

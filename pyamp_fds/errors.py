@@ -30,20 +30,25 @@ class DescriptorsTruncated(ConnectionError):
     The kernel dropped descriptors in a receive (C{MSG_CTRUNC}): the control
     buffer was too small, the receiver was at C{RLIMIT_NOFILE}, or a security
     module refused them.  How many were lost is unknown, so no ordinal after
-    this point can be trusted.  Every descriptor that did arrive in that call
-    has already been closed.
+    this point can be trusted, and none of the descriptors that did arrive in
+    that call may be used.
 
     @ivar data: the bytes that arrived with the truncated descriptors.
     @type data: C{bytes}
+    @ivar descriptors: the descriptors that did arrive and are still open,
+        for whoever catches this to close; empty when they were closed
+        before it was raised (as L{pyamp_fds.fdio.recv_with_fds} does).
+    @type descriptors: a sequence of C{int}
     """
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, descriptors: Sequence[int] = ()) -> None:
         ConnectionError.__init__(
             self,
             "descriptors were dropped by the kernel (MSG_CTRUNC): receiver at "
             "RLIMIT_NOFILE, control buffer too small, or refused by a security module",
         )
         self.data = data
+        self.descriptors = descriptors
 
 
 class FramingError(ValueError):

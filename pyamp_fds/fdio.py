@@ -66,6 +66,8 @@ def _fdArray(fds: Sequence[FileDescriptorLike]) -> Any:
 
 
 def _unpackFds(cArray: Any, count: int) -> list[int]:
+    if not count:
+        return []
     if count == 1:
         return [cArray[0]]
     return array("i", ffi.buffer(cArray, count * _INT_SIZE)[:]).tolist()
@@ -145,18 +147,22 @@ def recv_into_with_fds(
     @return: C{(nbytes, fds, flags)}: the bytes read (0 at end of stream), the
         descriptors now owned by the caller, and the kernel's C{msg_flags}.
     @raise DescriptorsTruncated: the kernel dropped descriptors
-        (C{MSG_CTRUNC}); those that did arrive are already closed, and the
-        exception's C{data} holds the bytes read.
+        (C{MSG_CTRUNC}), or more than C{max_fds} arrived; those that did
+        arrive are already closed, and the exception's C{data} holds the
+        bytes read.
     """
     if not 0 <= max_fds <= MAX_FDS_PER_MESSAGE:
         raise ValueError("max_fds must be between 0 and %d" % (MAX_FDS_PER_MESSAGE,))
     view = ffi.from_buffer(buffer, require_writable=True)
-    fds = ffi.new("int[]", max(max_fds, 1))
+    # Room for every descriptor that may arrive, whatever max_fds is: a
+    # truncated receive returns them too.
+    fds = ffi.new("int[]", MAX_FDS_PER_MESSAGE)
     out = ffi.new("int[2]")
     got = lib.paf_recvmsg(_fileno(sockfd), view, len(view), fds, max_fds, out, out + 1)
     if got < 0:
         raise nativeError(ffi.errno)
     if out[1] & _MSG_CTRUNC:
+        close_all(_unpackFds(fds, out[0]))
         raise DescriptorsTruncated(bytes(memoryview(buffer)[:got]))
     return got, _unpackFds(fds, out[0]), out[1]
 
@@ -184,13 +190,28 @@ class Receiver:
     @ivar bufferSize: the most bytes one L{receive} reads.
     """
 
-    def __init__(self, bufferSize: int = 65536, max_fds: int = MAX_FDS_PER_MESSAGE) -> None:
+    def __init__(
+        self,
+        bufferSize: int = 65536,
+        max_fds: int = MAX_FDS_PER_MESSAGE,
+        closeTruncated: bool = True,
+    ) -> None:
+        """
+        @param closeTruncated: whether the descriptors of a truncated
+            receive are closed before L{DescriptorsTruncated} is raised (the
+            default), or handed to the caller, open, in its C{descriptors}:
+            for a caller that must not block on a close (closing a peer's
+            descriptor may).
+        """
         if not 0 <= max_fds <= MAX_FDS_PER_MESSAGE:
             raise ValueError("max_fds must be between 0 and %d" % (MAX_FDS_PER_MESSAGE,))
         self.bufferSize = bufferSize
         self._maxFds = max_fds
+        self._closeTruncated = closeTruncated
         self._buffer = _uninitialized("char[]", bufferSize)
-        self._fds = ffi.new("int[]", max(max_fds, 1))
+        # Room for every descriptor that may arrive, whatever max_fds is: a
+        # truncated receive returns them too.
+        self._fds = ffi.new("int[]", MAX_FDS_PER_MESSAGE)
         self._out = ffi.new("int[2]")
 
     def receive(self, sockfd: int, max_fds: int | None = None) -> tuple[bytes, Sequence[int]]:
@@ -203,7 +224,9 @@ class Receiver:
         @return: C{(data, fds)}; C{data} is empty at end of stream and
             C{fds} is an C{array('i')} of the descriptors received (a
             sequence of ints, which L{close_all} takes without converting).
-        @raise DescriptorsTruncated: see L{recv_into_with_fds}.
+        @raise DescriptorsTruncated: see L{recv_into_with_fds}; unless this
+            receiver closes them, its C{descriptors} are those that did
+            arrive, open, the caller's to close.
         """
         out = self._out
         room = self._maxFds if max_fds is None or max_fds > self._maxFds else max_fds
@@ -211,9 +234,13 @@ class Receiver:
         if got < 0:
             raise nativeError(ffi.errno)
         data = ffi.buffer(self._buffer, got)[:]
-        if out[1] & _MSG_CTRUNC:
-            raise DescriptorsTruncated(data)
         count = out[0]
+        if out[1] & _MSG_CTRUNC:
+            arrived = array("i", ffi.buffer(self._fds, count * _INT_SIZE)[:])
+            if self._closeTruncated:
+                close_all(arrived)
+                raise DescriptorsTruncated(data)
+            raise DescriptorsTruncated(data, arrived)
         if not count:
             return data, ()
         if count == 1:

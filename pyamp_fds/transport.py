@@ -20,6 +20,10 @@ The wire is the same as Twisted's, so either end may be stock Twisted.
 from __future__ import annotations
 
 import errno
+import fcntl
+import socket
+import struct
+import termios
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +34,7 @@ from zope.interface import implementer
 from pyamp_fds import _twisted
 from pyamp_fds.backpressure import ReadGate, ReadStops
 from pyamp_fds.budget import processBudget
-from pyamp_fds.closer import discard
+from pyamp_fds.closer import closeLater, discard
 from pyamp_fds.credentials import PeerCredentialsMixin, describePeer
 from pyamp_fds.errors import DescriptorsTruncated
 from pyamp_fds.fdio import MAX_FDS_PER_MESSAGE, Receiver, _fileno, send_with_fds
@@ -57,6 +61,12 @@ _LONGEST_BACK_OFF = 0.1
 
 _DUPLICATE = Ownership.DUPLICATE
 _HANDED_OVER = Ownership.HANDED_OVER
+
+
+def _unreadBytes(fileno: int) -> int:
+    # FIONREAD: the bytes waiting to be read (descriptors travel only with
+    # some).
+    return struct.unpack("i", fcntl.ioctl(fileno, termios.FIONREAD, b"\0\0\0\0"))[0]  # type: ignore[no-any-return]
 
 
 class _Batching(PeerCredentialsMixin, ReadGate):
@@ -96,7 +106,9 @@ class _Batching(PeerCredentialsMixin, ReadGate):
         self._bytesWritten = 0
         self._bytesSent = 0
         self._writeHooks: list[Callable[[], bytes]] = []
-        self._receiver = Receiver(self.bufferSize)
+        # Descriptors of a truncated receive come back open, to be closed
+        # off the reactor thread (closing a peer's descriptor may block).
+        self._receiver = Receiver(self.bufferSize, closeTruncated=False)
 
     @property
     def backOffs(self) -> int:
@@ -362,8 +374,12 @@ class _Batching(PeerCredentialsMixin, ReadGate):
         except BlockingIOError:
             return None
         except DescriptorsTruncated as e:
-            # What arrived was closed already; nothing of this read may be
-            # dispatched, since no later ordinal can be trusted.
+            # Nothing of this read may be dispatched, since no later ordinal
+            # can be trusted; what did arrive is closed in the background,
+            # counted in the budget until then (without waiting for it: the
+            # connection goes, as with what it held unclaimed).
+            discard(e.descriptors, self.descriptorBudget, patience=0)
+            e.descriptors = ()
             _log.error(
                 "{transport}: {error}; closing the connection to {peer}",
                 transport=self,
@@ -406,6 +422,32 @@ class _Batching(PeerCredentialsMixin, ReadGate):
         else:
             discard(fds, self.descriptorBudget)
             _twisted.logDescriptorsRefused(self, protocol, len(fds))
+
+    def closeSocket(self, orderly: bool) -> None:
+        """
+        Close the connection's socket as Twisted does; in the background
+        (L{pyamp_fds.closer}) if the peer left bytes unread in it, since
+        descriptors may be in flight with them.  The kernel releases those
+        when the socket closes, in the thread that closes it: a peer that
+        filled its socket with descriptors makes that close take a while,
+        and the last reference to one of them (a socket with C{SO_LINGER})
+        blocks it for the linger time.
+        """
+        skt = self.socket
+        try:
+            unread = _unreadBytes(skt.fileno())
+        except OSError:
+            unread = 0
+        if not unread:
+            self.stockCloseSocket(orderly)
+            return
+        if orderly:
+            # What Twisted's close does first; the peer sees the end now.
+            try:
+                skt.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        closeLater([skt.detach()])
 
     def connectionLost(self, reason: Failure) -> None:
         if self._backOffCall is not None:

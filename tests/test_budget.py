@@ -2,6 +2,8 @@
 Tests for L{pyamp_fds.budget}: counts, room, waiting readers, and relief.
 """
 
+import threading
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from pyamp_fds.budget import DescriptorBudget
@@ -81,9 +83,32 @@ class DescriptorBudgetTests(SynchronousTestCase):
         small, large = Holder(10), Holder(1000)
         for holder in (small, large):
             budget.hold(holder)
+        budget.take(2000)
         self.assertTrue(budget.relieve())
         self.assertEqual((len(small.evicted), len(large.evicted)), (0, 1))
         self.assertIn("holds the most unclaimed descriptors (1000)", large.evicted[0])
+
+    def test_relieveWaitsForTheCloser(self):
+        """
+        Nobody is closed while the descriptors already handed to the closer
+        would leave room for a full receive once closed; once they are
+        closed (from the closer's thread) and the budget is short again,
+        the largest holder is.
+        """
+        budget = DescriptorBudget(limit=2048)
+        large = Holder(1000)
+        budget.hold(large)
+        budget.take(2000)
+        budget.closing(1000)
+        self.assertFalse(budget.relieve())
+        self.assertEqual(large.evicted, [])
+        closer = threading.Thread(target=budget.closed, args=(1000,))
+        closer.start()
+        closer.join()
+        self.assertEqual(budget.used, 1000)
+        budget.take(1000)
+        self.assertTrue(budget.relieve())
+        self.assertEqual(len(large.evicted), 1)
 
     def test_relieveSparesSmallHolders(self):
         """

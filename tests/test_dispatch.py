@@ -375,3 +375,228 @@ class TooLongAnswerTests(FakeConnectionTestCase):
         self.assertEqual(client.receivedDescriptors.received, 0)
         self.assertEqual(len(lost), 1)
         self.failureResultOf(answer)
+
+
+class TakeThenNumber(amp.Command):
+    """
+    A descriptor, then a number.
+    """
+
+    commandName = b"TakeThenNumber"
+    arguments = [(b"fd", pyamp_fds.Descriptor()), (b"n", amp.Integer())]
+    response = [(b"n", amp.Integer())]
+
+
+class TakeThenRefused(amp.Command):
+    """
+    L{TakeThenNumber} as a responder sees it whose number never parses.
+    """
+
+    commandName = b"TakeThenNumber"
+    arguments = [(b"fd", pyamp_fds.Descriptor()), (b"n", NotParsed())]
+    response = [(b"n", amp.Integer())]
+
+
+class Locator(amp.CommandLocator):
+    """
+    Responders on an object of their own, handed to L{pyamp_fds.AMP} as its
+    C{locator}: it records the identity of each descriptor taken (closing
+    it), and answers with C{fd}.
+    """
+
+    def __init__(self, fd=None):
+        self.fd = fd
+        self.taken = []
+
+    @TakeThenNumber.responder
+    def take(self, fd, n):
+        self.taken.append(identity(fd))
+        os.close(fd)
+        return {"n": n}
+
+    @Give.responder
+    def give(self):
+        return {"fd": self.fd, "n": 1}
+
+    @GiveLater.responder
+    def giveLater(self, n):
+        # A number, unless the caller asks for a response that cannot be
+        # serialized.
+        return defer.succeed({"fd": self.fd, "n": int(n) if n.isdigit() else n})
+
+
+class RefusingLocator(amp.CommandLocator):
+    """
+    A locator whose L{TakeThenNumber} responder's number never parses.
+    """
+
+    def __init__(self):
+        self.calls = 0
+
+    @TakeThenRefused.responder
+    def take(self, fd, n):
+        self.calls += 1
+        os.close(fd)
+        return {"n": 0}
+
+
+class OverridingLocator(Locator):
+    """
+    A L{Locator} that finds its responders its own way (here, only by
+    logging the name first and asking Twisted's), so Twisted's own wrapper
+    serves them.
+    """
+
+    def __init__(self, fd=None):
+        super().__init__(fd)
+        self.located = []
+
+    def locateResponder(self, name):
+        self.located.append(name)
+        return super().locateResponder(name)
+
+
+class SeparateLocatorTests(FakeConnectionTestCase):
+    """
+    A L{pyamp_fds.AMP} whose locator is a separate
+    L{amp.CommandLocator} serves responders that take and return
+    descriptors, and settles a failed box's descriptors as for its own
+    responders.
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.fd = os.open("/dev/null", os.O_RDONLY)
+        self.addCleanup(os.close, self.fd)
+
+    def openFiles(self, count):
+        """
+        C{count} distinct open descriptors, closed when the test ends.
+        """
+        fds = []
+        for _ in range(count):
+            r, w = os.pipe()
+            os.close(w)
+            fds.append(r)
+            self.addCleanup(os.close, r)
+        return fds
+
+    def test_argumentTaken(self):
+        """
+        A responder of a separate locator taking a L{pyamp_fds.Descriptor}
+        gets the descriptor sent, and owns it.
+        """
+        locator = Locator()
+        server, client = pyamp_fds.AMP(locator=locator), pyamp_fds.AMP()
+        pump = self.connect(server, client)
+        fds = self.openFiles(2)
+        answers = [client.callRemote(TakeThenNumber, fd=fd, n=i) for i, fd in enumerate(fds)]
+        pump.flush()
+        self.assertEqual([self.successResultOf(a) for a in answers], [{"n": 0}, {"n": 1}])
+        self.assertEqual(locator.taken, [identity(fd) for fd in fds])
+        self.assertEqual(server.receivedDescriptors.unclaimed, 0)
+
+    def test_failedArgumentsLeakNothing(self):
+        """
+        A box for a separate locator's responder whose later argument fails
+        to parse fails the call (an unknown error, and the connection
+        closed, as in Twisted), the responder is not called, and the
+        descriptor its first argument claimed is closed.
+        """
+        locator = RefusingLocator()
+        server, client = pyamp_fds.AMP(locator=locator), pyamp_fds.AMP()
+        pump = self.connect(server, client)
+        before = len(os.listdir("/proc/self/fd"))
+        answer = self.caught(client.callRemote(TakeThenNumber, fd=self.fd, n=1))
+        pump.flush()
+        self.failureResultOf(answer, amp.UnknownRemoteError)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+        self.assertEqual(locator.calls, 0)
+        table = server.receivedDescriptors
+        self.assertEqual((table.received, table.unclaimed, table.claimedByBox), (1, 0, 0))
+        # A peer's descriptors are closed in the background.
+        waitUntilClosed()
+        self.assertEqual(len(os.listdir("/proc/self/fd")), before)
+
+    def test_responseCarriesDescriptor(self):
+        """
+        A separate locator's responder may answer with a descriptor, at
+        once (a duplicate is sent) or later, in a L{Deferred} (handed over,
+        and closed once sent): the caller gets the same file.
+        """
+        locator = Locator(self.fd)
+        server, client = pyamp_fds.AMP(locator=locator), pyamp_fds.AMP()
+        pump = self.connect(server, client)
+        first = client.callRemote(Give)
+        pump.flush()
+        first = self.successResultOf(first)
+        self.addCleanup(os.close, first["fd"])
+        # Closed once sent: the count of open descriptors when the test
+        # ends says so (its number may already name the one received).
+        locator.fd = os.dup(self.fd)
+        later = client.callRemote(GiveLater, n="2")
+        pump.flush()
+        later = self.successResultOf(later)
+        self.addCleanup(os.close, later["fd"])
+        self.assertEqual((first["n"], later["n"]), (1, 2))
+        self.assertEqual(identity(first["fd"]), identity(self.fd))
+        self.assertEqual(identity(later["fd"]), identity(self.fd))
+
+    def test_failedResponseTakesNothing(self):
+        """
+        A separate locator's later answer that fails to serialize sends an
+        error (Twisted's: an unknown error, and the connection closed) and
+        not the handed-over descriptor, which stays open: it was never
+        taken.
+        """
+        server, client = pyamp_fds.AMP(locator=Locator(self.fd)), pyamp_fds.AMP()
+        pump = self.connect(server, client)
+        inode = identity(self.fd)
+        transport = server.transport
+        answer = self.caught(client.callRemote(GiveLater, n="not a number"))
+        pump.flush()
+        self.failureResultOf(answer, amp.UnknownRemoteError)
+        self.assertEqual(len(self.flushLoggedErrors(amp.BadLocalReturn)), 1)
+        self.assertEqual(transport.queuedDescriptors, [])
+        self.assertEqual(server.descriptorsSent, 0)
+        pump.flush()
+        self.assertEqual(client.receivedDescriptors.received, 0)
+        self.assertEqual(identity(self.fd), inode)
+
+    def test_answerParsedLeaksNothing(self):
+        """
+        A caller whose own locator is separate parses answers as any
+        caller does: one whose later value fails to parse fails the call
+        and closes the descriptor it had claimed.
+        """
+        server = Responder(self.fd)
+        client = pyamp_fds.AMP(locator=Locator())
+        pump = self.connect(server, client)
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(3):
+            answer = self.caught(client.callRemote(GiveParsedBadly))
+            pump.flush()
+            self.failureResultOf(answer, ValueError)
+        table = client.receivedDescriptors
+        self.assertEqual((table.received, table.unclaimed, table.claimedByBox), (3, 0, 0))
+        waitUntilClosed()
+        self.assertEqual(len(os.listdir("/proc/self/fd")), before)
+
+    def test_overriddenLocateResponder(self):
+        """
+        A separate locator that overrides C{locateResponder} is asked as in
+        Twisted, and Twisted's own wrapper serves its responders: commands
+        without descriptors work, and one with a descriptor argument fails
+        with L{pyamp_fds.DescriptorsUnsupported}, which says why, and not
+        with an C{AttributeError}.
+        """
+        locator = OverridingLocator(self.fd)
+        server, client = pyamp_fds.AMP(locator=locator), pyamp_fds.AMP()
+        pump = self.connect(server, client)
+        answer = self.caught(client.callRemote(TakeThenNumber, fd=self.fd, n=1))
+        pump.flush()
+        self.failureResultOf(answer, amp.UnknownRemoteError)
+        [error] = self.flushLoggedErrors(pyamp_fds.DescriptorsUnsupported)
+        self.assertIn("locateResponder", str(error.value))
+        self.assertEqual(locator.located, [b"TakeThenNumber"])
+        self.assertEqual(locator.taken, [])

@@ -274,6 +274,57 @@ class TestFailures:
         assert report["outcome"] == "limit"
         assert report["after"] == report["before"]
 
+    def test_receiverClosesTruncated(self, pair, files):
+        """
+        A L{fdio.Receiver} closes the descriptors of a truncated receive
+        before raising L{DescriptorsTruncated}, by default.
+        """
+        a, b = pair
+        fdio.send_with_fds(a, b"cut", files(10))
+        before = len(os.listdir("/proc/self/fd"))
+        with pytest.raises(DescriptorsTruncated) as caught:
+            fdio.Receiver(100).receive(b.fileno(), 3)
+        assert caught.value.data == b"cut"
+        assert len(caught.value.descriptors) == 0
+        assert len(os.listdir("/proc/self/fd")) == before
+
+    def test_receiverHandsBackTruncated(self, pair, files):
+        """
+        A L{fdio.Receiver} made with C{closeTruncated=False} hands the
+        descriptors of a truncated receive to the caller, open and in order,
+        in L{DescriptorsTruncated.descriptors}: the caller chooses where to
+        close them.  Room for fewer than a whole message is exact: as many
+        arrive as there was room for, and the kernel drops the rest.
+        """
+        a, b = pair
+        sent = files(10)
+        fdio.send_with_fds(a, b"cut", sent)
+        with pytest.raises(DescriptorsTruncated) as caught:
+            fdio.Receiver(100, closeTruncated=False).receive(b.fileno(), 3)
+        arrived = list(caught.value.descriptors)
+        try:
+            assert caught.value.data == b"cut"
+            assertSameFiles(sent[:3], arrived)
+        finally:
+            fdio.close_all(arrived)
+
+    def test_exactRoomWithCredentials(self, pair, files):
+        """
+        With credentials passing on, the credentials take room of their own:
+        still exactly the room asked for arrives.
+        """
+        a, b = pair
+        b.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        sent = files(10)
+        fdio.send_with_fds(a, b"cut", sent)
+        with pytest.raises(DescriptorsTruncated) as caught:
+            fdio.Receiver(100, closeTruncated=False).receive(b.fileno(), 5)
+        arrived = list(caught.value.descriptors)
+        try:
+            assertSameFiles(sent[:5], arrived)
+        finally:
+            fdio.close_all(arrived)
+
     def test_wouldBlock(self, pair, files):
         """
         A full non-blocking socket raises C{BlockingIOError}, and descriptors

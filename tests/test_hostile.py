@@ -20,12 +20,13 @@ from twisted.protocols import amp
 from twisted.trial.unittest import SkipTest, TestCase
 
 import pyamp_fds
-from pyamp_fds import fdio
+from pyamp_fds import closer, fdio
 from pyamp_fds import transport as transportModule
 from pyamp_fds.budget import DescriptorBudget, processBudget, setProcessBudget
 from pyamp_fds.closer import waitUntilClosed
 from pyamp_fds.errors import (
     DescriptorProtocolError,
+    DescriptorsTruncated,
     DescriptorsUnsupported,
     TooManyUnclaimedDescriptors,
 )
@@ -120,6 +121,34 @@ def box(**fields):
     return pyamp_fds.encode_box(
         {k.encode(): v if isinstance(v, bytes) else str(v).encode() for k, v in fields.items()}
     )
+
+
+def lingeringSocket(case, linger):
+    """
+    A TCP socket on the loopback with C{SO_LINGER} whose peer never reads
+    and whose send buffer is full: closing it blocks for the linger time.
+
+    @param case: the test case, which closes the rest when it ends.
+    @return: C{(lingering, quietPeer)}; the caller closes C{lingering},
+        C{quietPeer} is closed when the test ends.
+    """
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    case.addCleanup(listener.close)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    lingering = socket.create_connection(listener.getsockname())
+    quiet, _ = listener.accept()
+    case.addCleanup(quiet.close)
+    lingering.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    lingering.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, linger))
+    lingering.setblocking(False)
+    try:
+        while True:
+            lingering.send(b"x" * 65536)
+    except BlockingIOError:
+        pass
+    return lingering, quiet
 
 
 class HostileTestCase(ReactorTestCase):
@@ -306,41 +335,18 @@ class BackOffTests(HostileTestCase):
 
 class BlockingCloseTests(HostileTestCase):
     """
-    Descriptors a peer sent and never claimed are closed on a background
-    thread when its connection is lost: a close that blocks does not block
-    the reactor.
+    Descriptors a peer sent and never claimed, or that arrived in a
+    truncated receive, are closed on a background thread: a close that
+    blocks does not block the reactor.
     """
 
     LINGER = 2
 
     def lingeringSocket(self):
         """
-        A TCP socket on the loopback with C{SO_LINGER} whose peer never
-        reads and whose send buffer is full: closing it blocks for the
-        linger time.
-
-        @return: C{(lingering, quietPeer)}; the caller closes C{lingering},
-            C{quietPeer} is closed when the test ends.
+        See L{lingeringSocket}.
         """
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.addCleanup(listener.close)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(1)
-        lingering = socket.create_connection(listener.getsockname())
-        quiet, _ = listener.accept()
-        self.addCleanup(quiet.close)
-        lingering.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-        lingering.setsockopt(
-            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, self.LINGER)
-        )
-        lingering.setblocking(False)
-        try:
-            while True:
-                lingering.send(b"x" * 65536)
-        except BlockingIOError:
-            pass
-        return lingering, quiet
+        return lingeringSocket(self, self.LINGER)
 
     @defer.inlineCallbacks
     def test_unclaimedLingeringSocket(self):
@@ -380,6 +386,199 @@ class BlockingCloseTests(HostileTestCase):
         closed = time.monotonic() - start
         # The close really did linger (else this test proves nothing).
         self.assertGreater(closed, self.LINGER / 2)
+
+
+    @defer.inlineCallbacks
+    def test_unreadLingeringSocket(self):
+        """
+        A raw peer breaks the rules with one message and sends a lingering
+        socket's descriptor in the next, which the server never reads: the
+        connection is closed at once, and another client's call is answered
+        at once, while the close of its socket, which releases that
+        descriptor, takes the linger time in the background.
+        """
+        innocentServer, innocent = self.connect(Responder(), pyamp_fds.AMP())
+        yield innocent.callRemote(Hello, text="warm")
+        proto = Responder()
+        server, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        peer = self.rawPeerOn(proto, server, peer)
+        lost = watchLost(proto)
+        lingering, _ = self.lingeringSocket()
+        harmless = os.open(os.devnull, os.O_RDONLY)
+        self.addCleanup(os.close, harmless)
+        start = time.monotonic()
+        # A read stops right after a message carrying descriptors: the first
+        # is read, and names a descriptor never sent (the connection is
+        # closed for it); the second stays in the socket.
+        fdio.send_with_fds(peer, box(_ask=1, _command="Take", fd=5, n=1), [harmless])
+        fdio.send_with_fds(peer, b"\x00", [lingering.fileno()])
+        lingering.close()
+
+        timings = {}
+
+        def lostAt(reason):
+            timings["lost"] = time.monotonic() - start
+            return reason
+
+        lost.addCallback(lostAt)
+        answer = yield innocent.callRemote(Hello, text="hello")
+        answered = time.monotonic() - start
+        self.assertEqual(answer, {"text": "HELLO"})
+        yield lost
+        self.assertLess(answered, self.LINGER / 4)
+        self.assertLess(timings["lost"], self.LINGER / 4)
+        self.assertEqual(proto.receivedDescriptors.received, 1)
+
+        yield threads.deferToThread(waitUntilClosed)
+        closed = time.monotonic() - start
+        # The close really did linger (else this test proves nothing).
+        self.assertGreater(closed, self.LINGER / 2)
+        self.flushLoggedErrors(DescriptorProtocolError)
+
+    @defer.inlineCallbacks
+    def test_truncatedLingeringSocket(self):
+        """
+        A raw peer sends more copies of a lingering socket's descriptor than
+        a connection's receive has room for, so the receive is truncated
+        (C{MSG_CTRUNC}): the connection is lost with L{DescriptorsTruncated}
+        at once, and another client's call to the same process is answered
+        at once, while the descriptors that did arrive are closed in the
+        background, taking the linger time.
+        """
+        innocentServer, innocent = self.connect(Responder(), pyamp_fds.AMP())
+        yield innocent.callRemote(Hello, text="warm")
+        proto = Responder()
+        server, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # A budget with room for four descriptors: this connection reads
+        # with room for four, and the kernel drops the rest of a message.
+        budget = DescriptorBudget(limit=4)
+        old = processBudget()
+        setProcessBudget(budget)
+        try:
+            peer = self.rawPeerOn(proto, server, peer)
+        finally:
+            setProcessBudget(old)
+        self.assertIs(proto.transport.descriptorBudget, budget)
+        lost = watchLost(proto)
+        lingering, _ = self.lingeringSocket()
+        start = time.monotonic()
+        fdio.send_with_fds(peer, b"\x00", [lingering.fileno()] * 20)
+        # Ours goes before the server can read (the reactor does not run
+        # until this test yields): the copies the server receives are then
+        # the last (those the kernel drops are not, they go first), and
+        # closing the last lingers.
+        lingering.close()
+
+        timings = {}
+
+        def lostAt(reason):
+            timings["lost"] = time.monotonic() - start
+            return reason
+
+        lost.addCallback(lostAt)
+        answer = yield innocent.callRemote(Hello, text="hello")
+        answered = time.monotonic() - start
+        self.assertEqual(answer, {"text": "HELLO"})
+        reason = yield lost
+        self.assertIsInstance(reason, DescriptorsTruncated)
+        self.assertLess(answered, self.LINGER / 4)
+        self.assertLess(timings["lost"], self.LINGER / 4)
+        self.assertTrue(innocentServer.transport.connected)
+        # Counted in the budget until closed, and never more than its room.
+        self.assertEqual(budget.used, 4)
+
+        yield threads.deferToThread(waitUntilClosed)
+        closed = time.monotonic() - start
+        # The close really did linger (else this test proves nothing).
+        self.assertGreater(closed, self.LINGER / 2)
+        self.assertEqual(budget.used, 0)
+
+
+class CloserTests(TestCase):
+    """
+    L{pyamp_fds.closer} closes what it is handed, in order, counted in a
+    budget until closed, and handing over never waits for a close.
+    """
+
+    def openPipes(self, count):
+        fds = []
+        for _ in range(count):
+            r, w = os.pipe()
+            os.close(w)
+            fds.append(r)
+        return fds
+
+    def test_countedUntilClosed(self):
+        """
+        Descriptors discarded without patience count in the budget until
+        the closer has closed them, then not at all; every one is closed.
+        """
+        before = countOpen()
+        budget = DescriptorBudget(limit=1000)
+        for _ in range(20):
+            closer.discard(self.openPipes(5), budget, patience=0)
+        self.assertLessEqual(budget.used, 100)
+        closer.waitUntilClosed()
+        self.assertEqual(budget.used, 0)
+        self.assertEqual(countOpen(), before)
+
+    def test_forkedChild(self):
+        """
+        A child made by C{fork()} while the closer runs has a closer of its
+        own: what it hands over is closed there.
+        """
+        closer.closeLater(self.openPipes(1))
+        closer.waitUntilClosed()
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(w)
+                closer.closeLater([r])
+                closer.waitUntilClosed()
+                try:
+                    os.fstat(r)
+                except OSError:
+                    os._exit(0)
+                os._exit(1)
+            finally:
+                os._exit(2)
+        os.close(r)
+        os.close(w)
+        deadline = time.monotonic() + 10
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                self.fail("the child's closer never closed what it was handed")
+            time.sleep(0.01)
+        self.assertEqual(os.waitstatus_to_exitcode(status), 0)
+
+    def test_handOverDoesNotWait(self):
+        """
+        While the closer is held by a close that blocks (a lingering
+        socket), handing it more returns at once each time; they are
+        closed after it.
+        """
+        before = countOpen()
+        # Cleanups run last first: this one once the sockets are closed.
+        self.addCleanup(lambda: self.assertEqual(countOpen(), before))
+        linger = BlockingCloseTests.LINGER
+        lingering, _ = lingeringSocket(self, linger)
+        budget = DescriptorBudget(limit=1000)
+        start = time.monotonic()
+        closer.discard([lingering.detach()], budget, patience=0)
+        for _ in range(50):
+            closer.closeLater(self.openPipes(1))
+        handedOver = time.monotonic() - start
+        self.assertLess(handedOver, linger / 4)
+        closer.waitUntilClosed()
+        closed = time.monotonic() - start
+        self.assertGreater(closed, linger / 2)
+        self.assertEqual(budget.used, 0)
 
 
 class PeerPidDescriptorTests(TestCase):

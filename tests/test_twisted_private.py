@@ -86,6 +86,33 @@ class PrivateNamesTests(SynchronousTestCase):
         self.assertTrue(callable(proto._sendingDescriptorCounter))
         self.assertIsInstance(type(proto)._commandDispatch, dict)
 
+    def test_locatorShape(self):
+        """
+        A L{amp.CommandLocator} subclass registers its responders in the
+        metaclass's private C{_commandDispatch}, as C{(command, function)}
+        by command name, and Twisted's C{locateResponder} wraps what it finds
+        with C{_wrapWithSerialization}: what
+        L{_twisted.locatorResponderFor} does in its place.
+        """
+
+        class Ping(amp.Command):
+            arguments = []
+            response = []
+
+        class Locator(amp.CommandLocator):
+            @Ping.responder
+            def ping(self):
+                return {}
+
+        self.assertEqual(Locator._commandDispatch[b"Ping"], (Ping, Locator.ping))
+        self.assertEqual(_twisted.locatorResponderFor(Locator(), b"Ping"), (Ping, Locator.ping))
+        self.assertIsNone(_twisted.locatorResponderFor(Locator(), b"Pong"))
+        self.assertIn(
+            "_wrapWithSerialization",
+            referencedNames(amp.CommandLocator.locateResponder.__code__),
+        )
+        self.assertIn("_commandDispatch", referencedNames(amp.CommandLocator.locateResponder.__code__))
+
     def test_transportHooks(self):
         """
         The write-buffer and read-path privates a batching transport uses.
@@ -99,6 +126,12 @@ class PrivateNamesTests(SynchronousTestCase):
         ]:
             self.assertTrue(callable(getattr(owner, name)), name)
         self.assertTrue(callable(unix.Server._fromConnectedSocket))
+        # A connection's socket is closed through _closeSocket(orderly).
+        self.assertEqual(
+            list(inspect.signature(tcp._SocketCloser._closeSocket).parameters),
+            ["self", "orderly"],
+        )
+        self.assertIn("_closeSocket", referencedNames(tcp.Connection.connectionLost.__code__))
         descriptor = FileDescriptor()
         self.assertEqual(
             (descriptor.dataBuffer, descriptor.offset, descriptor._tempDataLen), (b"", 0, 0)

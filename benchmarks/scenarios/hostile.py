@@ -21,11 +21,18 @@ one process runs every attack at once for the whole of that time:
 Each attack is also measured alone, to tell which one hurts; the targets
 are the attacked run's.  Reported beside the good client's descriptors/s: the errors it saw, its
 longest wait for an answer, the server's peak open descriptors (sampled
-from C{/proc/self/fd}) less its baseline and budget (never above: at most
+from C{/proc/PID/fd}) less its baseline and budget (never above: at most
 0), the most its budget held (exactly, at most its limit), the descriptors
 left open once every peer has gone (0), how many attacker connections the
 server closed, and how often it logged C{EMFILE}.  The bounds are checked on
 every repetition, not on the median.
+
+And the CPU time each process used while the good client was measured
+(user and system, from C{/proc/PID/stat}), in seconds a second: on a small
+machine the attackers' and the sampler's take CPU from the server and the
+client, which is the machine's cost, not the library's.  What the library
+controls is the server's CPU time per descriptor of the good client
+("server CPU us/descriptor"), with and without attackers.
 """
 
 import json
@@ -34,6 +41,8 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 
 from benchmarks.harness import Scenario, Target
 
@@ -54,7 +63,68 @@ STALL = "longest stall ms"
 BUDGET_PEAK = "budget peak"
 KICKED = "attackers closed by server"
 EXHAUSTED = "server EMFILE logged"
-EXTRAS = [ERRORS, OVER, LEFT, STALL, BUDGET_PEAK, KICKED, EXHAUSTED]
+SERVER_CPU = "server CPU us/descriptor"
+SERVER_BUSY = "server CPU s/s"
+ATTACKERS_BUSY = "attackers CPU s/s"
+CLIENT_BUSY = "good client CPU s/s"
+SAMPLER_BUSY = "sampler CPU s/s"
+EXTRAS = [ERRORS, OVER, LEFT, STALL, BUDGET_PEAK, KICKED, EXHAUSTED, SERVER_CPU, SERVER_BUSY,
+          ATTACKERS_BUSY, CLIENT_BUSY, SAMPLER_BUSY]
+_TICK = os.sysconf("SC_CLK_TCK")
+#: How often the server's open descriptors are counted.
+SAMPLE_SECONDS = 0.01
+
+
+class _Sampler(threading.Thread):
+    """
+    Counts a process's open descriptors (C{/proc/PID/fd}) every
+    L{SAMPLE_SECONDS} until told to stop, from this process: in the server's
+    own, listing thousands of them would take a quarter of its CPU, and its
+    interpreter lock, only while it is attacked.
+
+    @ivar peak: the most it counted.
+    @ivar busy: the CPU time it used, in seconds a second of its life.
+    """
+
+    def __init__(self, pid):
+        super().__init__(name="descriptor sampler", daemon=True)
+        self.path = "/proc/%d/fd" % (pid,)
+        self.done = threading.Event()
+        self.peak = 0
+        self.samples = 0
+        self.busy = 0.0
+
+    def run(self):
+        started = time.monotonic()
+        try:
+            self.sample()
+        finally:
+            self.busy = time.thread_time() / max(1e-9, time.monotonic() - started)
+
+    def sample(self):
+        while not self.done.wait(SAMPLE_SECONDS):
+            try:
+                count = len(os.listdir(self.path))
+            except OSError:
+                # The server has gone.
+                return
+            self.samples += 1
+            self.peak = max(self.peak, count)
+
+    def stop(self):
+        self.done.set()
+        self.join()
+
+
+def _cpuSeconds(process):
+    """
+    The CPU time (user and system, every thread) C{process} has used so far.
+    """
+    with open("/proc/%d/stat" % (process.pid,)) as f:
+        # The command name, in parentheses, may hold spaces: count after it.
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
 ATTACKS = ("flood", "share", "noread", "churn")
 
 
@@ -78,9 +148,11 @@ def _measure(attacks, unclaimedSeconds=None):
             stderr=log,
             text=True,
         )
-        attackers = None
+        attackers = goodClient = sampler = None
         try:
             budget = json.loads(_readyLine(server, "the server"))
+            sampler = _Sampler(server.pid)
+            sampler.start()
             if attacks:
                 attackers = subprocess.Popen(
                     [sys.executable, PEER, "attack", path, str(budget["share"]), attacks],
@@ -88,15 +160,24 @@ def _measure(attacks, unclaimedSeconds=None):
                     text=True,
                 )
                 _readyLine(attackers, "the attackers")
-            good = json.loads(
-                subprocess.run(
-                    [sys.executable, PEER, "client", path, str(WARMUP), str(SECONDS),
-                     str(WINDOW)],
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                ).stdout
+            goodClient = subprocess.Popen(
+                [sys.executable, PEER, "client", path, str(WARMUP), str(SECONDS), str(WINDOW)],
+                stdout=subprocess.PIPE,
+                text=True,
             )
+            processes = {"server": server, "client": goodClient, "attackers": attackers}
+            cpu = {}
+            for mark in ("start", "stop"):
+                line = goodClient.stdout.readline().strip()
+                if line != mark:
+                    goodClient.kill()
+                    raise RuntimeError("the good client said %r, not %r" % (line, mark))
+                cpu[mark] = {name: _cpuSeconds(p) for name, p in processes.items() if p}
+            out, _ = goodClient.communicate(timeout=STARTUP_TIMEOUT)
+            if goodClient.returncode:
+                raise RuntimeError("the good client failed: %r" % (goodClient.returncode,))
+            good = json.loads(out)
+            used = {name: cpu["stop"][name] - cpu["start"][name] for name in cpu["stop"]}
             attacked = {}
             if attackers is not None:
                 attackers.send_signal(signal.SIGTERM)
@@ -105,7 +186,9 @@ def _measure(attacks, unclaimedSeconds=None):
             server.send_signal(signal.SIGUSR1)
             report = json.loads(server.communicate(timeout=STARTUP_TIMEOUT)[0])
         finally:
-            for process in (attackers, server):
+            if sampler is not None:
+                sampler.stop()
+            for process in (goodClient, attackers, server):
                 if process is not None and process.poll() is None:
                     process.kill()
                     process.wait()
@@ -117,12 +200,17 @@ def _measure(attacks, unclaimedSeconds=None):
         good["seconds"],
         {
             ERRORS: good["errors"],
-            OVER: report["peak"] - (report["baseline"] + report["limit"]),
+            OVER: max(sampler.peak, report["end"]) - (report["baseline"] + report["limit"]),
             LEFT: report["end"] - report["baseline"],
             STALL: good["longestStall"] * 1000,
             BUDGET_PEAK: report["budgetPeak"],
             KICKED: kicked,
             EXHAUSTED: exhausted,
+            SERVER_CPU: used["server"] / max(1, good["descriptors"]) * 1e6,
+            SERVER_BUSY: used["server"] / good["seconds"],
+            ATTACKERS_BUSY: used.get("attackers", 0.0) / good["seconds"],
+            CLIENT_BUSY: used["client"] / good["seconds"],
+            SAMPLER_BUSY: sampler.busy,
         },
         attacked,
         report,

@@ -31,7 +31,8 @@ from pyamp_fds.handover.commands import (
     Take,
     UnknownPort,
 )
-from pyamp_fds.handover.service import Handover, IDrainable
+from pyamp_fds.handover.connections import IDrainable
+from pyamp_fds.handover.service import Handover
 
 __all__ = [
     "Handover",

@@ -288,7 +288,7 @@ static void test_close_all_runs(void)
 
 static void test_passcred_no_fds(void)
 {
-    int sv[2], got[4], nfds = -1, flags = -1, one = 1;
+    int sv[2], got[PAF_MAX_FDS_PER_MESSAGE], nfds = -1, flags = -1, one = 1;
     char buf[8];
 
     make_pair(sv);
@@ -335,7 +335,7 @@ static void test_send_fds_without_data(void)
 
 static void test_sendmsg_several_buffers(void)
 {
-    int sv[2], sent[2], got[8], nfds = -1, flags = -1;
+    int sv[2], sent[2], got[PAF_MAX_FDS_PER_MESSAGE], nfds = -1, flags = -1;
     char buf[32];
     struct iovec iov[4] = {
         { "ab", 2 }, { "", 0 }, { "cdefg", 5 }, { "h", 1 },
@@ -364,44 +364,70 @@ static void test_send_bad_descriptor(void)
     close_pair(sv);
 }
 
-/* Sends 10 descriptors and receives them with room for max_fds: nothing may
- * be kept, and nothing may stay open. */
-static void receive_truncated(int max_fds, int passcred)
+/* What a truncated receive returns: the data, MSG_CTRUNC, and, still open,
+ * the first nfds of the ten sent (up to all ten), in order, close-on-exec.
+ * The caller closes them, where it chooses: closing a peer's descriptor may
+ * block. */
+static void check_truncated(const char *buf, const int *sent, const int *got, int nfds,
+                            int flags, int open_before)
 {
-    int sv[2], sent[10], got[10], nfds = -1, flags = -1, one = 1, open_before;
+    CHECK(memcmp(buf, "0123456789", 10) == 0);
+    CHECK(flags & MSG_CTRUNC);
+    CHECK(nfds >= 0 && nfds <= 10);
+    for (int i = 0; i < nfds; i++) {
+        CHECK(same_file(got[i], sent[i]));
+        CHECK(is_cloexec(got[i]));
+    }
+    CHECK_EQ(count_fds(), open_before + nfds);
+    paf_close_all(got, nfds);
+    CHECK_EQ(count_fds(), open_before);
+}
+
+/* Sends 10 descriptors and receives them with room for max_fds: the
+ * receive is reported as truncated, and the expected number that arrived
+ * are handed back. */
+static void receive_truncated(int max_fds, int passcred, int expected)
+{
+    int sv[2], sent[10], kept[10], got[PAF_MAX_FDS_PER_MESSAGE];
+    int nfds = -1, flags = -1, one = 1, open_before;
     char buf[32];
 
     make_pair(sv);
     if (passcred)
         CHECK(setsockopt(sv[1], SOL_SOCKET, SO_PASSCRED, &one, sizeof one) == 0);
     make_files(sent, 10);
+    /* Our own copies, to compare with (the sent ones go). */
+    CHECK_EQ(paf_dup_all(sent, 10, kept), 0);
     CHECK_EQ(paf_send(sv[0], "0123456789", 10, sent, 10, 0), 10);
     paf_close_all(sent, 10);
     open_before = count_fds();
     CHECK_EQ(paf_recvmsg(sv[1], buf, sizeof buf, got, max_fds, &nfds, &flags), 10);
-    CHECK(memcmp(buf, "0123456789", 10) == 0);
-    CHECK_EQ(nfds, 0);
-    CHECK(flags & MSG_CTRUNC);
-    CHECK_EQ(count_fds(), open_before);
+    CHECK_EQ(nfds, expected);
+    check_truncated(buf, kept, got, nfds, flags, open_before);
+    paf_close_all(kept, 10);
     close_pair(sv);
 }
 
-/* The kernel installs them all (the credentials room is free), we drop them. */
-static void test_recv_ctrunc_max_fds_3(void) { receive_truncated(3, 0); }
-static void test_recv_ctrunc_max_fds_0(void) { receive_truncated(0, 0); }
-/* The kernel itself truncates: the credentials take their room. */
-static void test_recv_ctrunc_passcred(void) { receive_truncated(3, 1); }
+/* Room for fewer than a whole message is exact: the kernel installs that
+ * many and drops the rest. */
+static void test_recv_ctrunc_max_fds_3(void) { receive_truncated(3, 0, 3); }
+static void test_recv_ctrunc_max_fds_0(void) { receive_truncated(0, 0, 0); }
+/* With credentials passing on, the credentials come first and take room of
+ * their own: still exactly max_fds arrive. */
+static void test_recv_ctrunc_passcred(void) { receive_truncated(3, 1, 3); }
 
-/* The receiver at RLIMIT_NOFILE: the kernel installs what it can, sets
- * MSG_CTRUNC, and what did arrive is closed. */
+/* The receiver at RLIMIT_NOFILE: the kernel installs what it can and sets
+ * MSG_CTRUNC; what did arrive is handed back. */
 static void test_recv_ctrunc_at_fd_limit(void)
 {
-    int sv[2], sent[10], got[10], nfds = -1, flags = -1, open_before, free_slots = 0, fd;
+    int sv[2], sent[10], kept[10], got[PAF_MAX_FDS_PER_MESSAGE];
+    int nfds = -1, flags = -1, open_before, free_slots = 0, fd;
     struct rlimit saved, low;
     char buf[32];
 
     make_pair(sv);
     make_files(sent, 10);
+    CHECK_EQ(paf_dup_all(sent, 10, kept), 0);
     CHECK_EQ(paf_send(sv[0], "0123456789", 10, sent, 10, 0), 10);
     paf_close_all(sent, 10);
 
@@ -418,15 +444,15 @@ static void test_recv_ctrunc_at_fd_limit(void)
     CHECK(setrlimit(RLIMIT_NOFILE, &low) == 0);
     CHECK_EQ(paf_recvmsg(sv[1], buf, sizeof buf, got, 10, &nfds, &flags), 10);
     CHECK(setrlimit(RLIMIT_NOFILE, &saved) == 0);
-    CHECK_EQ(nfds, 0);
-    CHECK(flags & MSG_CTRUNC);
-    CHECK_EQ(count_fds(), open_before);
+    CHECK_EQ(nfds, 3);
+    check_truncated(buf, kept, got, nfds, flags, open_before);
+    paf_close_all(kept, 10);
     close_pair(sv);
 }
 
 static void test_recv_bad_max_fds(void)
 {
-    int sv[2], got[1], nfds = -1, flags = -1;
+    int sv[2], got[PAF_MAX_FDS_PER_MESSAGE], nfds = -1, flags = -1;
     char buf[4];
 
     make_pair(sv);
@@ -441,7 +467,7 @@ static void test_recv_bad_max_fds(void)
  * a read stops right after a message carrying descriptors. */
 static void test_recv_stops_after_descriptors(void)
 {
-    int sv[2], sent[2], got[4], nfds = -1, flags = -1;
+    int sv[2], sent[2], got[PAF_MAX_FDS_PER_MESSAGE], nfds = -1, flags = -1;
     char buf[32];
 
     make_pair(sv);
@@ -598,7 +624,7 @@ static void test_send_peer_closed_epipe(void)
 
 static void test_recv_eof(void)
 {
-    int sv[2], got[4], nfds = -1, flags = -1;
+    int sv[2], got[PAF_MAX_FDS_PER_MESSAGE], nfds = -1, flags = -1;
     char buf[8];
 
     make_pair(sv);
