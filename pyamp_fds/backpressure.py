@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from pyamp_fds import _twisted
+from pyamp_fds.fdio import MAX_FDS_PER_MESSAGE
 
 if TYPE_CHECKING:
     from typing import Protocol
@@ -112,7 +113,8 @@ class ReadGate(_twisted.TransportHooks):
         """
         budget = self.descriptorBudget
         room = budget.room()
-        if room >= budget.fullReceive or self._holdsUnclaimed():
+        # A full receive's worth is at least fullReceive: no need to ask.
+        if room >= MAX_FDS_PER_MESSAGE or room >= budget.fullReceive or self._holdsUnclaimed():
             # A connection holding unclaimed descriptors reads on with the
             # room there is: the rest of the box that claims them may be in
             # its socket, and one that sends more than fits is the one closed.

@@ -290,7 +290,9 @@ class FastDispatch(_DispatchBase):
             question.addErrback(self.unhandledError)
             question.errback(failure)
             return
-        self.receivedDescriptors.boxDispatched()
+        if not plan.emptyResponse:
+            # (An empty response claims nothing.)
+            self.receivedDescriptors.boxDispatched()
         question.callback(result)
         # Twisted adds unhandledError last before firing; where the chain
         # ran to its end, the outcome is the same when it is added after

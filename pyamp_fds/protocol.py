@@ -265,6 +265,8 @@ class _Framing(DescriptorExchange, _twisted.BoxProtocolHooks):
 
     def _encodeOutgoing(self) -> bytes:
         boxes, self._outgoing = self._outgoing, []
+        if len(boxes) == 1:
+            return encode_box(boxes[0])
         return encode_boxes(boxes) if boxes else b""
 
     def flushBoxes(self) -> None:

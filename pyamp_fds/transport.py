@@ -189,7 +189,7 @@ class _Batching(PeerCredentialsMixin, ReadGate):
                 if result < len(data):
                     super().write(data[result:])  # type: ignore[no-untyped-call]
                 result = None
-        if result is None and self._outputPending():
+        if result is None and (self._writeHooks or _twisted.hasBufferedOutput(self)):
             self.startWriting()
         return result  # type: ignore[return-value]
 
@@ -296,7 +296,7 @@ class _Batching(PeerCredentialsMixin, ReadGate):
         view = memoryview(data)
         size = len(view)
         queue = self._queue
-        if not size and queue and not self.TLS:
+        if not size and not self.TLS and queue:
             # Every byte written has gone, and a descriptor still waits:
             # none is left to carry it (IUNIXTransport's rule, as in
             # Twisted: write at least one byte with descriptors).  After
@@ -307,14 +307,13 @@ class _Batching(PeerCredentialsMixin, ReadGate):
         fds: Sequence[int]
         while total < size:
             length = size - total
-            if queue:
-                fds, limit = queue.nextGroup(self._bytesSent)
-                if limit is not None and limit < length:
-                    # The next group must still find a byte of the box that
-                    # names it: stop this message where that box may begin.
-                    length = limit
-            else:
-                fds = ()
+            # Every queued descriptor, or the first groupful (limit: then
+            # more are left).
+            fds, limit = queue.nextGroup(self._bytesSent)
+            if limit is not None and limit < length:
+                # The next group must still find a byte of the box that
+                # names it: stop this message where that box may begin.
+                length = limit
             try:
                 sent, _ = send_with_fds(fileno, view[total : total + length], fds)
             except BlockingIOError:
@@ -332,7 +331,8 @@ class _Batching(PeerCredentialsMixin, ReadGate):
                 queue.sent(len(fds))
             total += sent
             self._bytesSent += sent
-            if sent < length and not queue:
+            if sent < length and limit is None:
+                # The socket is full, and no descriptor is left to send.
                 break
         return total
 
@@ -398,11 +398,16 @@ class _Batching(PeerCredentialsMixin, ReadGate):
             result = self.deliverData(data)
         finally:
             self._reading = False
-        if result is None and self._outputPending() and not self.disconnecting:
+        if (
+            result is None
+            and (self._writeHooks or _twisted.hasBufferedOutput(self))
+            and not self.disconnecting
+        ):
             # Answers to what was just read go out now, in one sendmsg.
             result = self._flushAfterRead()
-        if result is None:
-            self.stopReadingIfPeerIsBehind()
+            if result is None:
+                # (With nothing left to send, the peer cannot be behind.)
+                self.stopReadingIfPeerIsBehind()
         return result
 
     def _outputPending(self) -> bool:
