@@ -189,9 +189,17 @@ class Port(unix.Port):
         own user (C{os.getuid()}).
     @ivar refusalLogInterval: the seconds between log lines about refused
         connections.
+    @ivar evictionPenalty: the seconds for which a process is refused new
+        connections after one of its connections was closed for holding
+        more descriptors than its share (or the most, when the process's
+        budget ran out): it would otherwise connect again at once and take
+        as much again, each time costing the server the work of receiving
+        and closing what it sends.  Its other connections are left alone.
+        C{0} turns this off.
     """
 
     refusalLogInterval = 1.0
+    evictionPenalty = 1.0
 
     if TYPE_CHECKING:
         # Twisted declares IReactorFDSet; a port's is a whole reactor.
@@ -227,11 +235,15 @@ class Port(unix.Port):
         self._refusalCall: IDelayedCall | None = None
         self._refusedSince: Counter[str] = Counter()
         self._refusedOthers = 0
+        # Process ids refused until a time (the reactor's seconds).
+        self._penalized: dict[int, float] = {}
 
     def admits(self, credentials: PeerCredentials) -> bool:
         """
         Whether a peer with these L{PeerCredentials} may connect.
         """
+        if self._penalized and self._penalizedNow(credentials.pid):
+            return False
         uids, gids = self.allowedUIDs, self.allowedGIDs
         if uids is None and gids is None:
             return True
@@ -239,8 +251,45 @@ class Port(unix.Port):
             gids is not None and credentials.gid in gids
         )
 
+    def penalize(self, transport: ITransport) -> None:
+        """
+        A connection accepted here is being closed for holding more
+        descriptors than its share: refuse its peer's process new
+        connections for L{evictionPenalty} seconds.
+        """
+        if self.evictionPenalty <= 0:
+            return
+        try:
+            credentials = transport.getPeerCredentials()  # type: ignore[attr-defined]
+        except (AttributeError, OSError):
+            return
+        if credentials.pid <= 0:
+            # No process to name (a peer in another pid namespace reads as 0).
+            return
+        now = self.reactor.seconds()
+        for pid, until in list(self._penalized.items()):
+            if until <= now:
+                del self._penalized[pid]
+        self._penalized[credentials.pid] = now + self.evictionPenalty
+        _log.warn(
+            "{port}: refusing new connections from {peer} for {seconds} s: its connection "
+            "held more descriptors than its share",
+            port=self,
+            peer=describeCredentials(credentials),
+            seconds=self.evictionPenalty,
+        )
+
+    def _penalizedNow(self, pid: int) -> bool:
+        until = self._penalized.get(pid)
+        if until is None:
+            return False
+        if self.reactor.seconds() < until:
+            return True
+        del self._penalized[pid]
+        return False
+
     def doRead(self) -> None:
-        if self.allowedUIDs is None and self.allowedGIDs is None:
+        if self.allowedUIDs is None and self.allowedGIDs is None and not self._penalized:
             # Twisted leaves tcp.Port.doRead unannotated.
             return super().doRead()  # type: ignore[no-untyped-call, no-any-return]
         _twisted.acceptAdmitted(self, _credentialsOrNone, self.admits, self._refused)
@@ -254,10 +303,15 @@ class Port(unix.Port):
                 self._refusedOthers += 1
             return
         logger.warn(
-            "{port}: refused a connection from {peer}: not an allowed user or group",
+            "{port}: refused a connection from {peer}: {why}",
             port=self,
             peer=describeCredentials(credentials),
             credentials=credentials,
+            why=(
+                "its process exceeded its descriptor share moments ago"
+                if credentials is not None and credentials.pid in self._penalized
+                else "not an allowed user or group"
+            ),
         )
         self._refusalCall = self.reactor.callLater(self.refusalLogInterval, self._refusalsLogged)
 
@@ -286,7 +340,8 @@ class Port(unix.Port):
         if others:
             peers += ", and %d from other peers" % (others,)
         _log.warn(
-            "{port}: refused {count} more {connections} from {peers}: not allowed users or groups",
+            "{port}: refused {count} more {connections} from {peers}: not allowed users or "
+            "groups, or processes that exceeded their descriptor share moments ago",
             port=self,
             count=count,
             connections="connection" if count == 1 else "connections",

@@ -50,6 +50,7 @@ from pyamp_fds.exchange import DescriptorExchange
 from pyamp_fds.errors import (
     FramingError,
     KeyTooLong,
+    TooManyUnclaimedDescriptors,
 )
 from pyamp_fds.interfaces import IBatchingTransport
 
@@ -199,6 +200,11 @@ class _Framing(DescriptorExchange, _twisted.BoxProtocolHooks):
                 error=error,
                 peer=describePeer(self.transport) if self.transport is not None else "nobody",
             )
+            if isinstance(error, TooManyUnclaimedDescriptors):
+                # A listening port may keep the peer's process out a while.
+                penalize = getattr(self.transport, "peerExceededShare", None)
+                if penalize is not None:
+                    penalize()
         self.receivedDescriptors.closeAll()
         if self.transport is not None:
             self.transport.loseConnection()

@@ -479,6 +479,17 @@ class Server(_Batching, unix.Server):
         self._initBatching()
         unix.Server.__init__(self, *args, **kwargs)
 
+    def peerExceededShare(self) -> None:
+        """
+        The protocol is closing this connection because its peer held more
+        descriptors than its share: the listening port may refuse the
+        peer's process new connections for a while
+        (L{pyamp_fds.credentials.Port.evictionPenalty}).
+        """
+        penalize = getattr(self.server, "penalize", None)
+        if penalize is not None:
+            penalize(self)
+
 
 @implementer(IBatchingTransport)
 class Client(_Batching, unix.Client):

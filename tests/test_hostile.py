@@ -855,3 +855,103 @@ class BudgetTests(HostileTestCase):
         yield self.assertFailure(waiting[closed.index(True)], TooManyUnclaimedDescriptors)
         waiting[closed.index(False)].addErrback(lambda failure: None)
         self.flushLoggedErrors(DescriptorProtocolError)
+
+
+class EvictionPenaltyTests(HostileTestCase):
+    """
+    A process whose connection a listening port's server closed for holding
+    more descriptors than its share is refused new connections for
+    L{pyamp_fds.credentials.Port.evictionPenalty} seconds; its other
+    connections, and everyone else, are left alone.
+    """
+
+    useBudget = BudgetTests.useBudget
+    openPipes = BudgetTests.openPipes
+
+    @defer.inlineCallbacks
+    def test_refusedForAWhile(self):
+        """
+        After the flooding connection is closed, a new connection from the
+        same process is closed as soon as it is accepted (no protocol is
+        built for it) until the penalty has passed; then it is served.
+        """
+        from pyamp_fds.endpoints import listenUNIX
+
+        self.useBudget(DescriptorBudget(limit=2000, share=30))
+        built = []
+
+        class Factory(protocol.Factory):
+            def buildProtocol(self, addr):
+                proto = Responder()
+                built.append(proto)
+                self_._lost.append(watchLost(proto))
+                return proto
+
+        self_ = self
+        path = self.mktemp() + ".sock"
+        port = listenUNIX(reactor, path, Factory())
+        port.evictionPenalty = 0.5
+        self.addCleanup(port.stopListening)
+
+        def connected():
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(path)
+            sock.setblocking(False)
+            self.addCleanup(sock.close)
+            return sock
+
+        flooder = connected()
+        yield waitFor(lambda: len(built) == 1, timeout=2)
+        lost = watchLost(built[0])
+        fds = self.openPipes(10)
+        for i in range(5):
+            try:
+                fdio.send_with_fds(flooder, box(_ask=i, _command="Hello", text="hi"), fds)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+        closed = yield waitFor(lambda: lost.called, timeout=2)
+        self.assertTrue(closed, "the flooder is still connected")
+        penalizedAt = time.monotonic()
+
+        refused = connected()
+        gone = yield waitFor(lambda: _hungUp(refused), timeout=2)
+        self.assertTrue(gone, "a connection during the penalty was not closed")
+        self.assertEqual(len(built), 1)
+
+        yield waitFor(lambda: time.monotonic() - penalizedAt > 0.6, timeout=2)
+        served = connected()
+        yield waitFor(lambda: len(built) == 2, timeout=2)
+        self.assertEqual(len(built), 2)
+        fdio.send_with_fds(served, box(_ask=1, _command="Hello", text="again"))
+        answered = yield waitFor(lambda: _readable(served), timeout=2)
+        self.assertTrue(answered)
+        yield threads.deferToThread(waitUntilClosed)
+        self.flushLoggedErrors(DescriptorProtocolError)
+
+    def test_offWithZero(self):
+        """
+        With C{evictionPenalty} 0, nothing is recorded.
+        """
+        from pyamp_fds.credentials import Port
+
+        port = Port.__new__(Port)
+        port.evictionPenalty = 0
+        port._penalized = {}
+        port.penalize(object())
+        self.assertEqual(port._penalized, {})
+
+
+def _hungUp(sock):
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def _readable(sock):
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK))
+    except BlockingIOError:
+        return False
