@@ -59,7 +59,7 @@ bench: $(INSTALLED) $(BENCH_PROGRAMS) bench-tools
 # (needs ptrace: root, or kernel.yama.ptrace_scope=0): a summary per shape and
 # side in benchmarks/results/profiles/*.txt, collapsed stacks beside them.
 profile: $(INSTALLED)
-	$(PY) benchmarks/profile.py
+	$(PY) benchmarks/profiles.py
 
 # wrk, from the system's packages, for the broker scenario: installed when
 # missing if we are root; otherwise that scenario says it was skipped.

@@ -1,7 +1,7 @@
 """
 Where the time goes in the AMP scenario's pyamp_fds peers: C{make profile}.
 
-    python benchmarks/profile.py [--rate HZ] [--out DIR] [--only NAME]
+    python benchmarks/profiles.py [--rate HZ] [--out DIR] [--only NAME]
 
 Runs benchmarks/amp_peer.py with pyamp_fds, pipelined (256 calls in
 flight) and one call at a time, under py-spy's sampling profiler (which
