@@ -5,6 +5,8 @@ without sockets.
 
 import os
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from pyamp_fds.descriptors import ReceivedDescriptors
@@ -143,4 +145,75 @@ class BudgetedTableTests(SynchronousTestCase):
         table.closeAll()
         waitUntilClosed()
         self.assertEqual(budget.used, 0)
+        assertNoNewDescriptors(before)
+
+
+# Steps of the model test: receive N, claim an ordinal, claim a range, end
+# the box (dispatched, or failed so the table closes what it claimed).
+_steps = st.one_of(
+    st.tuples(st.just("receive"), st.integers(0, 6)),
+    st.tuples(st.just("claim"), st.integers(-2, 40)),
+    st.tuples(st.just("range"), st.integers(-2, 40), st.integers(0, 6)),
+    st.tuples(st.just("dispatched")),
+    st.tuples(st.just("failed")),
+)
+
+
+class TableModelTests(SynchronousTestCase):
+    """
+    The table against a plain model (a dict of ordinal to descriptor), over
+    random sequences of receives, claims, range claims and box outcomes:
+    each claim gives exactly the descriptor received under that ordinal, or
+    fails and takes nothing; every descriptor ends up closed exactly once,
+    by the table or by whoever it was handed to.
+    """
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.lists(_steps, max_size=40))
+    def test_matchesModel(self, steps):
+        before = openDescriptors()
+        table = ReceivedDescriptors(lambda error: None)
+        model = {}
+        modelFds = {}  # every ordinal's descriptor, claimed or not
+        inBox, boxFds = [], []
+        owned = []  # handed to a receiver: the test closes them
+        for step in steps:
+            kind = step[0]
+            if kind == "receive":
+                fds = [os.open(os.devnull, os.O_RDONLY) for _ in range(step[1])]
+                start = table.received
+                table.receive(fds, 10**6)
+                model.update(zip(range(start, start + len(fds)), fds))
+                modelFds.update(zip(range(start, start + len(fds)), fds))
+            elif kind == "claim":
+                ordinal = step[1]
+                if ordinal in model:
+                    self.assertEqual(table.claim(ordinal), model.pop(ordinal))
+                    inBox.append(ordinal)
+                    boxFds.append(modelFds[ordinal])
+                else:
+                    self.assertRaises(UnknownDescriptor, table.claim, ordinal)
+            elif kind == "range":
+                start, count = step[1], step[2]
+                ordinals = range(start, start + count)
+                if all(o in model for o in ordinals):
+                    self.assertEqual(table.claimRange(start, count), [model.pop(o) for o in ordinals])
+                    inBox.extend(ordinals)
+                    boxFds.extend(modelFds[o] for o in ordinals)
+                else:
+                    self.assertRaises(UnknownDescriptor, table.claimRange, start, count)
+            elif kind == "dispatched":
+                table.boxDispatched()
+                owned.extend(boxFds)
+                inBox, boxFds = [], []
+            else:
+                # The table closes what the failed box claimed.
+                table.releaseBox()
+                inBox, boxFds = [], []
+            self.assertEqual(table.unclaimed, len(model))
+            self.assertEqual(table.claimedByBox, len(inBox))
+            self.assertEqual(table.oldestUnclaimed, min(model, default=table.received))
+        table.closeAll()
+        for fd in owned:
+            os.close(fd)
         assertNoNewDescriptors(before)

@@ -600,3 +600,87 @@ class SeparateLocatorTests(FakeConnectionTestCase):
         self.assertIn("locateResponder", str(error.value))
         self.assertEqual(locator.located, [b"TakeThenNumber"])
         self.assertEqual(locator.taken, [])
+
+
+class HandOverThenTextByTwisted(amp.Command):
+    """
+    L{HandOverThenText} through Twisted's chain (its own C{makeArguments}).
+    """
+
+    commandName = b"HandOverThenText"
+    arguments = [(b"fd", pyamp_fds.Descriptor(transfer=True)), (b"text", amp.String())]
+    response = []
+
+    @classmethod
+    def makeArguments(cls, objects, proto):
+        return super().makeArguments(objects, proto)
+
+
+class GiveTextByTwisted(amp.Command):
+    """
+    L{GiveText} answered through Twisted's chain (its own C{makeResponse}).
+    """
+
+    commandName = b"GiveText"
+    arguments = [(b"length", amp.Integer())]
+    response = [(b"fd", pyamp_fds.Descriptor()), (b"text", amp.String())]
+
+    @classmethod
+    def makeResponse(cls, objects, proto):
+        return super().makeResponse(objects, proto)
+
+
+class TwistedTextResponder(pyamp_fds.AMP):
+    def __init__(self, fd):
+        super().__init__()
+        self.fd = fd
+
+    @GiveTextByTwisted.responder
+    def give(self, length):
+        return {"fd": self.fd, "text": b"x" * length}
+
+
+class TooLongOnTwistedsChainTests(FakeConnectionTestCase):
+    """
+    A box too long for AMP takes back its descriptors on Twisted's chain
+    too: the box is checked when queued, whichever path made it.
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.fd = os.open("/dev/null", os.O_RDONLY)
+        self.addCleanup(os.close, self.fd)
+
+    def test_call(self):
+        """
+        A call made by Twisted's C{callRemote} whose text is too long
+        raises L{amp.TooLong}; the handed-over descriptor is the caller's
+        again, nothing stays queued and no ordinal is used.
+        """
+        server, client = PlannedResponder(), pyamp_fds.AMP()
+        pump = self.connect(server, client)
+        inode = identity(self.fd)
+        with self.assertRaises(amp.TooLong):
+            client.callRemote(HandOverThenTextByTwisted, fd=self.fd, text=b"x" * 70000)
+        self.assertEqual(client.transport.queuedDescriptors, [])
+        self.assertEqual(client.descriptorsSent, 0)
+        self.assertEqual(identity(self.fd), inode)
+        pump.flush()
+        self.assertEqual(server.receivedDescriptors.received, 0)
+
+    def test_answer(self):
+        """
+        An answer made by Twisted's C{makeResponse} whose text is too long
+        fails as in Twisted (L{amp.TooLong} logged, the connection dropped),
+        and the duplicate queued for it is never sent.
+        """
+        server, client = TwistedTextResponder(self.fd), pyamp_fds.AMP()
+        pump = self.connect(server, client)
+        lost = watchLost(server)
+        answer = self.caught(client.callRemote(GiveText, length=70000))
+        pump.flush()
+        self.assertTrue(self.flushLoggedErrors(amp.TooLong))
+        self.assertEqual(server.descriptorsSent, 0)
+        self.assertEqual(client.receivedDescriptors.received, 0)
+        self.assertEqual(len(lost), 1)
+        self.failureResultOf(answer)
