@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from twisted.internet import address, unix
 from twisted.logger import Logger
 
-from pyamp_fds import _twisted
+from pyamp_fds import _twistedsockets
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, ITransport
@@ -203,7 +203,7 @@ class Port(unix.Port):
 
     if TYPE_CHECKING:
         # Twisted declares IReactorFDSet; a port's is a whole reactor.
-        reactor: _twisted.IPortReactor
+        reactor: _twistedsockets.IPortReactor
 
     # How many different peers a summary of refusals names; the others are
     # only counted, so a flood from many processes takes bounded memory.
@@ -215,7 +215,7 @@ class Port(unix.Port):
         factory: Factory,
         backlog: int = 50,
         mode: int = 0o666,
-        reactor: _twisted.IPortReactor | None = None,
+        reactor: _twistedsockets.IPortReactor | None = None,
         wantPID: int = 0,
         allowedUIDs: Iterable[int] | None = None,
         allowedGIDs: Iterable[int] | None = None,
@@ -292,7 +292,7 @@ class Port(unix.Port):
         if self.allowedUIDs is None and self.allowedGIDs is None and not self._penalized:
             # Twisted leaves tcp.Port.doRead unannotated.
             return super().doRead()  # type: ignore[no-untyped-call, no-any-return]
-        _twisted.acceptAdmitted(self, _credentialsOrNone, self.admits, self._refused)
+        _twistedsockets.acceptAdmitted(self, _credentialsOrNone, self.admits, self._refused)
 
     def _refused(self, credentials: PeerCredentials | None, logger: Logger) -> None:
         if self._refusalCall is not None:

@@ -17,7 +17,7 @@ from twisted.protocols import amp
 from twisted.trial.unittest import SkipTest
 
 import pyamp_fds
-from pyamp_fds import fdio, transport
+from pyamp_fds import fdio, writing
 from pyamp_fds.codec import BoxDecoder
 from pyamp_fds.errors import (
     DescriptorListTooLong,
@@ -656,7 +656,7 @@ class TransportGroupingTests(_Room, DrivenTestCase):
         # Where in the stream each sendmsg carrying descriptors began.
         sent = {"bytes": 0}
         groups = []
-        real = transport.send_with_fds
+        real = writing.send_with_fds
 
         def recording(sockfd, data, fds=()):
             result = real(sockfd, data, fds)
@@ -665,7 +665,7 @@ class TransportGroupingTests(_Room, DrivenTestCase):
             sent["bytes"] += result[0]
             return result
 
-        self.patch(transport, "send_with_fds", recording)
+        self.patch(writing, "send_with_fds", recording)
         fds = newFiles(count)
         expected = [identity(fd) for fd in fds]
         try:

@@ -21,7 +21,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 import pyamp_fds
 from pyamp_fds import closer, fdio
-from pyamp_fds import transport as transportModule
+from pyamp_fds import writing as writingModule
 from pyamp_fds.budget import DescriptorBudget, processBudget, setProcessBudget
 from pyamp_fds.closer import waitUntilClosed
 from pyamp_fds.errors import (
@@ -296,7 +296,7 @@ class BackOffTests(HostileTestCase):
         """
         server, client = self.connect(Responder(self.given), pyamp_fds.AMP())
         serverFd = server.transport.fileno()
-        real = transportModule.send_with_fds
+        real = writingModule.send_with_fds
         state = {"until": None, "refused": 0}
 
         def sendWithFds(fileno, data, fds=()):
@@ -306,7 +306,7 @@ class BackOffTests(HostileTestCase):
                 raise OSError(errno.ETOOMANYREFS, os.strerror(errno.ETOOMANYREFS))
             return real(fileno, data, fds)
 
-        self.patch(transportModule, "send_with_fds", sendWithFds)
+        self.patch(writingModule, "send_with_fds", sendWithFds)
         state["until"] = time.monotonic() + self.FAILING
         answers = []
 
