@@ -114,15 +114,22 @@ class Responder(pyamp_fds.AMP):
         return defer.succeed({"fd": self.fd, "n": n})
 
 
-class SettledOnEveryPathTests(FakeConnectionTestCase):
+class WithDescriptorTestCase(FakeConnectionTestCase):
     """
-    Failed boxes settle their descriptors on Twisted's chain too.
+    An in-memory connection test with C{self.fd}, a descriptor of the
+    test's own (C{/dev/null}), closed when it ends.
     """
 
     def setUp(self):
         super().setUp()
         self.fd = os.open("/dev/null", os.O_RDONLY)
         self.addCleanup(os.close, self.fd)
+
+
+class SettledOnEveryPathTests(WithDescriptorTestCase):
+    """
+    Failed boxes settle their descriptors on Twisted's chain too.
+    """
 
     def test_callThroughTwistedTakesNothing(self):
         """
@@ -243,16 +250,11 @@ class PlannedResponder(pyamp_fds.AMP):
         return None
 
 
-class PlannedPathTests(FakeConnectionTestCase):
+class PlannedPathTests(WithDescriptorTestCase):
     """
     Calls made and answered from a command's plan (no step of Twisted's
     overridden) keep Twisted's outcomes, and settle their descriptors.
     """
-
-    def setUp(self):
-        super().setUp()
-        self.fd = os.open("/dev/null", os.O_RDONLY)
-        self.addCleanup(os.close, self.fd)
 
     def test_failureBeforeTheDescriptorTakesNothing(self):
         """
@@ -350,7 +352,7 @@ class TextResponder(pyamp_fds.AMP):
         return {"fd": self.fd, "text": b"x" * length}
 
 
-class TooLongAnswerTests(FakeConnectionTestCase):
+class TooLongAnswerTests(WithDescriptorTestCase):
     """
     An answer too long for AMP fails as in Twisted, taking back the
     descriptor queued for it.
@@ -363,9 +365,7 @@ class TooLongAnswerTests(FakeConnectionTestCase):
         connection, the duplicate queued for the answer is closed, never
         sent, and the caller's call fails.
         """
-        fd = os.open("/dev/null", os.O_RDONLY)
-        self.addCleanup(os.close, fd)
-        server, client = TextResponder(fd), pyamp_fds.AMP()
+        server, client = TextResponder(self.fd), pyamp_fds.AMP()
         pump = self.connect(server, client)
         lost = watchLost(server)
         answer = self.caught(client.callRemote(GiveText, length=70000))
@@ -456,18 +456,13 @@ class OverridingLocator(Locator):
         return super().locateResponder(name)
 
 
-class SeparateLocatorTests(FakeConnectionTestCase):
+class SeparateLocatorTests(WithDescriptorTestCase):
     """
     A L{pyamp_fds.AMP} whose locator is a separate
     L{amp.CommandLocator} serves responders that take and return
     descriptors, and settles a failed box's descriptors as for its own
     responders.
     """
-
-    def setUp(self):
-        super().setUp()
-        self.fd = os.open("/dev/null", os.O_RDONLY)
-        self.addCleanup(os.close, self.fd)
 
     def openFiles(self, count):
         """
@@ -640,16 +635,11 @@ class TwistedTextResponder(pyamp_fds.AMP):
         return {"fd": self.fd, "text": b"x" * length}
 
 
-class TooLongOnTwistedsChainTests(FakeConnectionTestCase):
+class TooLongOnTwistedsChainTests(WithDescriptorTestCase):
     """
     A box too long for AMP takes back its descriptors on Twisted's chain
     too: the box is checked when queued, whichever path made it.
     """
-
-    def setUp(self):
-        super().setUp()
-        self.fd = os.open("/dev/null", os.O_RDONLY)
-        self.addCleanup(os.close, self.fd)
 
     def test_call(self):
         """

@@ -38,7 +38,7 @@ import threading
 import time
 
 from benchmarks.harness import Scenario, Target, progress
-from benchmarks.scenarios.broker import PERCENTILES, parseWrk
+from benchmarks.scenarios.broker import MODES, PERCENTILES, parseWrk
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROOT = os.path.dirname(HERE)
@@ -54,11 +54,6 @@ BEFORE = 1.0
 AFTER = 0.5
 UNRESTARTED = 4.0
 WRK_LIMIT = 120
-
-MODES = {
-    "new connection": ["-H", "Connection: close"],
-    "keep-alive": [],
-}
 
 FAILED = "failed requests"
 RESETS = "resets by the server"
