@@ -6,9 +6,9 @@ C{Deferred} chain where the outcome is the same without it; everything else
 through Twisted's own chain.
 
 Whatever path a box takes, its descriptors are settled the same way: a box
-that fails to serialize takes back what it queued
-(L{pyamp_fds.protocol._Framing.serializing}), and a box that fails to parse
-closes what it claimed
+that fails to serialize or to be queued takes back what was queued for it
+(L{pyamp_fds.exchange.DescriptorExchange.takeBackUnboxed}), and a box that
+fails to parse closes what it claimed
 (L{pyamp_fds.descriptors.ReceivedDescriptors.releaseBox}).
 """
 
@@ -226,11 +226,11 @@ class FastDispatch(_DispatchBase):
                     raise amp.InvalidSignature(f"{name} is not a valid argument")
         boxType: type[amp.AmpBox] = commandType.commandType  # type: ignore[assignment]
         box = amp.AmpBox.__new__(amp.AmpBox) if boxType is amp.AmpBox else newBox(boxType)
-        if spec.needsMark:
-            self.serializing(spec.toStrings, kw, box, self)
-        else:
-            # Nothing can fail after a descriptor was queued for this box.
+        try:
             spec.toStrings(kw, box, self)
+        except BaseException:
+            self.takeBackUnboxed()
+            raise
         requiresAnswer = commandType.requiresAnswer
         failed = self.failedAllOutgoing()
         if self.boxSender is not self or type(box) is not amp.AmpBox:

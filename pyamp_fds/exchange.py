@@ -193,28 +193,22 @@ class DescriptorExchange:
     def serializing(self, toStrings: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         """
         Run C{toStrings(*args, **kwargs)}, which makes a box's strings, taking back the
-        descriptors its arguments queued if it fails: the box will not be
-        sent, so neither may they (the peer would hold them unclaimed;
-        handed-over ones are the caller's again), and their ordinals are
-        given again.
+        descriptors its arguments queued if it fails (L{takeBackUnboxed}).
         """
-        transport = self.transport
-        if not self._batching or transport is None:
-            return toStrings(*args, **kwargs)
-        sent, mark = self._sent, transport.descriptorMark()  # type: ignore[attr-defined]
         try:
             return toStrings(*args, **kwargs)
         except BaseException:
-            transport.withdrawDescriptors(mark)  # type: ignore[attr-defined]
-            self._sent = sent
+            self.takeBackUnboxed()
             raise
 
     def takeBackUnboxed(self) -> None:
         """
-        The box being sent failed when queued (it does not encode, or no box
-        may be sent now): take back the descriptors queued for it since the
-        last box was queued, as L{serializing} does when a box's strings
-        fail.  The failure is the same whichever path made the box.
+        The box being made failed (its strings could not be made, it does
+        not encode, or no box may be sent now): take back the descriptors
+        queued since the last box was queued, which are this box's.  It will
+        not be sent, so neither may they (the peer would hold them
+        unclaimed; handed-over ones are the caller's again), and their
+        ordinals are given again.  One rule, whichever path made the box.
         """
         count = self._sent - self._sentBeforeBox
         transport = self.transport

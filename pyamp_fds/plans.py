@@ -145,20 +145,9 @@ def planFor(command: type[amp.Command]) -> _CommandPlan:
 # by the argument's own toBox/fromBox (_OWN).
 _PLAIN, _OURS, _OWN = range(3)
 
-# Argument types whose strings are bytes of bounded length (so a box of only
-# these needs no check before it is queued) and whose toStringProto sends no
-# descriptor (so a failure after them has nothing to take back).
+# Argument types whose strings are bytes of bounded length: a box of only
+# these needs no check before it is queued.
 _BOUNDED_TYPES = (Descriptor, amp.Boolean, amp.Float)
-_QUEUES_NOTHING = (
-    amp.Integer,
-    amp.String,
-    amp.Unicode,
-    amp.Boolean,
-    amp.Float,
-    amp.Decimal,
-    amp.DateTime,
-    amp.Path,
-)
 
 
 class _ArgumentSpec:
@@ -173,9 +162,6 @@ class _ArgumentSpec:
     @ivar checked: whether every string these arguments make is C{bytes} of
         a length AMP allows, whatever the values: a box of them (with keys
         checked once, here) needs no check before it is queued.
-    @ivar needsMark: whether an argument that may queue descriptors comes
-        before another argument, which may fail: only then must a failed
-        box take back what was queued for it.
     """
 
     def __init__(self, arglist: list[tuple[bytes, amp.Argument]]) -> None:
@@ -184,8 +170,6 @@ class _ArgumentSpec:
         self.required: list[str] = []
         self.allowed: set[str] = set()
         self.checked = True
-        self.needsMark = False
-        mayHaveQueued = False
         for wireName, argument in arglist:
             pythonName = _twisted.wireNameToPythonIdentifier(wireName)  # type: ignore[no-untyped-call]
             self.allowed.add(pythonName)
@@ -204,10 +188,6 @@ class _ArgumentSpec:
                 how = _OWN
             if kind not in _BOUNDED_TYPES or not _goodKey(wireName):
                 self.checked = False
-            if mayHaveQueued:
-                self.needsMark = True
-            if kind not in _QUEUES_NOTHING:
-                mayHaveQueued = True
             self.entries.append((wireName, pythonName, argument, argument.optional, how))
         self.names = frozenset(self.allowed)
         self.empty = not self.entries
