@@ -212,7 +212,7 @@ class FastDispatch(_DispatchBase):
             return self._callByTwisted(commandType, a, kw)
         # directCall is only set for a command with an argument spec.
         spec: _ArgumentSpec = plan.arguments  # type: ignore[assignment]
-        if kw.keys() != spec.names:
+        if kw.keys() != spec.allowed:
             forgotten = [name for name in spec.required if name not in kw]
             if forgotten:
                 return fail(

@@ -157,7 +157,7 @@ class _ArgumentSpec:
     L{twisted.protocols.amp.Argument}'s own C{toBox}/C{fromBox} (those are run inline, exactly
     as Twisted runs them; the others through their own methods).
 
-    @ivar names: every argument's Python name.
+    @ivar allowed: every argument's Python name.
     @ivar empty: whether there are no arguments at all.
     @ivar checked: whether every string these arguments make is C{bytes} of
         a length AMP allows, whatever the values: a box of them (with keys
@@ -189,7 +189,6 @@ class _ArgumentSpec:
             if kind not in _BOUNDED_TYPES or not _goodKey(wireName):
                 self.checked = False
             self.entries.append((wireName, pythonName, argument, argument.optional, how))
-        self.names = frozenset(self.allowed)
         self.empty = not self.entries
         self._copyObjects = any(e[4] is _OWN for e in self.entries)
 
