@@ -3,16 +3,17 @@ A pyamp_fds AMP server under attack, a well-behaved client of it, and the
 peers that attack it: the processes of the hostile-load benchmark
 (C{benchmarks/scenarios/hostile.py}).
 
-    python benchmarks/hostile_peer.py serve PATH LIMIT RESERVE [UNCLAIMED_SECONDS]
+    python benchmarks/hostile_peer.py serve PATH LIMIT RESERVE CONNECTIONS [UNCLAIMED_SECONDS]
     python benchmarks/hostile_peer.py client PATH WARMUP SECONDS WINDOW
     python benchmarks/hostile_peer.py attack PATH SHARE [ATTACK,...]
 
 C{serve} listens on PATH (L{pyamp_fds.endpoints.listenUNIX}) with a
-descriptor budget of LIMIT and a soft C{RLIMIT_NOFILE} of LIMIT + RESERVE,
+descriptor budget of LIMIT, room for CONNECTIONS server connections, and a
+soft C{RLIMIT_NOFILE} of LIMIT + CONNECTIONS + RESERVE,
 prints C{ready} and its budget as JSON, and answers two commands: C{Take}
 (one descriptor, which it closes) and C{Open} (answered with a descriptor);
 given UNCLAIMED_SECONDS, its connections have that C{maxUnclaimedSeconds}.
-It tracks the most descriptors its budget held exactly (whoever runs it
+It tracks the most descriptors and connections its budget held exactly (whoever runs it
 samples its open descriptors, C{/proc/PID/fd}, from outside: listing
 thousands of them a hundred times a second would take a quarter of the
 server's CPU, and its interpreter lock, only while it is attacked).  On
@@ -25,7 +26,7 @@ last SECONDS begin and end, then the calls answered in them, the errors it
 saw, and its longest wait for an answer.
 
 C{attack} runs every attack below at once (or those named: C{flood},
-C{share}, C{noread}, C{churn}), each in its own thread over plain
+C{share}, C{noread}, C{churn}, C{hog}), each in its own thread over plain
 sockets and L{pyamp_fds.fdio.send_with_fds}, until C{SIGTERM}; each attack
 starts again when the server closes its connection.  It prints what each
 did as JSON.
@@ -33,6 +34,7 @@ did as JSON.
 
 import json
 import os
+import pwd
 import resource
 import select
 import signal
@@ -56,6 +58,9 @@ SHARE_CONNECTIONS = 4
 CHURN_RATE = 200
 #: The "never reads" attack's bursts of requests: what the server reads at once.
 BURST = 65536
+#: The most connections the "hog" attack holds at once: more than the
+#: server may keep, and more than its listening backlog.
+HOG_CONNECTIONS = 512
 #: A box that never ends: key C{x}, and a value of 65535 bytes of which
 #: far fewer are ever sent.
 ENDLESS_BOX = b"\x00\x01x\xff\xff"
@@ -88,11 +93,11 @@ def openDescriptors():
 # The server
 
 
-def serve(path, limit, reserve, unclaimedSeconds=None):
+def serve(path, limit, reserve, connections, unclaimedSeconds=None):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     # The kernel enforces the same bound the budget keeps: were the library
     # to hold more than its budget and the reserve, it would be refused.
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, limit + reserve), hard))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, limit + connections + reserve), hard))
 
     from twisted.internet import reactor
     from twisted.internet.protocol import Factory
@@ -108,6 +113,7 @@ def serve(path, limit, reserve, unclaimedSeconds=None):
         """
 
         peak = 0
+        connectionsPeak = 0
 
         def take(self, count):
             super().take(count)
@@ -115,7 +121,11 @@ def serve(path, limit, reserve, unclaimedSeconds=None):
             if used > self.peak:
                 self.peak = used
 
-    budget = MeasuredBudget(limit=limit)
+        def connectionOpened(self):
+            super().connectionOpened()
+            self.connectionsPeak = max(self.connectionsPeak, self.connections)
+
+    budget = MeasuredBudget(limit=limit, maxConnections=connections)
     setProcessBudget(budget)
     Take, Open = commands()
     devnull = os.open(os.devnull, os.O_RDONLY)
@@ -147,7 +157,8 @@ def serve(path, limit, reserve, unclaimedSeconds=None):
             lost[name] = lost.get(name, 0) + 1
 
     factory = Factory.forProtocol(Server)
-    listenUNIX(reactor, path, factory, backlog=256)
+    # Open to every user: the connection hog runs as another.
+    listenUNIX(reactor, path, factory, backlog=256, mode=0o666)
 
     baseline = {}
 
@@ -173,6 +184,8 @@ def serve(path, limit, reserve, unclaimedSeconds=None):
                         "baseline": baseline["fds"],
                         "limit": budget.limit,
                         "share": budget.share,
+                        "maxConnections": budget.maxConnections,
+                        "connectionsPeak": budget.connectionsPeak,
                         "budgetPeak": budget.peak,
                         "budgetEnd": budget.used,
                         "end": end,
@@ -495,11 +508,93 @@ class Churn(Attack):
         self.stop.wait(max(0.0, 1.0 / CHURN_RATE - (time.monotonic() - started)))
 
 
-ATTACKS = ("flood", "share", "noread", "churn")
+class ConnectionHog(Attack):
+    """
+    (e) Connection after connection, each held open and idle, up to
+    L{HOG_CONNECTIONS} at once: more than the server may keep.  Those the
+    server closes (or refuses) are made again after L{RECONNECT_PAUSE}.
+    Run as another user than the good client's (the scenario does, when it
+    can), as a peer that is not the server's own user would be.
+    """
+
+    def run(self):
+        poller = select.poll()
+        held = {}
+        while not self.stop.is_set():
+            if len(held) < HOG_CONNECTIONS:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+                try:
+                    sock.connect(self.path)
+                except OSError:
+                    # EAGAIN: the server's backlog is full.
+                    sock.close()
+                    self.stop.wait(RECONNECT_PAUSE)
+                else:
+                    self.connections += 1
+                    held[sock.fileno()] = sock
+                    poller.register(sock, select.POLLIN)
+            # The server sends nothing on these: readable means closed.
+            closed = poller.poll(0 if len(held) < HOG_CONNECTIONS else 50)
+            for fd, _ in closed:
+                poller.unregister(fd)
+                held.pop(fd).close()
+                self.closedByServer += 1
+            if closed:
+                self.stop.wait(RECONNECT_PAUSE)
+        for sock in held.values():
+            sock.close()
+
+
+ATTACKS = ("flood", "share", "noread", "churn", "hog")
+#: The attacks run as another user (L{OTHER_USER_NAME}), in a child
+#: process of their own, which needs root.
+OTHER_USER = ("hog",)
+OTHER_USER_NAME = "nobody"
 
 
 def attack(path, share, kinds=ATTACKS):
+    """
+    Run C{kinds} of attack until C{SIGTERM}; print C{ready} with the
+    attacking processes' ids, then what each attack did.
+    """
+    mine = [k for k in kinds if k not in OTHER_USER]
+    theirs = [k for k in kinds if k in OTHER_USER]
     stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *args: stop.set())
+    child = None
+    if theirs:
+        if os.geteuid() != 0:
+            sys.exit("the %s attack runs as %s: that needs root" % (theirs, OTHER_USER_NAME))
+        reportRead, reportWrite = os.pipe()
+        # Forked before any thread starts.
+        child = os.fork()
+        if child == 0:
+            os.close(reportRead)
+            user = pwd.getpwnam(OTHER_USER_NAME)
+            os.setgroups([])
+            os.setgid(user.pw_gid)
+            os.setuid(user.pw_uid)
+            report = runAttacks(path, share, theirs, stop)
+            os.write(reportWrite, json.dumps(report).encode())
+            os._exit(0)
+        os.close(reportWrite)
+    pids = [os.getpid()] + ([child] if child else [])
+    print("ready", json.dumps({"pids": pids}), flush=True)
+    report = runAttacks(path, share, mine, stop)
+    if child:
+        os.kill(child, signal.SIGTERM)
+        with os.fdopen(reportRead) as theirReport:
+            report.update(json.loads(theirReport.read()))
+        os.waitpid(child, 0)
+    print(json.dumps(report), flush=True)
+
+
+def runAttacks(path, share, kinds, stop):
+    """
+    Run C{kinds} of attack, each in its own thread, until C{stop} is set.
+
+    @return: what each did.
+    """
     attacks = []
     if "flood" in kinds:
         attacks.append(UnclaimedFlood("unclaimed flood", path, stop))
@@ -511,11 +606,11 @@ def attack(path, share, kinds=ATTACKS):
         attacks.append(NeverReads("never reads", path, stop))
     if "churn" in kinds:
         attacks.append(Churn("churn", path, stop))
-    signal.signal(signal.SIGTERM, lambda *args: stop.set())
+    if "hog" in kinds:
+        attacks.append(ConnectionHog("connection hog", path, stop))
     threads = [threading.Thread(target=a.run, name=a.name, daemon=True) for a in attacks]
     for thread in threads:
         thread.start()
-    print("ready", flush=True)
     while not stop.is_set():
         stop.wait(0.1)
     for thread in threads:
@@ -525,14 +620,14 @@ def attack(path, share, kinds=ATTACKS):
         mine = report.setdefault(a.name, {})
         for key, value in a.report().items():
             mine[key] = mine.get(key, 0) + value
-    print(json.dumps(report), flush=True)
+    return report
 
 
 if __name__ == "__main__":
     role = sys.argv[1]
     if role == "serve":
-        serve(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]),
-              float(sys.argv[5]) if sys.argv[5:] else None)
+        serve(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]),
+              float(sys.argv[6]) if sys.argv[6:] else None)
     elif role == "client":
         client(sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]))
     elif role == "attack":

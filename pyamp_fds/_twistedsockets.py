@@ -197,6 +197,8 @@ def acceptAdmitted(
     credentialsOf: Callable[[socket.socket], PeerCredentials | None],
     admits: Callable[[PeerCredentials], bool],
     refused: Callable[[PeerCredentials | None, Logger], object],
+    accepted: Callable[[PeerCredentials], object],
+    most: int | None,
 ) -> None:
     """
     C{tcp.Port.doRead}, with each peer checked before its protocol is
@@ -209,12 +211,17 @@ def acceptAdmitted(
         peer's credentials, or C{None} if they cannot be read.
     @param admits: called with credentials; whether the peer may connect.
     @param refused: called with the refused credentials and the logger.
+    @param accepted: called with the credentials of each connection
+        admitted, once its transport is made.
+    @param most: how many connections at most to accept now (the process's
+        room for them), or C{None} for no bound but Twisted's.
     """
+    tries = port.numberAccepts if most is None else min(most, port.numberAccepts)
     try:
         with tcp._BuffersLogs(port._logger.namespace, port._logger.observer) as logger:
-            accepted = 0
-            clients = tcp._accept(logger, range(port.numberAccepts), port.socket, tcp._reservedFD)
-            for accepted, (skt, addr) in enumerate(clients, 1):
+            count = 0
+            clients = tcp._accept(logger, range(tries), port.socket, tcp._reservedFD)
+            for count, (skt, addr) in enumerate(clients, 1):
                 credentials = credentialsOf(skt)
                 if credentials is None or not admits(credentials):
                     skt.close()
@@ -228,11 +235,14 @@ def acceptAdmitted(
                 port.sessionno = session + 1
                 transport = port.transport(skt, protocol, addr, port, session, port.reactor)  # type: ignore[no-untyped-call]
                 transport.peerCredentialsRead(credentials)  # type: ignore[attr-defined]
+                accepted(credentials)
                 protocol.makeConnection(transport)
-        if accepted == port.numberAccepts:
+        # Twisted's adaptation: more next time if every try succeeded, as
+        # many as succeeded if fewer did (not when the bound cut it short).
+        if count == port.numberAccepts:
             port.numberAccepts += 20
-        else:
-            port.numberAccepts = max(1, accepted)
+        elif count < tries:
+            port.numberAccepts = max(1, count)
     except BaseException:
         log.deferr()
 

@@ -17,6 +17,13 @@ and queue at most as many duplicates: the one that goes over is the one
 closed, or refused.  When the budget runs short, the connection holding the
 most unclaimed descriptors is closed (L{DescriptorBudget.relieve}), so that
 several peers each under their share cannot stop every other connection.
+
+Connections are descriptors too: each accepted connection's socket counts
+against L{DescriptorBudget.maxConnections}, the other part of what the
+reserve leaves, and a listening port of the package accepts no more while
+they are all taken (it stops accepting, and resumes when one closes), so
+that a peer opening connection after connection cannot take the process to
+its limit either (L{pyamp_fds.credentials.Port}).
 """
 
 from __future__ import annotations
@@ -60,16 +67,34 @@ class DescriptorBudget:
     over through a queue that the owning thread folds in when it next looks,
     so that the hot paths take no lock.
 
-    @ivar limit: the most descriptors the library may hold.
+    @ivar limit: the most descriptors the library may hold for its
+        connections (those sent by peers and not yet claimed or closed,
+        duplicates queued for sending): L{used} counts them.
     @ivar share: the most one connection may hold (unclaimed plus queued).
+    @ivar maxConnections: the most server connections (their sockets) the
+        process keeps at once, or C{None} for no bound: L{connections} counts
+        them, and the package's listening ports stop accepting while they
+        are all taken.
+    @ivar connections: how many server connections are open now (those
+        accepted or adopted as servers; the application's own client
+        connections are not counted, nor ever refused).  A connection's
+        socket closed in the background counts until it is closed.
+        (A property.)
+    @ivar connectionSockets: what to hand the closer with server
+        connections' sockets (L{pyamp_fds.closer.closeLater}), so that they
+        count until closed.
     """
 
     def __init__(
-        self, limit: int | None = None, share: int | None = None, reserve: int | None = None
+        self,
+        limit: int | None = None,
+        share: int | None = None,
+        reserve: int | None = None,
+        maxConnections: int | None = None,
     ) -> None:
         """
         @param limit: the budget; by default the soft C{RLIMIT_NOFILE} less
-            C{reserve}.
+            C{reserve}, less C{maxConnections}.
         @param share: one connection's most; by default a quarter of the
             budget, or up to half of it to make room for 8192 (two of the
             longest default L{pyamp_fds.DescriptorList}s), and never less
@@ -77,6 +102,11 @@ class DescriptorBudget:
         @param reserve: what the application keeps for itself when C{limit}
             is derived; by default a sixteenth of the soft limit, at least 64
             (but never more than a quarter of it).
+        @param maxConnections: the most server connections at once; by
+            default, when C{limit} is derived, a quarter of what the reserve
+            leaves of the soft limit (C{limit} takes the rest, so that the
+            two together stay within it), and no bound when C{limit} is
+            given.
         """
         if limit is None:
             soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -84,7 +114,10 @@ class DescriptorBudget:
                 soft = 1 << 20
             if reserve is None:
                 reserve = min(max(64, soft // 16), soft // 4)
-            limit = max(0, soft - reserve)
+            spare = max(0, soft - reserve)
+            if maxConnections is None:
+                maxConnections = spare // 4
+            limit = max(0, spare - maxConnections)
         if share is None:
             # Well below the budget, yet room for long lists when the limit
             # allows (a DescriptorList's descriptors all arrive before its
@@ -92,6 +125,13 @@ class DescriptorBudget:
             share = max(MAX_FDS_PER_MESSAGE, limit // 4, min(limit // 2, _ROOMY_SHARE))
         self.limit = limit
         self.share = share
+        self.maxConnections = maxConnections
+        self._connections = 0
+        self._waitingForConnections: set[Callable[[], object]] = set()
+        # Server connections' sockets the closer closed, folded in by the
+        # owning thread.
+        self._connectionsReleased: collections.deque[int] = collections.deque()
+        self.connectionSockets = _ConnectionSockets(self)
         self._used = 0
         self._holders: weakref.WeakSet[_Holder] = weakref.WeakSet()
         self._owner = threading.get_ident()
@@ -281,6 +321,79 @@ class DescriptorBudget:
             return
         # Keyed by the callable: one waiting reader waits once.
         self._waiting[resume] = wake
+
+
+    def connectionRoom(self) -> int | None:
+        """
+        How many more server connections may be opened now (never below
+        zero), or C{None} if there is no bound.
+        """
+        if self.maxConnections is None:
+            return None
+        return max(0, self.maxConnections - self.connections)
+
+    @property
+    def connections(self) -> int:
+        """
+        How many server connections are open now.
+        """
+        released = self._connectionsReleased
+        while released:
+            self._connections -= released.popleft()
+        return self._connections
+
+    def connectionOpened(self) -> None:
+        """
+        A server connection's socket is open: it counts in L{connections}
+        until L{connectionClosed}.
+        """
+        self._connections += 1
+
+    def connectionClosed(self, count: int = 1) -> None:
+        """
+        C{count} server connections' sockets are closed: wake the listening
+        ports waiting for room.  Any thread may call it (the closer, for
+        sockets handed to it with L{connectionSockets}); from another than
+        the owner's, it is folded in when the owner next looks, and the
+        ports waiting find it when they look again by themselves.
+        """
+        if threading.get_ident() != self._owner:
+            self._connectionsReleased.append(count)
+            return
+        self._connections -= count
+        if self._waitingForConnections and self.connectionRoom() != 0:
+            waiting, self._waitingForConnections = self._waitingForConnections, set()
+            for resume in waiting:
+                resume()
+
+    def waitForConnectionRoom(self, resume: Callable[[], object]) -> None:
+        """
+        Call C{resume()} once a server connection may be opened again
+        (L{connectionRoom}): at once if one may now.
+        """
+        if self.connectionRoom() != 0:
+            resume()
+            return
+        self._waitingForConnections.add(resume)
+
+
+class _ConnectionSockets:
+    """
+    Server connections' sockets handed to the closer
+    (L{pyamp_fds.closer.closeLater}): they count among the budget's
+    connections until closed.
+    """
+
+    def __init__(self, budget: DescriptorBudget) -> None:
+        self._budget = budget
+
+    def closing(self, count: int) -> None:
+        """
+        Already counted, as connections.
+        """
+
+    def closed(self, count: int) -> None:
+        self._budget.connectionClosed(count)
 
 
 _process: DescriptorBudget | None = None

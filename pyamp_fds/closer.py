@@ -29,7 +29,20 @@ from typing import TYPE_CHECKING
 from pyamp_fds.fdio import close_all
 
 if TYPE_CHECKING:
+    from typing import Protocol
+
     from pyamp_fds.budget import DescriptorBudget
+
+    class _Counts(Protocol):
+        """
+        What descriptors handed to the closer count in until closed: a
+        L{pyamp_fds.budget.DescriptorBudget}, or its
+        L{connectionSockets<pyamp_fds.budget.DescriptorBudget.connectionSockets>}.
+        """
+
+        def closing(self, count: int) -> None: ...
+
+        def closed(self, count: int) -> None: ...
 
 __all__ = ["closeLater", "discard", "waitUntilClosed"]
 
@@ -39,7 +52,7 @@ PATIENCE = 0.01
 # What to close, in order: (descriptors, budget, an Event set once closed,
 # or None).  Appending and popping a deque need no lock of ours.
 _pending: collections.deque[
-    tuple[Sequence[int], DescriptorBudget | None, threading.Event | None]
+    tuple[Sequence[int], _Counts | None, threading.Event | None]
 ] = collections.deque()
 # Held while the closer thread may sleep: released to wake it.  A lock of the
 # thread module, not a Condition, so that waking takes no Python-level lock
@@ -89,7 +102,7 @@ def _run() -> None:
 
 
 def _handOver(
-    fds: Sequence[int], budget: DescriptorBudget | None, done: threading.Event | None
+    fds: Sequence[int], budget: _Counts | None, done: threading.Event | None
 ) -> None:
     global _thread, _idle
     if budget is not None:
@@ -110,13 +123,14 @@ def _handOver(
 
 
 def closeLater(
-    fds: Sequence[int], budget: DescriptorBudget | None = None, patience: float = 0.0
+    fds: Sequence[int], budget: _Counts | None = None, patience: float = 0.0
 ) -> None:
     """
     Close C{fds} (a sequence of ints) in the background.
 
     @param budget: a L{pyamp_fds.budget.DescriptorBudget} they count in until
-        closed, or C{None}.
+        closed (or its C{connectionSockets}, for server connections'
+        sockets), or C{None}.
     @param patience: how long to wait for the close, at most (by default,
         not at all).
     """

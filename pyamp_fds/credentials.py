@@ -18,6 +18,7 @@ from twisted.internet import address, unix
 from twisted.logger import Logger
 
 from pyamp_fds import _twistedsockets
+from pyamp_fds.budget import processBudget
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, ITransport
@@ -35,6 +36,9 @@ __all__ = [
 ]
 
 _log = Logger()
+
+# How often a port waiting for room for connections looks again by itself.
+_ROOM_RETRY = 0.05
 
 
 class PeerCredentials(namedtuple("PeerCredentials", "pid uid gid")):
@@ -196,10 +200,24 @@ class Port(unix.Port):
         as much again, each time costing the server the work of receiving
         and closing what it sends.  Its other connections are left alone.
         C{0} turns this off.
+    @ivar connectionsPerUser: the most connections one user (the peer's user
+        id) may hold on this port at once; those past it are refused (and
+        logged, as above) until one of the user's connections closes.
+        C{None}, the default, is half the process budget's
+        L{maxConnections<pyamp_fds.budget.DescriptorBudget.maxConnections>}
+        (no bound when that has none), so that one user cannot take every
+        connection the process may accept.
+
+    Every connection accepted here counts among the process budget's
+    connections (L{pyamp_fds.budget.DescriptorBudget.connections}) until it
+    closes.  While they are all taken the port accepts nothing: new peers
+    wait in the listening socket's backlog (and are refused by the kernel
+    once it is full), and it accepts again as soon as a connection closes.
     """
 
     refusalLogInterval = 1.0
     evictionPenalty = 1.0
+    connectionsPerUser: int | None = None
 
     if TYPE_CHECKING:
         # Twisted declares IReactorFDSet; a port's is a whole reactor.
@@ -237,12 +255,17 @@ class Port(unix.Port):
         self._refusedOthers = 0
         # Process ids refused until a time (the reactor's seconds).
         self._penalized: dict[int, float] = {}
+        # Connections open, by their peer's user id.
+        self._usersConnections: Counter[int] = Counter()
+        self._roomCall: IDelayedCall | None = None
 
     def admits(self, credentials: PeerCredentials) -> bool:
         """
         Whether a peer with these L{PeerCredentials} may connect.
         """
         if self._penalized and self._penalizedNow(credentials.pid):
+            return False
+        if self._userHoldsShare(credentials.uid):
             return False
         uids, gids = self.allowedUIDs, self.allowedGIDs
         if uids is None and gids is None:
@@ -288,11 +311,63 @@ class Port(unix.Port):
         del self._penalized[pid]
         return False
 
+    def _perUser(self) -> int | None:
+        perUser = self.connectionsPerUser
+        if perUser is None:
+            most = processBudget().maxConnections
+            if most is not None:
+                perUser = max(1, most // 2)
+        return perUser
+
+    def _userHoldsShare(self, uid: int) -> bool:
+        perUser = self._perUser()
+        return perUser is not None and self._usersConnections[uid] >= perUser
+
     def doRead(self) -> None:
-        if self.allowedUIDs is None and self.allowedGIDs is None and not self._penalized:
-            # Twisted leaves tcp.Port.doRead unannotated.
-            return super().doRead()  # type: ignore[no-untyped-call, no-any-return]
-        _twistedsockets.acceptAdmitted(self, _credentialsOrNone, self.admits, self._refused)
+        budget = processBudget()
+        room = budget.connectionRoom()
+        if room == 0:
+            # Every connection the process may keep is taken: accept none
+            # (they wait in the backlog) until one closes.
+            self.stopReading()  # type: ignore[no-untyped-call]
+            budget.waitForConnectionRoom(self._connectionRoomAgain)
+            if self._roomCall is None:
+                # Look again now and then: budgets can be replaced.
+                self._roomCall = self.reactor.callLater(_ROOM_RETRY, self._connectionRoomAgain)
+            return
+        _twistedsockets.acceptAdmitted(
+            self, _credentialsOrNone, self.admits, self._refused, self._accepted, room
+        )
+
+    def _connectionRoomAgain(self) -> None:
+        self._stopWaitingForRoom()
+        if self.connected and not self.disconnecting:
+            self.startReading()  # type: ignore[no-untyped-call]
+
+    def _stopWaitingForRoom(self) -> None:
+        if self._roomCall is not None:
+            if self._roomCall.active():
+                self._roomCall.cancel()
+            self._roomCall = None
+
+    def _accepted(self, credentials: PeerCredentials) -> None:
+        self._usersConnections[credentials.uid] += 1
+
+    def connectionReleased(self, transport: ITransport) -> None:
+        """
+        A connection accepted here has closed (its socket no longer counts
+        among the process's connections): it no longer counts for its
+        peer's user either.
+        """
+        try:
+            uid = transport.getPeerCredentials().uid  # type: ignore[attr-defined]
+        except (AttributeError, OSError):
+            return
+        held = self._usersConnections[uid] - 1
+        if held > 0:
+            self._usersConnections[uid] = held
+        else:
+            del self._usersConnections[uid]
 
     def _refused(self, credentials: PeerCredentials | None, logger: Logger) -> None:
         if self._refusalCall is not None:
@@ -307,13 +382,20 @@ class Port(unix.Port):
             port=self,
             peer=describeCredentials(credentials),
             credentials=credentials,
-            why=(
-                "its process exceeded its descriptor share moments ago"
-                if credentials is not None and credentials.pid in self._penalized
-                else "not an allowed user or group"
-            ),
+            why=self._whyRefused(credentials),
         )
         self._refusalCall = self.reactor.callLater(self.refusalLogInterval, self._refusalsLogged)
+
+    def _whyRefused(self, credentials: PeerCredentials | None) -> str:
+        if credentials is None:
+            return "its credentials could not be read"
+        if credentials.pid in self._penalized:
+            return "its process exceeded its descriptor share moments ago"
+        if self._userHoldsShare(credentials.uid):
+            return "its user holds as many connections as one user may (%d)" % (
+                self._usersConnections[credentials.uid],
+            )
+        return "not an allowed user or group"
 
     def _refusalsLogged(self) -> None:
         """
@@ -341,7 +423,8 @@ class Port(unix.Port):
             peers += ", and %d from other peers" % (others,)
         _log.warn(
             "{port}: refused {count} more {connections} from {peers}: not allowed users or "
-            "groups, or processes that exceeded their descriptor share moments ago",
+            "groups, processes that exceeded their descriptor share moments ago, or users "
+            "holding as many connections as one user may",
             port=self,
             count=count,
             connections="connection" if count == 1 else "connections",
@@ -352,6 +435,7 @@ class Port(unix.Port):
         return True
 
     def connectionLost(self, reason: Failure) -> None:
+        self._stopWaitingForRoom()
         if self._refusalCall is not None:
             self._refusalCall.cancel()
             self._refusalCall = None

@@ -76,6 +76,8 @@ class _Batching(PeerCredentialsMixin, BatchedWrites, ReadGate):
     else:
         descriptorBudget = None
     recvmsgCalls = 0
+    # Whether this connection's socket counts among the budget's connections.
+    _socketCounted = False
 
     def _initBatching(self) -> None:
         if self.descriptorBudget is None:
@@ -160,6 +162,7 @@ class _Batching(PeerCredentialsMixin, BatchedWrites, ReadGate):
         and the last reference to one of them (a socket with C{SO_LINGER})
         blocks it for the linger time.
         """
+        counted, self._socketCounted = self._socketCounted, False
         skt = self.socket
         try:
             unread = _unreadBytes(skt.fileno())
@@ -167,6 +170,9 @@ class _Batching(PeerCredentialsMixin, BatchedWrites, ReadGate):
             unread = 0
         if not unread:
             self.stockCloseSocket(orderly)
+            if counted:
+                self.descriptorBudget.connectionClosed()
+                self._connectionReleased()
             return
         if orderly:
             # What Twisted's close does first; the peer sees the end now.
@@ -174,7 +180,16 @@ class _Batching(PeerCredentialsMixin, BatchedWrites, ReadGate):
                 skt.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-        closeLater([skt.detach()])
+        # A server connection's socket counts as a connection until closed.
+        closeLater([skt.detach()], self.descriptorBudget.connectionSockets if counted else None)
+        if counted:
+            self._connectionReleased()
+
+    def _connectionReleased(self) -> None:
+        """
+        This server connection's socket no longer counts for the listening
+        port that accepted it.
+        """
 
     def connectionLost(self, reason: Failure) -> None:
         self.stopWaitingForHeadroom()
@@ -196,6 +211,15 @@ class Server(_Batching, unix.Server):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._initBatching()
         unix.Server.__init__(self, *args, **kwargs)
+        # Its socket counts among the process's server connections until
+        # closed (closeSocket).
+        self.descriptorBudget.connectionOpened()
+        self._socketCounted = True
+
+    def _connectionReleased(self) -> None:
+        released = getattr(self.server, "connectionReleased", None)
+        if released is not None:
+            released(self)
 
     def peerExceededShare(self) -> None:
         """

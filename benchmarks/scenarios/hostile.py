@@ -4,8 +4,10 @@ peers attack that server, against the same client and server with nobody
 attacking, in the same run.
 
 The server (C{benchmarks/hostile_peer.py serve}) runs in its own process with
-an explicit descriptor budget of L{LIMIT} and a soft C{RLIMIT_NOFILE} of
-L{LIMIT} + L{RESERVE}, listening with L{pyamp_fds.endpoints.listenUNIX}.  The
+an explicit descriptor budget of L{LIMIT}, room for L{CONNECTIONS} server
+connections (half of them for any one user) and a soft C{RLIMIT_NOFILE} of
+L{LIMIT} + L{CONNECTIONS} + L{RESERVE}, listening with
+L{pyamp_fds.endpoints.listenUNIX}.  The
 good client keeps L{WINDOW} one-descriptor commands in flight, as the C{amp}
 scenario does, and is measured for L{SECONDS} after a warm-up.  Under attack,
 one process runs every attack at once for the whole of that time:
@@ -16,13 +18,19 @@ one process runs every attack at once for the whole of that time:
     box that never ends (together, twice the budget);
   - a peer sending many small requests answered with a descriptor, and
     never reading;
-  - a peer connecting and hanging up with descriptors in flight.
+  - a peer connecting and hanging up with descriptors in flight;
+  - a peer opening idle connections, more than the server may keep (run as
+    the user C{nobody}, in a process of its own, when the benchmark runs as
+    root; left out otherwise, and said so: as the good client's own user it
+    would only lock that user out, which is what a per-user bound does).
 
 Each attack is also measured alone, to tell which one hurts; the targets
 are the attacked run's.  Reported beside the good client's descriptors/s: the errors it saw, its
 longest wait for an answer, the server's peak open descriptors (sampled
-from C{/proc/PID/fd}) less its baseline and budget (never above: at most
-0), the most its budget held (exactly, at most its limit), the descriptors
+from C{/proc/PID/fd}) less its baseline and budget (descriptors and
+connections: never above, at most 0), the most its budget held (exactly, at
+most its limit), the most server connections it kept (at most
+L{CONNECTIONS}), the descriptors
 left open once every peer has gone (0), how many attacker connections the
 server closed, and how often it logged C{EMFILE}.  The bounds are checked on
 every repetition, not on the median.
@@ -44,13 +52,15 @@ import tempfile
 import threading
 import time
 
-from benchmarks.harness import Scenario, Target
+from benchmarks.harness import Scenario, Target, progress
+from benchmarks.hostile_peer import ATTACKS, OTHER_USER, OTHER_USER_NAME
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEER = os.path.join(HERE, "hostile_peer.py")
 
 LIMIT = 2048
 RESERVE = 512
+CONNECTIONS = 64
 WINDOW = 256
 WARMUP = 0.5
 SECONDS = 2.0
@@ -61,6 +71,7 @@ OVER = "peak fds over budget"
 LEFT = "fds left open"
 STALL = "longest stall ms"
 BUDGET_PEAK = "budget peak"
+CONNECTIONS_PEAK = "server connections peak"
 KICKED = "attackers closed by server"
 EXHAUSTED = "server EMFILE logged"
 SERVER_CPU = "server CPU us/descriptor"
@@ -68,7 +79,7 @@ SERVER_BUSY = "server CPU s/s"
 ATTACKERS_BUSY = "attackers CPU s/s"
 CLIENT_BUSY = "good client CPU s/s"
 SAMPLER_BUSY = "sampler CPU s/s"
-EXTRAS = [ERRORS, OVER, LEFT, STALL, BUDGET_PEAK, KICKED, EXHAUSTED, SERVER_CPU, SERVER_BUSY,
+EXTRAS = [ERRORS, OVER, LEFT, STALL, BUDGET_PEAK, CONNECTIONS_PEAK, KICKED, EXHAUSTED, SERVER_CPU, SERVER_BUSY,
           ATTACKERS_BUSY, CLIENT_BUSY, SAMPLER_BUSY]
 _TICK = os.sysconf("SC_CLK_TCK")
 #: How often the server's open descriptors are counted.
@@ -116,16 +127,20 @@ class _Sampler(threading.Thread):
         self.join()
 
 
-def _cpuSeconds(process):
+def _cpuSeconds(pid):
     """
-    The CPU time (user and system, every thread) C{process} has used so far.
+    The CPU time (user and system, every thread) process C{pid} has used so
+    far.
     """
-    with open("/proc/%d/stat" % (process.pid,)) as f:
+    with open("/proc/%d/stat" % (pid,)) as f:
         # The command name, in parentheses, may hold spaces: count after it.
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _TICK
 
-ATTACKS = ("flood", "share", "noread", "churn")
+
+
+def _canRunAsAnotherUser():
+    return os.geteuid() == 0
 
 
 def _readyLine(process, what):
@@ -141,8 +156,10 @@ def _measure(attacks, unclaimedSeconds=None):
         path = os.path.join(directory, "server.sock")
         # What the server logs (every fault of a peer's, and its own) is
         # read afterwards, not shown.
+        # The other user's attackers must reach the socket.
+        os.chmod(directory, 0o755)
         server = subprocess.Popen(
-            [sys.executable, PEER, "serve", path, str(LIMIT), str(RESERVE)]
+            [sys.executable, PEER, "serve", path, str(LIMIT), str(RESERVE), str(CONNECTIONS)]
             + ([] if unclaimedSeconds is None else [str(unclaimedSeconds)]),
             stdout=subprocess.PIPE,
             stderr=log,
@@ -153,26 +170,32 @@ def _measure(attacks, unclaimedSeconds=None):
             budget = json.loads(_readyLine(server, "the server"))
             sampler = _Sampler(server.pid)
             sampler.start()
+            attackerPids = []
             if attacks:
                 attackers = subprocess.Popen(
                     [sys.executable, PEER, "attack", path, str(budget["share"]), attacks],
                     stdout=subprocess.PIPE,
                     text=True,
                 )
-                _readyLine(attackers, "the attackers")
+                attackerPids = json.loads(_readyLine(attackers, "the attackers"))["pids"]
             goodClient = subprocess.Popen(
                 [sys.executable, PEER, "client", path, str(WARMUP), str(SECONDS), str(WINDOW)],
                 stdout=subprocess.PIPE,
                 text=True,
             )
-            processes = {"server": server, "client": goodClient, "attackers": attackers}
+            processes = {
+                "server": [server.pid], "client": [goodClient.pid], "attackers": attackerPids,
+            }
             cpu = {}
             for mark in ("start", "stop"):
                 line = goodClient.stdout.readline().strip()
                 if line != mark:
                     goodClient.kill()
                     raise RuntimeError("the good client said %r, not %r" % (line, mark))
-                cpu[mark] = {name: _cpuSeconds(p) for name, p in processes.items() if p}
+                cpu[mark] = {
+                    name: sum(_cpuSeconds(pid) for pid in pids)
+                    for name, pids in processes.items()
+                }
             out, _ = goodClient.communicate(timeout=STARTUP_TIMEOUT)
             if goodClient.returncode:
                 raise RuntimeError("the good client failed: %r" % (goodClient.returncode,))
@@ -200,15 +223,17 @@ def _measure(attacks, unclaimedSeconds=None):
         good["seconds"],
         {
             ERRORS: good["errors"],
-            OVER: max(sampler.peak, report["end"]) - (report["baseline"] + report["limit"]),
+            OVER: max(sampler.peak, report["end"])
+            - (report["baseline"] + report["limit"] + report["maxConnections"]),
             LEFT: report["end"] - report["baseline"],
             STALL: good["longestStall"] * 1000,
             BUDGET_PEAK: report["budgetPeak"],
+            CONNECTIONS_PEAK: report["connectionsPeak"],
             KICKED: kicked,
             EXHAUSTED: exhausted,
             SERVER_CPU: used["server"] / max(1, good["descriptors"]) * 1e6,
             SERVER_BUSY: used["server"] / good["seconds"],
-            ATTACKERS_BUSY: used.get("attackers", 0.0) / good["seconds"],
+            ATTACKERS_BUSY: used["attackers"] / good["seconds"],
             CLIENT_BUSY: used["client"] / good["seconds"],
             SAMPLER_BUSY: sampler.busy,
         },
@@ -218,9 +243,25 @@ def _measure(attacks, unclaimedSeconds=None):
     )
 
 
-def attackedBy(attacks):
+def _runnable(attacks):
+    """
+    C{attacks} less those that must run as another user when this process
+    cannot switch users (it is not root), saying so.
+    """
+    if _canRunAsAnotherUser():
+        return attacks
+    left = [a for a in attacks if a in OTHER_USER]
+    if left:
+        progress(
+            "hostile scenario: %s left out: it runs as the user %s, which needs root"
+            % (", ".join(left), OTHER_USER_NAME)
+        )
+    return [a for a in attacks if a not in OTHER_USER]
+
+
+def attackedBy(*attacks):
     def measure(param):
-        return _measure(attacks)[:3]
+        return _measure(",".join(_runnable(attacks)))[:3]
 
     return measure
 
@@ -232,8 +273,8 @@ SCENARIOS = [
         unit="descriptors/s",
         params=["window 256"],
         implementations={
-            "no attackers": attackedBy(None),
-            "attacked": attackedBy(",".join(ATTACKS)),
+            "no attackers": attackedBy(),
+            "attacked": attackedBy(*ATTACKS),
             # Each attack alone, to tell which one hurts.
             **{"%s only" % (name,): attackedBy(name) for name in ATTACKS},
         },
@@ -247,6 +288,8 @@ SCENARIOS = [
                    text="attacked: server peak fds <= baseline + budget (every run)"),
             Target("attacked", None, LIMIT, figure=BUDGET_PEAK, worst=True,
                    text="attacked: server budget peak <= its limit (every run)"),
+            Target("attacked", None, CONNECTIONS, figure=CONNECTIONS_PEAK, worst=True,
+                   text="attacked: server connections <= its bound (every run)"),
             Target("attacked", None, 0, figure=LEFT, worst=True,
                    text="attacked: server fds left open == 0 (every run)"),
         ],
