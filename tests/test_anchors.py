@@ -1,9 +1,10 @@
 """
 Tests for the AMP benchmark's anchors: L{benchmarks.asyncio_peer} (the
-conversation written by hand on asyncio or uvloop) and C{c_rpcbatch} (the
-batched C floor), each run as the benchmark runs it, in its own two
-processes, with few calls: each must answer every call, close every
-descriptor it received, and batch when calls are pipelined.
+conversation written by hand on asyncio or uvloop), C{c_rpcbatch} (the
+batched C floor) and C{echo_peer} with descriptors (Twisted's reactor and
+pyamp_fds's transport without AMP), each run as the benchmark runs it, in
+its own two processes, with few calls: each must answer every call, receive
+every descriptor, and batch when calls are pipelined.
 """
 
 import json
@@ -132,4 +133,33 @@ class BatchedFloorTests(unittest.TestCase):
         One call at a time, each call is one sendmsg and one answer.
         """
         result = run([self.program, "200", "1"])
+        self.assertEqual(result["sendmsg"], 400)
+
+
+class EchoFloorTests(unittest.TestCase):
+    """
+    Tests for C{benchmarks/echo_peer.py} with a descriptor per request.
+    """
+
+    def peer(self, calls, window):
+        return run([sys.executable, os.path.join(BENCHMARKS, "echo_peer.py"), str(calls),
+                    str(window), "descriptors"])
+
+    def test_pipelined(self):
+        """
+        With 256 requests in flight every one is answered and every
+        descriptor received (the program fails otherwise), many to a
+        C{sendmsg}.
+        """
+        result = self.peer(1000, 256)
+        self.assertEqual(result["descriptors"], 1000)
+        self.assertLess(result["sendmsg"], 100)
+        self.assertGreater(result["cpu"], 0)
+
+    def test_oneAtATime(self):
+        """
+        One request at a time, each is one C{sendmsg} from the client (the
+        bytes and the descriptor together) and one answer from the server.
+        """
+        result = self.peer(200, 1)
         self.assertEqual(result["sendmsg"], 400)

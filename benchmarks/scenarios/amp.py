@@ -3,8 +3,11 @@ End to end through AMP between two processes, one descriptor per command,
 the responder closing it: stock Twisted against pyamp_fds, pipelined and one
 call at a time, beside what a Python programmer without Twisted would write
 for the same conversation with the same ownership (asyncio_peer, on asyncio
-and on uvloop), and three floors: Twisted protocols that only echo bytes
-(echo_peer: the reactor's own cost, no AMP, no descriptors) and plain C, one
+and on uvloop), and four floors: Twisted protocols that only echo bytes
+(echo_peer: the reactor's own cost, no AMP, no descriptors), the same with a
+descriptor per request over pyamp_fds's transport (echo_peer descriptors:
+everything of a call but AMP itself, so what pyamp_fds's protocol, dispatch
+and codec could reach on Twisted's reactor) and plain C, one
 descriptor per sendmsg (c_rpcloop) or up to 253 (c_rpcbatch: no Python,
 blocking calls); and pyamp_fds over 64 connections at once.
 
@@ -102,6 +105,12 @@ def twistedEcho(param):
                      str(calls * FAST_SCALE[param]), str(window)])
 
 
+def twistedEchoDescriptors(param):
+    calls, window, connections = SHAPES[param]
+    return _measure([sys.executable, os.path.join(HERE, "echo_peer.py"),
+                     str(calls * FAST_SCALE[param]), str(window), "descriptors"])
+
+
 def spread(name):
     def measure(param):
         return _run("pyamp_fds", *SPREAD[name])
@@ -115,6 +124,7 @@ IMPLEMENTATIONS = {
     "asyncio": byHand("asyncio"),
     "uvloop": byHand("uvloop"),
     "twisted-echo": twistedEcho,
+    "twisted-echo-fds": twistedEchoDescriptors,
     "c-loop": cLoop,
     "c-batch": cBatch,
 }
