@@ -237,6 +237,7 @@ class Port(unix.Port):
         wantPID: int = 0,
         allowedUIDs: Iterable[int] | None = None,
         allowedGIDs: Iterable[int] | None = None,
+        connectionsPerUser: int | None = None,
     ) -> None:
         # Imported here: the transport module reads credentials from this one.
         from pyamp_fds.transport import Server
@@ -250,6 +251,12 @@ class Port(unix.Port):
             allowedUIDs = [os.getuid()]
         self.allowedUIDs = None if allowedUIDs is None else frozenset(allowedUIDs)
         self.allowedGIDs = None if allowedGIDs is None else frozenset(allowedGIDs)
+        if connectionsPerUser is not None:
+            if connectionsPerUser < 1:
+                raise ValueError(
+                    "connectionsPerUser must be at least 1, not %r" % (connectionsPerUser,)
+                )
+            self.connectionsPerUser = connectionsPerUser
         self._refusalCall: IDelayedCall | None = None
         self._refusedSince: Counter[str] = Counter()
         self._refusedOthers = 0

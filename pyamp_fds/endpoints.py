@@ -61,6 +61,7 @@ def listenUNIX(
     wantPID: int = 0,
     allowedUIDs: Iterable[int] | None = None,
     allowedGIDs: Iterable[int] | None = None,
+    connectionsPerUser: int | None = None,
 ) -> Port:
     """
     Listen on a UNIX socket, like C{reactor.listenUNIX}.
@@ -73,12 +74,19 @@ def listenUNIX(
         L{pyamp_fds.credentials.Port}.  With
         neither, an C{address} in the abstract namespace admits only this
         process's user.
+    @param connectionsPerUser: the most connections one user may hold at
+        once (by default half of what the process may keep: see
+        L{pyamp_fds.credentials.Port.connectionsPerUser}).
 
     @return: the listening port
         (L{twisted.internet.interfaces.IListeningPort}).
-    @raise ValueError: C{mode} is outside C{0..0o777}.
+    @raise ValueError: C{mode} is outside C{0..0o777}, or
+        C{connectionsPerUser} is below 1.
     """
-    port = Port(address, factory, backlog, mode, reactor, wantPID, allowedUIDs, allowedGIDs)
+    port = Port(
+        address, factory, backlog, mode, reactor, wantPID, allowedUIDs, allowedGIDs,
+        connectionsPerUser,
+    )
     port.startListening()  # type: ignore[no-untyped-call]
     return port
 
@@ -138,10 +146,12 @@ class _BatchingUNIXReactor:
         reactor: IPortReactor,
         allowedUIDs: Iterable[int] | None = None,
         allowedGIDs: Iterable[int] | None = None,
+        connectionsPerUser: int | None = None,
     ) -> None:
         self._reactor = reactor
         self._allowedUIDs = allowedUIDs
         self._allowedGIDs = allowedGIDs
+        self._connectionsPerUser = connectionsPerUser
 
     def listenUNIX(
         self,
@@ -160,6 +170,7 @@ class _BatchingUNIXReactor:
             wantPID,
             self._allowedUIDs,
             self._allowedGIDs,
+            self._connectionsPerUser,
         )
 
     def connectUNIX(
@@ -192,19 +203,26 @@ class UNIXServerEndpoint(endpoints.UNIXServerEndpoint):
         wantPID: int = 0,
         allowedUIDs: Iterable[int] | None = None,
         allowedGIDs: Iterable[int] | None = None,
+        connectionsPerUser: int | None = None,
     ) -> None:
         # Checked now rather than when listen() is called, or the mistake
         # would only surface as a failed Deferred.
         checkMode(mode)
+        if connectionsPerUser is not None and connectionsPerUser < 1:
+            raise ValueError(
+                "connectionsPerUser must be at least 1, not %r" % (connectionsPerUser,)
+            )
         endpoints.UNIXServerEndpoint.__init__(  # type: ignore[no-untyped-call]
             self,
-            _BatchingUNIXReactor(reactor, allowedUIDs, allowedGIDs),
+            _BatchingUNIXReactor(reactor, allowedUIDs, allowedGIDs, connectionsPerUser),
             address,
             backlog,
             mode,
             wantPID,
         )
-        self._arguments = (reactor, address, backlog, mode, wantPID, allowedUIDs, allowedGIDs)
+        self._arguments = (
+            reactor, address, backlog, mode, wantPID, allowedUIDs, allowedGIDs, connectionsPerUser,
+        )
 
     reactor = property(lambda self: self._arguments[0])
     address = property(lambda self: self._arguments[1])
@@ -213,6 +231,7 @@ class UNIXServerEndpoint(endpoints.UNIXServerEndpoint):
     wantPID = property(lambda self: self._arguments[4])
     allowedUIDs = property(lambda self: self._arguments[5])
     allowedGIDs = property(lambda self: self._arguments[6])
+    connectionsPerUser = property(lambda self: self._arguments[7])
 
 
 class UNIXClientEndpoint(endpoints.UNIXClientEndpoint):
@@ -311,9 +330,9 @@ class UNIXServerParser:
     The keywords are those of Twisted's C{unix:}: C{address} (or the first
     positional argument), C{backlog}, C{mode} (octal, default C{600}, at
     most C{777}), C{lockfile} (C{0} or C{1}; C{wantPID} is taken instead,
-    not as well), and the comma-separated id lists C{allowedUIDs} and
-    C{allowedGIDs}.  Numbers are ASCII digits only: no signs, spaces or
-    underscores.
+    not as well), the comma-separated id lists C{allowedUIDs} and
+    C{allowedGIDs}, and C{connectionsPerUser}.  Numbers are ASCII digits
+    only: no signs, spaces or underscores.
     """
 
     prefix = "fdunix"
@@ -328,6 +347,7 @@ class UNIXServerParser:
         wantPID: str | None = None,
         allowedUIDs: str | None = None,
         allowedGIDs: str | None = None,
+        connectionsPerUser: str | None = None,
     ) -> UNIXServerEndpoint:
         return UNIXServerEndpoint(
             reactor,
@@ -337,6 +357,9 @@ class UNIXServerParser:
             wantPID=_eitherFlag("lockfile", lockfile, "wantPID", wantPID),
             allowedUIDs=None if allowedUIDs is None else _ids("allowedUIDs", allowedUIDs),
             allowedGIDs=None if allowedGIDs is None else _ids("allowedGIDs", allowedGIDs),
+            connectionsPerUser=None
+            if connectionsPerUser is None
+            else _decimal("connectionsPerUser", connectionsPerUser),
         )
 
 

@@ -319,12 +319,12 @@ class PerUserTests(_Connections):
     @defer.inlineCallbacks
     def test_givenShare(self):
         """
-        A port's own C{connectionsPerUser} applies, with or without a bound
-        on the process's connections.
+        A port's own C{connectionsPerUser} (given to its endpoint) applies,
+        with or without a bound on the process's connections.
         """
         budget = self.useBudget(DescriptorBudget(limit=1000))
-        port = yield self.listen()
-        port.connectionsPerUser = 1
+        port = yield self.listen(connectionsPerUser=1)
+        self.assertEqual(port.connectionsPerUser, 1)
         self.plainClient()
         self.assertTrue((yield waitFor(lambda: len(self.built) == 1)))
         refused = self.plainClient()

@@ -72,6 +72,20 @@ class ServerStringTests(ReactorTestCase):
         self.assertIsNone(endpoint.allowedUIDs)
         self.assertIsNone(endpoint.allowedGIDs)
 
+    def test_connectionsPerUser(self):
+        """
+        C{connectionsPerUser} is a decimal number of at least 1; without
+        it, the port's default holds.
+        """
+        endpoint = serverFromString(reactor, "fdunix:/run/b.sock:connectionsPerUser=3")
+        self.assertEqual(endpoint.connectionsPerUser, 3)
+        self.assertIsNone(serverFromString(reactor, "fdunix:/run/b.sock").connectionsPerUser)
+        for value in NOT_DECIMAL + ["0"]:
+            self.assertRaises(
+                ValueError, serverFromString, reactor,
+                "fdunix:/run/b.sock:connectionsPerUser=" + value,
+            )
+
     def test_wantPID(self):
         """
         C{wantPID} is taken as well as C{lockfile}.
