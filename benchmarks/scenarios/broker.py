@@ -16,6 +16,7 @@ is skipped, and says so.
 
 import os
 import re
+import resource
 import select
 import shutil
 import signal
@@ -42,23 +43,38 @@ MODES = {
 
 PERCENTILES = ("50", "75", "90", "99")
 ERRORS = "errors"
-EXTRAS = ["p%s ms" % p for p in PERCENTILES] + [ERRORS]
+SERVER_CPU = "server CPU us/request"
+FRONT_CPU = "front process CPU us/request"
+WRK_CPU = "wrk CPU us/request"
+EXTRAS = ["p%s ms" % p for p in PERCENTILES] + [ERRORS, SERVER_CPU, FRONT_CPU, WRK_CPU]
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpuSeconds(pid):
+    """
+    The CPU time (user and system, every thread) process C{pid} has used so
+    far.
+    """
+    with open("/proc/%d/stat" % (pid,)) as f:
+        # The command name, in parentheses, may hold spaces: count after it.
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
 
 
 def _startServer(baseline):
     """
     Start the server and wait for its port and its workers.
 
-    @return: the process and its port.
+    @return: the process, its port, and its workers' process ids.
     """
     module = "benchmarks.reuseport" if baseline else "benchmarks.broker_tuned"
     command = [sys.executable, "-m", module, "--port", "0", "--workers", str(WORKERS)]
     server = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.DEVNULL,
                               stdout=subprocess.PIPE)
-    port, ready, pending = None, 0, b""
+    port, workers, pending = None, [], b""
     deadline = time.monotonic() + STARTUP_TIMEOUT
     try:
-        while port is None or ready < WORKERS:
+        while port is None or len(workers) < WORKERS:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([server.stdout], [], [], left)[0]:
                 raise RuntimeError("the server did not start within %ds" % (STARTUP_TIMEOUT,))
@@ -72,11 +88,11 @@ def _startServer(baseline):
                 if words[2:3] == ["listening"]:
                     port = int(words[3].rpartition(":")[2])
                 elif words[2:3] == ["ready"]:
-                    ready += 1
+                    workers.append(int(words[1]))
     except BaseException:
         _stopServer(server)
         raise
-    return server, port
+    return server, port, workers
 
 
 def _stopServer(server):
@@ -131,8 +147,11 @@ def parseWrk(output):
 
 def load(baseline):
     def measure(param):
-        server, port = _startServer(baseline)
+        server, port, workers = _startServer(baseline)
+        processes = [server.pid] + workers
         try:
+            before = [_cpuSeconds(pid) for pid in processes]
+            wrkBefore = resource.getrusage(resource.RUSAGE_CHILDREN)
             output = subprocess.run(
                 ["wrk", "-t%d" % THREADS, "-c%d" % CONNECTIONS, "-d%ds" % SECONDS, "--latency"]
                 + MODES[param]
@@ -142,9 +161,21 @@ def load(baseline):
                 check=True,
                 timeout=SECONDS + 30,
             ).stdout
+            wrkAfter = resource.getrusage(resource.RUSAGE_CHILDREN)
+            used = [_cpuSeconds(pid) - then for pid, then in zip(processes, before)]
         finally:
             _stopServer(server)
-        return parseWrk(output)
+        requests, seconds, extras = parseWrk(output)
+        # CPU per request, over wrk's run: every process of the server (the
+        # broker's acceptor, or the baseline's parent, which only holds the
+        # port; and the workers), the front process alone, and wrk.
+        perRequest = 1e6 / max(1, requests)
+        extras[SERVER_CPU] = sum(used) * perRequest
+        extras[FRONT_CPU] = used[0] * perRequest
+        extras[WRK_CPU] = (
+            wrkAfter.ru_utime + wrkAfter.ru_stime - wrkBefore.ru_utime - wrkBefore.ru_stime
+        ) * perRequest
+        return requests, seconds, extras
 
     return measure
 
