@@ -322,7 +322,6 @@ class DescriptorBudget:
         # Keyed by the callable: one waiting reader waits once.
         self._waiting[resume] = wake
 
-
     def connectionRoom(self) -> int | None:
         """
         How many more server connections may be opened now (never below

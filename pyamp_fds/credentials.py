@@ -32,6 +32,7 @@ __all__ = [
     "describePeer",
     "isAbstractAddress",
     "checkMode",
+    "checkConnectionsPerUser",
     "Port",
 ]
 
@@ -162,6 +163,17 @@ def checkMode(mode: int) -> None:
         raise ValueError("a socket's mode must be within 0 and 0o777, not %r" % (mode,))
 
 
+def checkConnectionsPerUser(connectionsPerUser: int | None) -> None:
+    """
+    Refuse a bound on one user's connections below 1 (C{None}, the
+    default, is fine): it would refuse everyone.
+
+    @raise ValueError: it is below 1.
+    """
+    if connectionsPerUser is not None and connectionsPerUser < 1:
+        raise ValueError("connectionsPerUser must be at least 1, not %r" % (connectionsPerUser,))
+
+
 def _credentialsOrNone(skt: socket.socket) -> PeerCredentials | None:
     try:
         return readPeerCredentials(skt)
@@ -251,11 +263,8 @@ class Port(unix.Port):
             allowedUIDs = [os.getuid()]
         self.allowedUIDs = None if allowedUIDs is None else frozenset(allowedUIDs)
         self.allowedGIDs = None if allowedGIDs is None else frozenset(allowedGIDs)
+        checkConnectionsPerUser(connectionsPerUser)
         if connectionsPerUser is not None:
-            if connectionsPerUser < 1:
-                raise ValueError(
-                    "connectionsPerUser must be at least 1, not %r" % (connectionsPerUser,)
-                )
             self.connectionsPerUser = connectionsPerUser
         self._refusalCall: IDelayedCall | None = None
         self._refusedSince: Counter[str] = Counter()

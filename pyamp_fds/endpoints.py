@@ -32,7 +32,7 @@ from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 from pyamp_fds import _twistedsockets
-from pyamp_fds.credentials import Port, checkMode
+from pyamp_fds.credentials import Port, checkConnectionsPerUser, checkMode
 from pyamp_fds.transport import Connector, Server
 
 if TYPE_CHECKING:
@@ -208,10 +208,7 @@ class UNIXServerEndpoint(endpoints.UNIXServerEndpoint):
         # Checked now rather than when listen() is called, or the mistake
         # would only surface as a failed Deferred.
         checkMode(mode)
-        if connectionsPerUser is not None and connectionsPerUser < 1:
-            raise ValueError(
-                "connectionsPerUser must be at least 1, not %r" % (connectionsPerUser,)
-            )
+        checkConnectionsPerUser(connectionsPerUser)
         endpoints.UNIXServerEndpoint.__init__(  # type: ignore[no-untyped-call]
             self,
             _BatchingUNIXReactor(reactor, allowedUIDs, allowedGIDs, connectionsPerUser),

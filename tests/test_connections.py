@@ -19,6 +19,7 @@ import pyamp_fds
 from pyamp_fds import fdio
 from pyamp_fds.budget import DescriptorBudget, processBudget, setProcessBudget
 from pyamp_fds.closer import waitUntilClosed
+from pyamp_fds.credentials import Port
 from pyamp_fds.endpoints import UNIXClientEndpoint, UNIXServerEndpoint
 from tests.fdcheck import openDescriptors
 from tests.test_hostile import lingeringSocket
@@ -330,3 +331,16 @@ class PerUserTests(_Connections):
         refused = self.plainClient()
         self.assertTrue((yield closedByPeer(refused)))
         self.assertEqual((len(self.built), budget.connections), (1, 1))
+
+    def test_atLeastOne(self):
+        """
+        A bound below one connection would refuse everyone: it is a
+        C{ValueError}, from the port and from the endpoint.
+        """
+        for bad in (0, -1):
+            self.assertRaises(
+                ValueError, Port, "/nonexistent", protocol.Factory(), connectionsPerUser=bad
+            )
+            self.assertRaises(
+                ValueError, UNIXServerEndpoint, reactor, "/nonexistent", connectionsPerUser=bad
+            )
