@@ -211,7 +211,7 @@ class DescriptorList(amp.Argument):
         try:
             # Ints (the common case) are packed once here, and go on to C as
             # they are: duplicated, sent, closed.
-            filenos = int_array(descriptors)
+            filenos = int_array(descriptors)  # type: ignore[arg-type]
         except StructError:
             filenos = int_array([_fileno(d) for d in descriptors])
         send = getattr(proto, "sendDescriptors", None)
@@ -226,8 +226,7 @@ class DescriptorList(amp.Argument):
             raise ConnectionLost()
         if not IBatchingTransport.providedBy(transport):
             raise listUnsupported(transport)
-        # Only ints are left in filenos, whichever branch made it.
-        transport.sendFileDescriptors(filenos, self.ownership)  # type: ignore[arg-type]
+        transport.sendFileDescriptors(filenos, self.ownership)
         start = _twisted.nextSendingOrdinal(proto) if count else 0
         for _ in range(count - 1):
             _twisted.nextSendingOrdinal(proto)
