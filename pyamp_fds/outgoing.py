@@ -53,11 +53,17 @@ _HANDED_OVER = Ownership.HANDED_OVER
 _LENT = Ownership.LENT
 
 # Each descriptor's ownership as one byte, so that a group's are counted
-# and sliced as bytes (memchr and memcpy), not an object at a time.
-_CODES = {_DUPLICATE: 0, _HANDED_OVER: 1, _LENT: 2}
-_CODE_BYTES = {ownership: bytes([code]) for ownership, code in _CODES.items()}
-_DUPLICATE_CODE = _CODE_BYTES[_DUPLICATE]
-_LENT_CODE = _CODE_BYTES[_LENT]
+# and sliced as bytes (memchr and memcpy), not an object at a time.  Chosen
+# by identity, not looked up: an Enum member hashes in Python.
+_DUPLICATE_CODE = b"\0"
+_HANDED_OVER_CODE = b"\1"
+_LENT_CODE = b"\2"
+
+
+def _code(ownership: Ownership) -> bytes:
+    if ownership is _DUPLICATE:
+        return _DUPLICATE_CODE
+    return _LENT_CODE if ownership is _LENT else _HANDED_OVER_CODE
 
 
 class OutgoingDescriptors:
@@ -80,7 +86,7 @@ class OutgoingDescriptors:
         self._budget = budget
         # Three parallel sequences, so that a group leaves with one slice
         # and one del each: the descriptors in an array('i') that goes to C
-        # as it is (sent, closed), and the ownerships as bytes (_CODES),
+        # as it is (sent, closed), and the ownerships as bytes (_code),
         # with no per-descriptor Python work unless a group mixes lent
         # descriptors with others.
         self._fds: array[int] = array("i")
@@ -139,7 +145,7 @@ class OutgoingDescriptors:
                 self._lent += count
         self._fds.extend(fds)
         self._positions.extend(repeat(position, count))
-        self._ownerships.extend(_CODE_BYTES[ownership] * count)
+        self._ownerships += _code(ownership) * count
 
     def enqueueOne(self, descriptor: int, position: int, ownership: Ownership) -> None:
         """
@@ -156,11 +162,14 @@ class OutgoingDescriptors:
                 if budget is not None:
                     budget.give(1)
                 raise
+            code = _DUPLICATE_CODE
+        else:
+            code = _LENT_CODE if ownership is _LENT else _HANDED_OVER_CODE
         self._fds.append(descriptor)
-        if ownership is _LENT:
+        if code is _LENT_CODE:
             self._lent += 1
         self._positions.append(position)
-        self._ownerships.append(_CODES[ownership])
+        self._ownerships += code
 
     def mark(self) -> int:
         """
