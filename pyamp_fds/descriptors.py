@@ -164,7 +164,19 @@ class ReceivedDescriptors:
 
         @raise UnknownDescriptor: it has not arrived, or was claimed already.
         """
-        descriptor = self._take(ordinal, 1)[0]
+        starts = self._starts
+        if starts and starts[0] == ordinal:
+            # The oldest held, as boxes claim them in order: the common case.
+            run = self._runs[0]
+            descriptor = run[0]
+            if len(run) == 1:
+                del starts[0], self._runs[0]
+            else:
+                del run[0]
+                starts[0] = ordinal + 1
+            self._unclaimed -= 1
+        else:
+            descriptor = self._take(ordinal, 1)[0]
         # Until the box is dispatched, a fault in a later argument must not
         # leave this one with nobody.
         self._inBox.append(descriptor)
