@@ -16,6 +16,7 @@ Twisted's own descriptor exchange.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from struct import error as StructError
 from typing import TYPE_CHECKING
 
 from twisted.internet.error import ConnectionLost
@@ -30,7 +31,7 @@ from pyamp_fds.errors import (
     InvalidDescriptorOrdinal,
     ReceivedDescriptorListTooLong,
 )
-from pyamp_fds.fdio import MAX_FDS_PER_MESSAGE, _fileno, close_all
+from pyamp_fds.fdio import MAX_FDS_PER_MESSAGE, _fileno, close_all, int_array
 from pyamp_fds.interfaces import IBatchingTransport
 from pyamp_fds.outgoing import Ownership
 
@@ -207,10 +208,12 @@ class DescriptorList(amp.Argument):
                 "%d descriptors in one DescriptorList, more than its maxDescriptors (%d)"
                 % (count, self.maxDescriptors)
             )
-        if set(map(type, descriptors)) <= _JUST_INTS:
-            filenos = descriptors
-        else:
-            filenos = [_fileno(d) for d in descriptors]
+        try:
+            # Ints (the common case) are packed once here, and go on to C as
+            # they are: duplicated, sent, closed.
+            filenos = int_array(descriptors)  # type: ignore[arg-type]
+        except StructError:
+            filenos = int_array([_fileno(d) for d in descriptors])
         send = getattr(proto, "sendDescriptors", None)
         if send is not None:
             return _encodeRange(send(filenos, self.ownership), count)
@@ -223,8 +226,7 @@ class DescriptorList(amp.Argument):
             raise ConnectionLost()
         if not IBatchingTransport.providedBy(transport):
             raise listUnsupported(transport)
-        # Only ints are left in filenos, whichever branch made it.
-        transport.sendFileDescriptors(filenos, self.ownership)  # type: ignore[arg-type]
+        transport.sendFileDescriptors(filenos, self.ownership)
         start = _twisted.nextSendingOrdinal(proto) if count else 0
         for _ in range(count - 1):
             _twisted.nextSendingOrdinal(proto)
@@ -291,7 +293,6 @@ def listUnsupported(transport: object) -> DescriptorsUnsupported:
 
 # A value holds at most 65535 bytes, so a padded one can stand for this many.
 _MAX_LIST_LENGTH = MAX_FDS_PER_MESSAGE * MAX_VALUE_LENGTH
-_JUST_INTS = frozenset([int])
 
 
 def _encodeRange(start: int, count: int) -> bytes:

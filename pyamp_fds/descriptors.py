@@ -8,10 +8,18 @@ place their ownership moves: to the box being parsed when an argument claims
 one, to the box's receiver (responder or caller) once the box has been
 dispatched, or back to being closed when the box fails to parse or the
 connection goes.
+
+Descriptors arrive in batches and are claimed in runs (a
+L{pyamp_fds.DescriptorList} names a run of consecutive ordinals), so the
+table holds runs of consecutive unclaimed ordinals, each an C{array('i')}:
+receiving and claiming a run copy memory rather than touching every
+descriptor in Python.
 """
 
 from __future__ import annotations
 
+from array import array
+from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
@@ -24,6 +32,14 @@ if TYPE_CHECKING:
     from pyamp_fds.errors import DescriptorProtocolError
 
 __all__ = ["ReceivedDescriptors"]
+
+
+def _intArray(descriptors: Sequence[int]) -> array[int]:
+    # Descriptors as an array('i'): the receiving transports' batches are one
+    # already (Receiver.receive), others are converted.
+    if type(descriptors) is array and descriptors.typecode == "i":
+        return descriptors
+    return array("i", descriptors)
 
 
 def _ignore(error: DescriptorProtocolError) -> None:
@@ -47,7 +63,14 @@ class ReceivedDescriptors:
             be closed for it.
         """
         self._onViolation = onViolation
-        self._held: dict[int, int] = {}
+        # The unclaimed descriptors: runs of consecutive ordinals, the first
+        # ordinal of each in _starts (ascending) and its descriptors in the
+        # array of the same index in _runs.  Runs never touch (one that ends
+        # where the next starts is one run), so the ordinal after a run is
+        # never held.
+        self._starts: list[int] = []
+        self._runs: list[array[int]] = []
+        self._unclaimed = 0
         # Claimed since the last settle(): still counted in the budget.
         self._claimed = 0
         self._received = 0
@@ -62,9 +85,9 @@ class ReceivedDescriptors:
         counted nowhere and closed at once.
         """
         if self._budget is not None:
-            self._budget.give(len(self._held))
+            self._budget.give(self._unclaimed)
         self._budget = budget
-        budget.take(len(self._held))
+        budget.take(self._unclaimed)
         budget.hold(self)
 
     @property
@@ -87,14 +110,14 @@ class ReceivedDescriptors:
         """
         How many received descriptors no box has claimed yet.
         """
-        return len(self._held)
+        return self._unclaimed
 
     @property
     def oldestUnclaimed(self) -> int:
         """
         The lowest ordinal held unclaimed, or L{received} if none is.
         """
-        return min(self._held, default=self._received)
+        return self._starts[0] if self._starts else self._received
 
     @property
     def claimedByBox(self) -> int:
@@ -113,16 +136,25 @@ class ReceivedDescriptors:
             L{pyamp_fds.errors.TooManyUnclaimedDescriptors}
             violation (they stay held until L{closeAll}).
         """
+        count = len(descriptors)
+        if not count:
+            return
         start = self._received
-        self._received = start + len(descriptors)
-        self._held.update(zip(range(start, self._received), descriptors))
+        self._received = start + count
+        runs = self._runs
+        if runs and self._starts[-1] + len(runs[-1]) == start:
+            runs[-1].extend(_intArray(descriptors))
+        else:
+            self._starts.append(start)
+            runs.append(array("i", descriptors))
+        self._unclaimed += count
         if self._budget is not None:
-            self._budget.take(len(descriptors))
-        if len(self._held) > limit:
+            self._budget.take(count)
+        if self._unclaimed > limit:
             self._onViolation(
                 TooManyUnclaimedDescriptors(
                     "%d descriptors received and not claimed by any box (limit %d)"
-                    % (len(self._held), limit)
+                    % (self._unclaimed, limit)
                 )
             )
 
@@ -132,9 +164,19 @@ class ReceivedDescriptors:
 
         @raise UnknownDescriptor: it has not arrived, or was claimed already.
         """
-        descriptor = self._held.pop(ordinal, None)
-        if descriptor is None:
-            self._violated(UnknownDescriptor(ordinal, self._received))
+        starts = self._starts
+        if starts and starts[0] == ordinal:
+            # The oldest held, as boxes claim them in order: the common case.
+            run = self._runs[0]
+            descriptor = run[0]
+            if len(run) == 1:
+                del starts[0], self._runs[0]
+            else:
+                del run[0]
+                starts[0] = ordinal + 1
+            self._unclaimed -= 1
+        else:
+            descriptor = self._take(ordinal, 1)[0]
         # Until the box is dispatched, a fault in a later argument must not
         # leave this one with nobody.
         self._inBox.append(descriptor)
@@ -149,15 +191,42 @@ class ReceivedDescriptors:
         @return: the descriptors, in order.
         @raise UnknownDescriptor: one of them has not arrived, or was claimed.
         """
-        held = self._held
-        ordinals = range(start, start + count)
-        if not all(map(held.__contains__, ordinals)):
-            missing = next(o for o in ordinals if o not in held)
-            self._violated(UnknownDescriptor(missing, self._received))
-        descriptors = list(map(held.pop, ordinals))
+        if not count:
+            return []
+        descriptors = self._take(start, count).tolist()
         self._inBox.extend(descriptors)
         self._claimed += count
         return descriptors
+
+    def _take(self, start: int, count: int) -> array[int]:
+        # Ordinals start to start + count - 1 (count > 0) out of the run
+        # holding them all, or a violation naming the first one not held.
+        starts = self._starts
+        index = bisect_right(starts, start) - 1
+        if index < 0:
+            self._violated(UnknownDescriptor(start, self._received))
+        run = self._runs[index]
+        first = start - starts[index]
+        end = first + count
+        if end > len(run):
+            # Runs never touch: the ordinal after this run is not held.
+            missing = start if first >= len(run) else starts[index] + len(run)
+            self._violated(UnknownDescriptor(missing, self._received))
+        taken = run[first:end]
+        if end == len(run):
+            if first:
+                del run[first:]
+            else:
+                del starts[index], self._runs[index]
+        elif first:
+            starts.insert(index + 1, start + count)
+            self._runs.insert(index + 1, run[end:])
+            del run[first:]
+        else:
+            del run[:end]
+            starts[index] = start + count
+        self._unclaimed -= count
+        return taken
 
     def refuse(self, error: DescriptorProtocolError) -> NoReturn:
         """
@@ -172,7 +241,7 @@ class ReceivedDescriptors:
         most: report it as a L{TooManyUnclaimedDescriptors} violation (the
         connection is closed, and what it held released).
         """
-        if self._held:
+        if self._unclaimed:
             self._onViolation(TooManyUnclaimedDescriptors(why))
 
     def boxDispatched(self) -> None:
@@ -207,8 +276,12 @@ class ReceivedDescriptors:
         Close every descriptor held, and those claimed by a box not yet
         dispatched.
         """
-        held = list(self._held.values()) + self._inBox
-        self._held.clear()
+        held: list[int] = []
+        for run in self._runs:
+            held.extend(run)
+        held.extend(self._inBox)
+        del self._starts[:], self._runs[:]
+        self._unclaimed = 0
         self._countAgain(len(self._inBox))
         self._inBox = []
         self.settle()

@@ -28,6 +28,8 @@ __all__ = [
     "recv_with_fds",
     "recv_into_with_fds",
     "duplicate_all",
+    "duplicate_array",
+    "int_array",
     "close_all",
     "Receiver",
 ]
@@ -63,6 +65,21 @@ def _fdArray(fds: Sequence[FileDescriptorLike]) -> Any:
     except Exception:
         packed = packer.pack(*[_fileno(f) for f in fds])
     return ffi.from_buffer("int[]", packed)
+
+
+def int_array(fds: Sequence[int]) -> array[int]:
+    """
+    Descriptor numbers (ints) as an C{array('i')}: the form the rest of this
+    module passes to C without converting each one again.  An C{array('i')}
+    is returned as it is.
+
+    @raise struct.error: one of them is not an int (or out of C{int}'s range).
+    """
+    if type(fds) is array and fds.typecode == "i":
+        return fds
+    count = len(fds)
+    packer = _packers[count] if count <= MAX_FDS_PER_MESSAGE else Struct("%di" % (count,))
+    return array("i", packer.pack(*fds))
 
 
 def _unpackFds(cArray: Any, count: int) -> list[int]:
@@ -257,14 +274,22 @@ def duplicate_all(fds: Sequence[FileDescriptorLike]) -> list[int]:
     @raise OSError: one could not be duplicated (C{EMFILE}, C{EBADF}, ...);
         those already made were closed again.
     """
+    return duplicate_array(fds).tolist()
+
+
+def duplicate_array(fds: Sequence[FileDescriptorLike]) -> array[int]:
+    """
+    L{duplicate_all}, returning the duplicates as an C{array('i')}, which
+    L{send_with_fds} and L{close_all} take without converting them.
+    """
     count = len(fds)
-    if not count:
-        return []
-    duplicates = ffi.new("int[]", count)
-    if lib.paf_dup_all(_fdArray(fds), count, duplicates) < 0:
+    duplicates = _NO_FDS * count
+    if count and lib.paf_dup_all(_fdArray(fds), count, ffi.from_buffer("int[]", duplicates)) < 0:
         raise nativeError(ffi.errno)
-    # cffi has no types: unpack of an int[] is a list of ints.
-    return ffi.unpack(duplicates, count)  # type: ignore[no-any-return]
+    return duplicates
+
+
+_NO_FDS = array("i", [-1])
 
 
 def close_all(fds: Sequence[FileDescriptorLike]) -> None:

@@ -284,7 +284,7 @@ class BatchedWrites(_twistedsockets.TransportHooks):
             length = size - total
             # Every queued descriptor, or the first groupful (limit: then
             # more are left).
-            fds, limit = queue.nextGroup(self._bytesSent)
+            fds, limit = queue.nextGroupArray(self._bytesSent)
             if limit is not None and limit < length:
                 # The next group must still find a byte of the box that
                 # names it: stop this message where that box may begin.

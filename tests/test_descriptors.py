@@ -4,6 +4,7 @@ without sockets.
 """
 
 import os
+from array import array
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -75,6 +76,49 @@ class ReceivedDescriptorsTests(SynchronousTestCase):
         self.assertRaises(UnknownDescriptor, self.table.claimRange, 0, 3)
         self.assertEqual(self.table.unclaimed, 2)
         self.assertEqual(self.table.claimedByBox, 0)
+
+    def test_rangeAcrossReceives(self):
+        """
+        A range may span descriptors of several receives (one given as an
+        C{array('i')}, as the transports give them), and claims in the
+        middle of what is held leave the rest claimable on either side.
+        """
+        first = self.received(3)
+        pipes = [os.pipe() for _ in range(4)]
+        for r, w in pipes:
+            os.close(w)
+        second = [r for r, w in pipes]
+        self.table.receive(array("i", second), 100)
+        owned = self.table.claimRange(2, 3)
+        self.assertEqual(owned, [first[2]] + second[:2])
+        self.assertEqual(self.table.claim(6), second[3])
+        self.assertEqual(self.table.oldestUnclaimed, 0)
+        self.assertEqual(self.table.claimRange(0, 2), first[:2])
+        self.assertEqual(self.table.claim(5), second[2])
+        self.assertEqual((self.table.unclaimed, self.table.oldestUnclaimed), (0, 7))
+        self.table.boxDispatched()
+        for fd in first + second:
+            os.close(fd)
+
+    def test_rangeOverHoleNamesIt(self):
+        """
+        A range over an ordinal already claimed fails naming the first one
+        missing, and claims nothing.
+        """
+        fds = self.received(5)
+        self.addCleanup(os.close, self.table.claim(2))
+        self.table.boxDispatched()
+        with self.assertRaises(UnknownDescriptor) as caught:
+            self.table.claimRange(0, 4)
+        self.assertIn("descriptor 2 was already claimed", str(caught.exception))
+        with self.assertRaises(UnknownDescriptor) as caught:
+            self.table.claimRange(3, 3)
+        self.assertIn("descriptor 5 has not been received", str(caught.exception))
+        self.assertEqual(self.table.unclaimed, 4)
+        self.assertEqual(self.table.claimRange(3, 2), fds[3:])
+        self.table.boxDispatched()
+        for fd in fds[3:]:
+            os.close(fd)
 
     def test_releaseBoxCloses(self):
         """

@@ -7,8 +7,10 @@ import fcntl
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
+from array import array
 
 import pytest
 
@@ -47,6 +49,14 @@ def files(tmp_path):
     yield make
     for fd in opened:
         os.close(fd)
+
+
+def isOpen(fd):
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
 
 
 def assertSameFiles(sent, received):
@@ -238,6 +248,60 @@ class TestDuplicateAll:
         with pytest.raises(OSError) as caught:
             fdio.duplicate_all([first, -1, last])
         assert caught.value.errno == errno.EBADF
+
+
+class TestDuplicateArray:
+    def test_duplicates(self, files):
+        """
+        L{fdio.duplicate_array} duplicates every descriptor, in order,
+        close-on-exec, into an C{array('i')} that L{fdio.close_all} closes
+        as it is.
+        """
+        originals = files(300)
+        duplicates = fdio.duplicate_array(fdio.int_array(originals))
+        try:
+            assert isinstance(duplicates, array) and duplicates.typecode == "i"
+            assertSameFiles(originals, duplicates)
+            assert all(
+                fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC for fd in duplicates
+            )
+        finally:
+            fdio.close_all(duplicates)
+        assert not any(map(isOpen, duplicates))
+        assert fdio.duplicate_array([]) == array("i")
+
+    def test_allOrNone(self, files):
+        """
+        A descriptor that cannot be duplicated raises its C{OSError}, and
+        none of the duplicates made before it is left open.
+        """
+        first, last = files(2)
+        with pytest.raises(OSError) as caught:
+            fdio.duplicate_array([first, -1, last])
+        assert caught.value.errno == errno.EBADF
+
+
+class TestIntArray:
+    def test_ints(self):
+        """
+        L{fdio.int_array} packs ints into an C{array('i')}, in order, and
+        returns an C{array('i')} as it is.
+        """
+        packed = fdio.int_array([3, 0, 7] * 100)
+        assert packed.typecode == "i"
+        assert packed.tolist() == [3, 0, 7] * 100
+        assert fdio.int_array(packed) is packed
+        assert fdio.int_array(()) == array("i")
+
+    def test_notInts(self, pair):
+        """
+        Anything but ints (an object with C{fileno()}, a number out of
+        C{int}'s range) is refused with C{struct.error}.
+        """
+        with pytest.raises(struct.error):
+            fdio.int_array([0, pair[0]])
+        with pytest.raises(struct.error):
+            fdio.int_array([2**40])
 
 
 class TestFailures:

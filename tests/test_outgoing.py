@@ -9,7 +9,7 @@ import os
 from twisted.trial.unittest import SynchronousTestCase
 
 from pyamp_fds.budget import DescriptorBudget
-from pyamp_fds.fdio import MAX_FDS_PER_MESSAGE
+from pyamp_fds.fdio import MAX_FDS_PER_MESSAGE, int_array
 from pyamp_fds.outgoing import Ownership, OutgoingDescriptors
 from tests.fdcheck import assertNoNewDescriptors, identity, openDescriptors
 
@@ -160,6 +160,52 @@ class OutgoingDescriptorsTests(SynchronousTestCase):
         self.assertEqual(self.queue.nextGroup(150)[1], 1)
         self.queue.sent(len(fds))
         self.assertEqual(self.queue.nextGroup(100), ([fd] * 10, None))
+
+    def test_groupArray(self):
+        """
+        L{OutgoingDescriptors.nextGroupArray} gives the same group and limit
+        as L{OutgoingDescriptors.nextGroup}, as an C{array('i')}.
+        """
+        fd = self.pipe()
+        self.queue.enqueue([fd] * MAX_FDS_PER_MESSAGE, 0, Ownership.LENT)
+        self.queue.enqueue(int_array([fd] * 10), 100, Ownership.LENT)
+        fds, limit = self.queue.nextGroupArray(40)
+        self.assertEqual((fds.typecode, fds.tolist(), limit), ("i", [fd] * MAX_FDS_PER_MESSAGE, 60))
+        self.assertEqual(self.queue.nextGroup(40), (fds.tolist(), limit))
+        self.queue.sent(len(fds))
+        fds, limit = self.queue.nextGroupArray(100)
+        self.assertEqual((fds.tolist(), limit), ([fd] * 10, None))
+
+    def test_fullGroupOfDuplicates(self):
+        """
+        A full group of duplicates (queued from an C{array('i')}) is closed
+        once sent, every one of them, and the caller's descriptors stay open.
+        """
+        fds = [self.pipe() for _ in range(MAX_FDS_PER_MESSAGE // 2 + 1)]
+        self.queue.enqueue(int_array(fds * 2)[:MAX_FDS_PER_MESSAGE], 0, Ownership.DUPLICATE)
+        duplicates = self.queue.descriptors
+        self.assertEqual(len(duplicates), MAX_FDS_PER_MESSAGE)
+        self.assertEqual([identity(d) for d in duplicates], [identity(f) for f in (fds * 2)[:MAX_FDS_PER_MESSAGE]])
+        self.queue.sent(MAX_FDS_PER_MESSAGE)
+        self.assertFalse(any(map(self.isOpen, duplicates)))
+        self.assertTrue(all(map(self.isOpen, fds)))
+
+    def test_partlyLentGroup(self):
+        """
+        A group whose first descriptors are lent and the rest handed over
+        closes only the handed-over ones, in whatever part of the group
+        is sent.
+        """
+        lent = self.pipe()
+        handed = [os.dup(lent) for _ in range(3)]
+        self.queue.enqueue([lent, lent], 0, Ownership.LENT)
+        self.queue.enqueue(handed, 0, Ownership.HANDED_OVER)
+        self.queue.sent(3)
+        self.assertEqual(list(map(self.isOpen, handed)), [False, True, True])
+        self.assertTrue(self.isOpen(lent))
+        self.queue.sent(2)
+        self.assertFalse(any(map(self.isOpen, handed)))
+        self.assertTrue(self.isOpen(lent))
 
     def test_duplicateAllOrNone(self):
         """
