@@ -17,6 +17,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+#: The longest one run of a peer program may take: one that hangs fails the
+#: scenario instead of stopping the benchmark for ever.
+PEER_TIMEOUT = 300
+
 
 @dataclass
 class Target:

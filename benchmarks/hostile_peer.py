@@ -8,8 +8,8 @@ peers that attack it: the processes of the hostile-load benchmark
     python benchmarks/hostile_peer.py attack PATH SHARE [ATTACK,...]
 
 C{serve} listens on PATH (L{pyamp_fds.endpoints.listenUNIX}) with a
-descriptor budget of LIMIT, room for CONNECTIONS server connections, and a
-soft C{RLIMIT_NOFILE} of LIMIT + CONNECTIONS + RESERVE,
+descriptor budget of LIMIT, at most CONNECTIONS server connections (whose
+sockets count in the budget), and a soft C{RLIMIT_NOFILE} of LIMIT + RESERVE,
 prints C{ready} and its budget as JSON, and answers two commands: C{Take}
 (one descriptor, which it closes) and C{Open} (answered with a descriptor);
 given UNCLAIMED_SECONDS, its connections have that C{maxUnclaimedSeconds}.
@@ -97,7 +97,7 @@ def serve(path, limit, reserve, connections, unclaimedSeconds=None):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     # The kernel enforces the same bound the budget keeps: were the library
     # to hold more than its budget and the reserve, it would be refused.
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, limit + connections + reserve), hard))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, limit + reserve), hard))
 
     from twisted.internet import reactor
     from twisted.internet.protocol import Factory
@@ -122,8 +122,10 @@ def serve(path, limit, reserve, connections, unclaimedSeconds=None):
                 self.peak = used
 
         def connectionOpened(self):
+            # Counted in the budget's used without take().
             super().connectionOpened()
             self.connectionsPeak = max(self.connectionsPeak, self.connections)
+            self.peak = max(self.peak, self.used)
 
     budget = MeasuredBudget(limit=limit, maxConnections=connections)
     setProcessBudget(budget)

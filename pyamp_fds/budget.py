@@ -18,12 +18,14 @@ closed, or refused.  When the budget runs short, the connection holding the
 most unclaimed descriptors is closed (L{DescriptorBudget.relieve}), so that
 several peers each under their share cannot stop every other connection.
 
-Connections are descriptors too: each accepted connection's socket counts
-against L{DescriptorBudget.maxConnections}, the other part of what the
-reserve leaves, and a listening port of the package accepts no more while
-they are all taken (it stops accepting, and resumes when one closes), so
-that a peer opening connection after connection cannot take the process to
-its limit either (L{pyamp_fds.credentials.Port}).
+Connections are descriptors too: each server connection's socket counts
+in the budget (L{DescriptorBudget.connections}, also among those
+L{DescriptorBudget.used}), and at most L{DescriptorBudget.maxConnections} of
+them, a quarter of the budget by default, so that descriptors always keep
+the rest.  A listening port of the package accepts no more while they are
+all taken (it stops accepting, and resumes when one closes), so that a peer
+opening connection after connection cannot take the process to its limit
+either (L{pyamp_fds.credentials.Port}).
 """
 
 from __future__ import annotations
@@ -67,14 +69,17 @@ class DescriptorBudget:
     over through a queue that the owning thread folds in when it next looks,
     so that the hot paths take no lock.
 
-    @ivar limit: the most descriptors the library may hold for its
-        connections (those sent by peers and not yet claimed or closed,
-        duplicates queued for sending): L{used} counts them.
+    @ivar limit: the most descriptors the library may hold: those sent by
+        peers and not yet claimed or closed, duplicates queued for sending,
+        and, when the budget bounds them, its server connections' sockets.
+        L{used} counts them.
     @ivar share: the most one connection may hold (unclaimed plus queued).
     @ivar maxConnections: the most server connections (their sockets) the
         process keeps at once, or C{None} for no bound: L{connections} counts
         them, and the package's listening ports stop accepting while they
-        are all taken.
+        are all taken.  With a bound they count in L{used}; without one
+        (a budget given its C{limit} and no C{maxConnections}) they are
+        counted, but not against the limit.
     @ivar connections: how many server connections are open now (those
         accepted or adopted as servers; the application's own client
         connections are not counted, nor ever refused).  A connection's
@@ -94,7 +99,7 @@ class DescriptorBudget:
     ) -> None:
         """
         @param limit: the budget; by default the soft C{RLIMIT_NOFILE} less
-            C{reserve}, less C{maxConnections}.
+            C{reserve}.
         @param share: one connection's most; by default a quarter of the
             budget, or up to half of it to make room for 8192 (two of the
             longest default L{pyamp_fds.DescriptorList}s), and never less
@@ -103,10 +108,8 @@ class DescriptorBudget:
             is derived; by default a sixteenth of the soft limit, at least 64
             (but never more than a quarter of it).
         @param maxConnections: the most server connections at once; by
-            default, when C{limit} is derived, a quarter of what the reserve
-            leaves of the soft limit (C{limit} takes the rest, so that the
-            two together stay within it), and no bound when C{limit} is
-            given.
+            default a quarter of the limit when the limit is derived, and
+            no bound when it is given.
         """
         if limit is None:
             soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -114,10 +117,9 @@ class DescriptorBudget:
                 soft = 1 << 20
             if reserve is None:
                 reserve = min(max(64, soft // 16), soft // 4)
-            spare = max(0, soft - reserve)
+            limit = max(0, soft - reserve)
             if maxConnections is None:
-                maxConnections = spare // 4
-            limit = max(0, spare - maxConnections)
+                maxConnections = limit // 4
         if share is None:
             # Well below the budget, yet room for long lists when the limit
             # allows (a DescriptorList's descriptors all arrive before its
@@ -189,7 +191,14 @@ class DescriptorBudget:
         The room a reader waits for: a full receive, or the whole budget if
         it is smaller than one.
         """
-        return min(MAX_FDS_PER_MESSAGE, self.limit)
+        room = self.limit
+        if self.maxConnections is not None:
+            # What the connections' own sockets leave (all the budget, were
+            # they more than maxConnections, which adopted ones may be: a
+            # reader then reads with the room there is, never waiting for
+            # room that cannot come).
+            room -= self.connections
+        return max(0, min(MAX_FDS_PER_MESSAGE, room))
 
     def hold(self, holder: _Holder) -> None:
         """
@@ -344,9 +353,11 @@ class DescriptorBudget:
     def connectionOpened(self) -> None:
         """
         A server connection's socket is open: it counts in L{connections}
-        until L{connectionClosed}.
+        (and, with a bound on them, in L{used}) until L{connectionClosed}.
         """
         self._connections += 1
+        if self.maxConnections is not None:
+            self._used += 1
 
     def connectionClosed(self, count: int = 1) -> None:
         """
@@ -356,10 +367,15 @@ class DescriptorBudget:
         the owner's, it is folded in when the owner next looks, and the
         ports waiting find it when they look again by themselves.
         """
+        bounded = self.maxConnections is not None
         if threading.get_ident() != self._owner:
             self._connectionsReleased.append(count)
+            if bounded:
+                self.give(count)
             return
         self._connections -= count
+        if bounded:
+            self.give(count)
         if self._waitingForConnections and self.connectionRoom() != 0:
             waiting, self._waitingForConnections = self._waitingForConnections, set()
             for resume in waiting:

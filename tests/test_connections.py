@@ -19,6 +19,7 @@ import pyamp_fds
 from pyamp_fds import fdio
 from pyamp_fds.budget import DescriptorBudget, processBudget, setProcessBudget
 from pyamp_fds.closer import waitUntilClosed
+from pyamp_fds.fdio import MAX_FDS_PER_MESSAGE
 from pyamp_fds.credentials import Port
 from pyamp_fds.endpoints import UNIXClientEndpoint, UNIXServerEndpoint
 from tests.fdcheck import openDescriptors
@@ -70,40 +71,49 @@ class ConnectionBudgetTests(SynchronousTestCase):
 
     def test_derivedSplit(self):
         """
-        A budget derived from the soft C{RLIMIT_NOFILE} gives a quarter of
-        what the reserve leaves to connections and the rest to descriptors,
-        so that together they stay within the limit.
+        A budget derived from the soft C{RLIMIT_NOFILE} bounds connections
+        to a quarter of its limit, unless told otherwise.
         """
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         budget = DescriptorBudget(reserve=100)
-        spare = soft - 100
-        self.assertEqual(budget.maxConnections, spare // 4)
-        self.assertEqual(budget.limit + budget.maxConnections, spare)
+        self.assertEqual(budget.limit, soft - 100)
+        self.assertEqual(budget.maxConnections, (soft - 100) // 4)
         given = DescriptorBudget(reserve=100, maxConnections=10)
-        self.assertEqual((given.limit, given.maxConnections), (spare - 10, 10))
+        self.assertEqual((given.limit, given.maxConnections), (soft - 100, 10))
 
     def test_givenLimitUnbounded(self):
         """
-        A budget given its limit bounds connections only when told to.
+        A budget given its limit bounds connections only when told to;
+        unbounded, they are counted but not against the limit.
         """
         budget = DescriptorBudget(limit=1000)
         self.assertIsNone(budget.maxConnections)
         budget.connectionOpened()
         self.assertEqual((budget.connections, budget.connectionRoom()), (1, None))
+        self.assertEqual((budget.used, budget.headroom, budget.fullReceive), (0, 1000, 253))
         budget.connectionClosed()
         self.assertEqual(budget.connections, 0)
 
     def test_room(self):
         """
         The room for connections is what the bound leaves, never below
-        zero, and connections do not take descriptors' headroom.
+        zero; bounded, connections count in the budget, and a full receive
+        is what they leave of it.
         """
-        budget = DescriptorBudget(limit=1000, maxConnections=2)
+        budget = DescriptorBudget(limit=300, maxConnections=2)
         self.assertEqual(budget.connectionRoom(), 2)
         for _ in range(3):
             budget.connectionOpened()
         self.assertEqual(budget.connectionRoom(), 0)
-        self.assertEqual((budget.used, budget.headroom), (0, 1000))
+        self.assertEqual((budget.used, budget.headroom), (3, 297))
+        self.assertEqual(budget.fullReceive, MAX_FDS_PER_MESSAGE)
+        for _ in range(100):
+            budget.connectionOpened()
+        # Adopted connections past the bound: readers read with what is
+        # left rather than wait for room that cannot come.
+        self.assertEqual(budget.fullReceive, 300 - 103)
+        budget.connectionClosed(103)
+        self.assertEqual((budget.used, budget.connections), (0, 0))
 
     def test_waitingPorts(self):
         """
@@ -138,11 +148,12 @@ class ConnectionBudgetTests(SynchronousTestCase):
         budget.connectionOpened()
         sockets = budget.connectionSockets
         sockets.closing(1)
-        self.assertEqual(budget.connectionRoom(), 0)
+        self.assertEqual((budget.connectionRoom(), budget.used), (0, 1))
         closer = threading.Thread(target=sockets.closed, args=(1,))
         closer.start()
         closer.join()
         self.assertEqual((budget.connections, budget.connectionRoom()), (0, 1))
+        self.assertEqual(budget.used, 0)
 
 
 class _Connections(ReactorTestCase):
@@ -256,7 +267,8 @@ class PortBoundTests(_Connections):
         A server connection closed with bytes left unread in its socket is
         closed in the background, and counts as a connection until it is
         (here for a second: what is queued in it is the last reference to a
-        socket whose close lingers), not as a descriptor.
+        socket whose close lingers), in the budget's connections and in what
+        it holds.
         """
         budget = self.useBudget(DescriptorBudget(limit=1000, maxConnections=4))
         server, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -272,7 +284,7 @@ class PortBoundTests(_Connections):
         lost = watchLost(proto)
         proto.transport.loseConnection()
         yield lost
-        self.assertEqual((budget.connections, budget.used), (1, 0))
+        self.assertEqual((budget.connections, budget.used), (1, 1))
         yield threads.deferToThread(waitUntilClosed)
         self.assertEqual((budget.connections, budget.used), (0, 0))
         self.assertTrue((yield closedByPeer(peer)))

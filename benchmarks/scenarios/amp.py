@@ -21,6 +21,7 @@ import os
 import subprocess
 import sys
 
+from benchmarks import harness
 from benchmarks.harness import Scenario, Target, progress
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,7 +55,8 @@ def _measure(command):
     Run one peer program and turn the JSON it prints into what the harness
     takes: descriptors, seconds, and the extra figures it reported.
     """
-    result = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+    result = json.loads(subprocess.run(command, capture_output=True, text=True, check=True,
+                                       timeout=harness.PEER_TIMEOUT).stdout)
     descriptors = result["descriptors"]
     extras = {CPU: result["cpu"] / descriptors * 1e6}
     if "sendmsg" in result:

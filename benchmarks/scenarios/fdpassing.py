@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+from benchmarks import harness
 from benchmarks.harness import Scenario, Target
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -15,7 +16,8 @@ TOTAL = 200000
 
 
 def _run(command):
-    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(command, capture_output=True, text=True, check=True,
+                         timeout=harness.PEER_TIMEOUT).stdout
     result = json.loads(out)
     return result["descriptors"], result["seconds"]
 

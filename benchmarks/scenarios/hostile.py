@@ -4,9 +4,9 @@ peers attack that server, against the same client and server with nobody
 attacking, in the same run.
 
 The server (C{benchmarks/hostile_peer.py serve}) runs in its own process with
-an explicit descriptor budget of L{LIMIT}, room for L{CONNECTIONS} server
-connections (half of them for any one user) and a soft C{RLIMIT_NOFILE} of
-L{LIMIT} + L{CONNECTIONS} + L{RESERVE}, listening with
+an explicit descriptor budget of L{LIMIT}, at most L{CONNECTIONS} server
+connections (their sockets counted in the budget; half of them for any one
+user) and a soft C{RLIMIT_NOFILE} of L{LIMIT} + L{RESERVE}, listening with
 L{pyamp_fds.endpoints.listenUNIX}.  The
 good client keeps L{WINDOW} one-descriptor commands in flight, as the C{amp}
 scenario does, and is measured for L{SECONDS} after a warm-up.  Under attack,
@@ -27,8 +27,8 @@ one process runs every attack at once for the whole of that time:
 Each attack is also measured alone, to tell which one hurts; the targets
 are the attacked run's.  Reported beside the good client's descriptors/s: the errors it saw, its
 longest wait for an answer, the server's peak open descriptors (sampled
-from C{/proc/PID/fd}) less its baseline and budget (descriptors and
-connections: never above, at most 0), the most its budget held (exactly, at
+from C{/proc/PID/fd}) less its baseline and budget (never above: at most
+0), the most its budget held (exactly, connections' sockets included: at
 most its limit), the most server connections it kept (at most
 L{CONNECTIONS}), the descriptors
 left open once every peer has gone (0), how many attacker connections the
@@ -223,8 +223,7 @@ def _measure(attacks, unclaimedSeconds=None):
         good["seconds"],
         {
             ERRORS: good["errors"],
-            OVER: max(sampler.peak, report["end"])
-            - (report["baseline"] + report["limit"] + report["maxConnections"]),
+            OVER: max(sampler.peak, report["end"]) - (report["baseline"] + report["limit"]),
             LEFT: report["end"] - report["baseline"],
             STALL: good["longestStall"] * 1000,
             BUDGET_PEAK: report["budgetPeak"],
