@@ -21,8 +21,8 @@ C{SIGUSR1} it waits for every connection to be gone and every descriptor it
 let go of to be closed, and prints what it saw as JSON.
 
 C{client} is the good client: WINDOW C{Take} calls in flight, each with a
-descriptor, for WARMUP + SECONDS; it prints C{start} and C{stop} when the
-last SECONDS begin and end, then the calls answered in them, the errors it
+descriptor, for WARMUP + SECONDS; it prints C{connected} once connected, and
+C{start} and C{stop} when the last SECONDS begin and end, then the calls answered in them, the errors it
 saw, and its longest wait for an answer.
 
 C{attack} runs every attack below at once (or those named: C{flood},
@@ -291,6 +291,8 @@ def client(path, warmup, seconds, window):
 
     def connectionMade():
         original()
+        # Whoever runs the client may start the attackers now.
+        print("connected", flush=True)
         connected()
 
     proto.connectionMade = connectionMade
@@ -576,7 +578,7 @@ def attack(path, share, kinds=ATTACKS):
             os.setgroups([])
             os.setgid(user.pw_gid)
             os.setuid(user.pw_uid)
-            report = runAttacks(path, share, theirs, stop)
+            report = runAttacks(path, share, theirs, stop, parent=os.getppid())
             os.write(reportWrite, json.dumps(report).encode())
             os._exit(0)
         os.close(reportWrite)
@@ -591,9 +593,11 @@ def attack(path, share, kinds=ATTACKS):
     print(json.dumps(report), flush=True)
 
 
-def runAttacks(path, share, kinds, stop):
+def runAttacks(path, share, kinds, stop, parent=None):
     """
-    Run C{kinds} of attack, each in its own thread, until C{stop} is set.
+    Run C{kinds} of attack, each in its own thread, until C{stop} is set (or
+    until process C{parent}, if given, is gone: a child must not outlive
+    the attacking process that made it, however that one ended).
 
     @return: what each did.
     """
@@ -615,6 +619,8 @@ def runAttacks(path, share, kinds, stop):
         thread.start()
     while not stop.is_set():
         stop.wait(0.1)
+        if parent is not None and os.getppid() != parent:
+            stop.set()
     for thread in threads:
         thread.join()
     report = {}

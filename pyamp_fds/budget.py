@@ -334,11 +334,13 @@ class DescriptorBudget:
     def connectionRoom(self) -> int | None:
         """
         How many more server connections may be opened now (never below
-        zero), or C{None} if there is no bound.
+        zero): what L{maxConnections} leaves, and no more than the budget's
+        headroom, since their sockets count in it; or C{None} if there is no
+        bound.
         """
         if self.maxConnections is None:
             return None
-        return max(0, self.maxConnections - self.connections)
+        return max(0, min(self.maxConnections - self.connections, self.headroom))
 
     @property
     def connections(self) -> int:

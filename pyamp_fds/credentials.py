@@ -222,9 +222,10 @@ class Port(unix.Port):
 
     Every connection accepted here counts among the process budget's
     connections (L{pyamp_fds.budget.DescriptorBudget.connections}) until it
-    closes.  While they are all taken the port accepts nothing: new peers
-    wait in the listening socket's backlog (and are refused by the kernel
-    once it is full), and it accepts again as soon as a connection closes.
+    closes.  While they are all taken, or the budget has no room for one
+    more socket, the port accepts nothing: new peers wait in the listening
+    socket's backlog (and are refused by the kernel once it is full), and
+    it accepts again as soon as there is room.
     """
 
     refusalLogInterval = 1.0
@@ -343,8 +344,14 @@ class Port(unix.Port):
         budget = processBudget()
         room = budget.connectionRoom()
         if room == 0:
-            # Every connection the process may keep is taken: accept none
-            # (they wait in the backlog) until one closes.
+            # Every connection the process may keep is taken, or the budget
+            # is: accept none (they wait in the backlog) until one closes or
+            # descriptors are released.
+            if budget.headroom <= 0:
+                # As a reader short of headroom does: the connection holding
+                # the most unclaimed descriptors is closed, if one holds
+                # enough to be a hog.
+                budget.relieve()
             self.stopReading()  # type: ignore[no-untyped-call]
             budget.waitForConnectionRoom(self._connectionRoomAgain)
             if self._roomCall is None:

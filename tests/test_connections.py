@@ -243,6 +243,23 @@ class PortBoundTests(_Connections):
         self.assertEqual(self.openConnections(), [])
 
     @defer.inlineCallbacks
+    def test_noRoomInTheBudget(self):
+        """
+        A connection's socket counts in the budget: while the budget is
+        full of descriptors the port accepts nothing, though connections
+        are far from their bound, and it accepts once they are released.
+        """
+        budget = self.useBudget(DescriptorBudget(limit=10, maxConnections=5))
+        yield self.listen()
+        budget.take(10)
+        self.plainClient()
+        yield settle(0.2)
+        self.assertEqual((self.built, budget.connections), ([], 0))
+        budget.give(10)
+        self.assertTrue((yield waitFor(lambda: len(self.built) == 1)))
+        self.assertEqual((budget.connections, budget.used), (1, 1))
+
+    @defer.inlineCallbacks
     def test_clientsNotCounted(self):
         """
         Only the server's end of a connection counts: the application's

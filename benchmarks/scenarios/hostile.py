@@ -60,7 +60,9 @@ PEER = os.path.join(HERE, "hostile_peer.py")
 
 LIMIT = 2048
 RESERVE = 512
-CONNECTIONS = 64
+#: Room for the attackers of the good client's own user (which share its
+#: bound: half of this) and for the connection hog's user.
+CONNECTIONS = 256
 WINDOW = 256
 WARMUP = 0.5
 SECONDS = 2.0
@@ -170,6 +172,19 @@ def _measure(attacks, unclaimedSeconds=None):
             budget = json.loads(_readyLine(server, "the server"))
             sampler = _Sampler(server.pid)
             sampler.start()
+            # The good client is connected before the attacks start: a peer
+            # connecting in a loop keeps the listening socket's backlog full,
+            # and a connect() then finds it so (EAGAIN) whatever the server
+            # does; what is measured is a connected client's service.
+            goodClient = subprocess.Popen(
+                [sys.executable, PEER, "client", path, str(WARMUP), str(SECONDS), str(WINDOW)],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            line = goodClient.stdout.readline().strip()
+            if line != "connected":
+                goodClient.kill()
+                raise RuntimeError("the good client said %r, not 'connected'" % (line,))
             attackerPids = []
             if attacks:
                 attackers = subprocess.Popen(
@@ -178,11 +193,6 @@ def _measure(attacks, unclaimedSeconds=None):
                     text=True,
                 )
                 attackerPids = json.loads(_readyLine(attackers, "the attackers"))["pids"]
-            goodClient = subprocess.Popen(
-                [sys.executable, PEER, "client", path, str(WARMUP), str(SECONDS), str(WINDOW)],
-                stdout=subprocess.PIPE,
-                text=True,
-            )
             processes = {
                 "server": [server.pid], "client": [goodClient.pid], "attackers": attackerPids,
             }
