@@ -11,6 +11,7 @@ Change two imports and keep the rest of a Twisted AMP program as it is::
 from pyamp_fds.codec import BoxDecoder, encode_box, encode_boxes
 from pyamp_fds.errors import (
     BoxTooLarge,
+    DescriptorBudgetExhausted,
     DescriptorListTooLong,
     DescriptorProtocolError,
     DescriptorsTruncated,
@@ -47,6 +48,7 @@ __all__ = [
     "MAX_FDS_PER_MESSAGE",
     "BoxDecoder",
     "BoxTooLarge",
+    "DescriptorBudgetExhausted",
     "DescriptorListTooLong",
     "DescriptorProtocolError",
     "DescriptorsTruncated",

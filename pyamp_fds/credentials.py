@@ -80,15 +80,18 @@ def describeCredentials(credentials: PeerCredentials | None) -> str:
     return "pid %d uid %d gid %d" % tuple(credentials)
 
 
-def describePeer(transport: ITransport) -> str:
+def describePeer(transport: ITransport | None) -> str:
     """
     Name the peer of C{transport} for log lines: by its credentials when the
     transport provides them (C{getPeerCredentials}), since the address of a
     UNIX socket's client is usually unnamed (C{UNIXAddress(None)}) and
     identifies nobody; otherwise by its address.
 
-    @return: e.g. C{"pid 123 uid 1000 gid 1000"}.
+    @return: e.g. C{"pid 123 uid 1000 gid 1000"}; C{"nobody"} for no
+        transport (a protocol's once its connection is gone).
     """
+    if transport is None:
+        return "nobody"
     getPeerCredentials = getattr(transport, "getPeerCredentials", None)
     if getPeerCredentials is not None:
         try:

@@ -21,10 +21,13 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.error import ConnectionLost
 from twisted.protocols import amp
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from pyamp_fds import _twisted
 from pyamp_fds.codec import MAX_VALUE_LENGTH
+from pyamp_fds.credentials import describePeer
+from pyamp_fds.errors import DescriptorBudgetExhausted
 from pyamp_fds.plans import SettlingCommand, _plans, newBox, planFor
 
 if TYPE_CHECKING:
@@ -42,6 +45,8 @@ else:
 
 __all__ = ["FastDispatch"]
 
+_log = Logger()
+
 _stockLocateResponder = amp.AMP.locateResponder
 
 
@@ -56,6 +61,9 @@ class FastDispatch(_DispatchBase):
     """
 
     _prepared: Deferred[Any] | None = None
+
+    # Answers refused for want of descriptor budget (_answerRefused).
+    _answersRefused = 0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -108,7 +116,11 @@ class FastDispatch(_DispatchBase):
                         answer = self.serializing(plan.response.toStrings, result, answer, self)
                 else:
                     answer = self.serializing(command.makeResponse, result, self)
-            except BaseException:
+            except BaseException as e:
+                ask = box.get(amp.ASK)
+                if isinstance(e, DescriptorBudgetExhausted) and ask is not None:
+                    self._answerRefused(ask, e)
+                    return None
                 result = fail(
                     amp.BadLocalReturn(
                         "%r returned %r and %r could not serialize it"
@@ -132,6 +144,41 @@ class FastDispatch(_DispatchBase):
                 return None
         chain = self._settledResponder(lambda **kw: result, SettlingCommand(command, parsed=True))
         return self._answerByTwisted(box, chain(box))
+
+    def _answerRefused(self, ask: bytes, error: DescriptorBudgetExhausted) -> None:
+        """
+        An answer's descriptors could not be queued: the peer does not read
+        what it is sent, or the process's budget is spent.  The peer gets
+        what Twisted sends for an answer that fails (an unknown error, and
+        the connection closed after it); the log gets one line for the
+        first such answer of the connection and one for the rest when it
+        closes, rather than a traceback each: one read of a peer that never
+        reads can hold thousands of requests.
+        """
+        refusal = amp.QuitBox()
+        refusal[amp.ERROR] = ask
+        refusal[amp.ERROR_CODE] = amp.UNKNOWN_ERROR_CODE
+        refusal[amp.ERROR_DESCRIPTION] = b"Unknown Error"
+        self._answer(refusal, False)
+        self._answersRefused += 1
+        if self._answersRefused == 1:
+            _log.error(
+                "{protocol}: an answer to {peer} was refused: {error}; closing the connection",
+                protocol=self.__class__.__name__,
+                peer=describePeer(self.transport),
+                error=error,
+            )
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        if self._answersRefused > 1:
+            _log.error(
+                "{protocol}: {count} more answers to {peer} were refused for want of "
+                "descriptor budget before the connection closed",
+                protocol=self.__class__.__name__,
+                peer=describePeer(self.transport),
+                count=self._answersRefused - 1,
+            )
+        super().connectionLost(reason)
 
     def _answer(self, answer: amp.AmpBox, checked: bool) -> None:
         # What Twisted's responder chain does with an answer box made here.

@@ -22,6 +22,7 @@ __all__ = [
     "DescriptorListTooLong",
     "ReceivedDescriptorListTooLong",
     "DescriptorsUnsupported",
+    "DescriptorBudgetExhausted",
 ]
 
 
@@ -147,6 +148,16 @@ class DescriptorsUnsupported(TypeError):
     """
     A descriptor argument was sent over a transport that cannot carry
     descriptors (not a UNIX socket, e.g. TCP).
+    """
+
+
+class DescriptorBudgetExhausted(OSError):
+    """
+    Duplicates could not be queued: they would take the connection past its
+    share of the descriptor budget, or the budget past its limit (its
+    C{errno} is C{EMFILE}).  A peer that does not read what it is sent gets
+    this for the answers that would carry descriptors, rather than making
+    the process hold more.
     """
 
 

@@ -21,6 +21,7 @@ from enum import Enum
 from itertools import repeat
 from typing import TYPE_CHECKING
 
+from pyamp_fds.errors import DescriptorBudgetExhausted
 from pyamp_fds.fdio import MAX_FDS_PER_MESSAGE, close_all, duplicate_array, int_array
 
 if TYPE_CHECKING:
@@ -117,17 +118,19 @@ class OutgoingDescriptors:
             or after.
         @param ownership: an L{Ownership}; for L{Ownership.DUPLICATE} the
             duplicates (close-on-exec) are made here.
-        @raise OSError: a duplicate could not be made (C{EMFILE} also when
-            the duplicates would take this connection past its share of the
-            descriptor budget, or the budget past its limit: a peer that
-            does not read what it is sent cannot make the process run out);
-            those already made were closed and nothing was queued.
+        @raise OSError: a duplicate could not be made
+            (L{DescriptorBudgetExhausted<pyamp_fds.errors.DescriptorBudgetExhausted>},
+            an C{EMFILE}, when the duplicates would take this connection
+            past its share of the descriptor budget, or the budget past its
+            limit: a peer that does not read what it is sent cannot make the
+            process run out); those already made were closed and nothing was
+            queued.
         """
         count = len(descriptors)
         if ownership is _DUPLICATE:
             budget = self._budget
             if budget is not None and not budget.takeForQueue(count, len(self._fds)):
-                raise OSError(
+                raise DescriptorBudgetExhausted(
                     errno.EMFILE,
                     "no descriptor budget left for %d more duplicates (%d queued on this "
                     "connection, its share %d; %d held of the process's %d)"

@@ -198,7 +198,7 @@ class _Framing(DescriptorExchange, _twisted.BoxProtocolHooks):
                 "{protocol}: {error}; closing the connection to {peer}",
                 protocol=self.__class__.__name__,
                 error=error,
-                peer=describePeer(self.transport) if self.transport is not None else "nobody",
+                peer=describePeer(self.transport),
             )
             if isinstance(error, TooManyUnclaimedDescriptors):
                 # A listening port may keep the peer's process out a while.

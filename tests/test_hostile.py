@@ -16,6 +16,7 @@ import struct
 import time
 
 from twisted.internet import defer, protocol, reactor, task, threads
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.protocols import amp
 from twisted.trial.unittest import SkipTest, TestCase
 
@@ -180,6 +181,67 @@ class HostileTestCase(ReactorTestCase):
         self.addCleanup(peer.close)
         peer.setblocking(False)
         return peer
+
+
+class RefusedAnswersTests(HostileTestCase):
+    """
+    Answers whose duplicates the descriptor budget refuses are refused as
+    Twisted refuses an answer that fails (an unknown error, and the
+    connection closed), and logged in two lines however many there are,
+    not a traceback each.
+    """
+
+    def setUp(self):
+        self.events = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        return super().setUp()
+
+    @defer.inlineCallbacks
+    def test_loggedOnce(self):
+        """
+        A peer that sends 200 requests at once, each answered with a
+        descriptor, and reads nothing, on a connection whose share is 30:
+        the first 30 answers carry their descriptors, the 31st is an error
+        that closes the connection, and the log says so once, then once for
+        the other 169 refused; nothing is left open.
+        """
+        old = processBudget()
+        setProcessBudget(DescriptorBudget(limit=2000, share=30))
+        try:
+            proto = Responder(self.given)
+            server, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            peer = self.rawPeerOn(proto, server, peer)
+        finally:
+            setProcessBudget(old)
+        lost = watchLost(proto)
+        peer.sendall(b"".join(box(_ask=i, _command="Give") for i in range(200)))
+        yield lost
+
+        data, fds = b"", []
+        while True:
+            try:
+                got, more, _ = fdio.recv_with_fds(peer, 1 << 20)
+            except BlockingIOError:
+                yield settle(0.01)
+                continue
+            fds += more
+            data += got
+            if not got:
+                break
+        fdio.close_all(fds)
+        answers = pyamp_fds.BoxDecoder().feed(data)
+        self.assertEqual([a[b"_answer"] for a in answers[:30]], [b"%d" % i for i in range(30)])
+        self.assertEqual(len(fds), 30)
+        first = answers[30]
+        self.assertEqual(
+            (first[b"_error"], first[b"_error_code"]), (b"30", amp.UNKNOWN_ERROR_CODE)
+        )
+        refusals = [e for e in self.events if "refused" in e.get("log_format", "")]
+        self.assertEqual(len(refusals), 2, [formatEvent(e) for e in refusals])
+        self.assertIn("no descriptor budget left", formatEvent(refusals[0]))
+        self.assertIn("169 more answers", formatEvent(refusals[1]))
+        self.assertEqual(self.flushLoggedErrors(amp.BadLocalReturn), [])
 
 
 class SilentReaderTests(HostileTestCase):

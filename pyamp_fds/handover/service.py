@@ -312,7 +312,7 @@ class Handover(service.Service):
     def _describe(self, lender: _Lender) -> str:
         from pyamp_fds.credentials import describePeer
 
-        return describePeer(lender.transport)  # type: ignore[arg-type]
+        return describePeer(lender.transport)
 
     def _handOver(self, taker: _Lender) -> dict[str, Any]:
         if self._taker is not taker:
