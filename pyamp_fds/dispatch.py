@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.error import ConnectionLost
-from twisted.protocols import amp
 from twisted.logger import Logger
+from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from pyamp_fds import _twisted
