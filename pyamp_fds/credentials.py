@@ -197,6 +197,13 @@ class Port(unix.Port):
     C{refusalLogInterval} seconds, and the refusals in between are counted
     and summed up in one line at the end of that interval.
 
+    Every connection accepted here counts among the process budget's
+    connections (L{pyamp_fds.budget.DescriptorBudget.connections}) until it
+    closes.  While they are all taken, or the budget has no room for one
+    more socket, the port accepts nothing: new peers wait in the listening
+    socket's backlog (and are refused by the kernel once it is full), and
+    it accepts again as soon as there is room.
+
     @ivar allowedUIDs: the user ids admitted, or C{None}.
     @ivar allowedGIDs: the group ids admitted, or C{None}.  When both are
         given, a peer is admitted if its user id is in C{allowedUIDs} or its
@@ -223,12 +230,6 @@ class Port(unix.Port):
         (no bound when that has none), so that one user cannot take every
         connection the process may accept.
 
-    Every connection accepted here counts among the process budget's
-    connections (L{pyamp_fds.budget.DescriptorBudget.connections}) until it
-    closes.  While they are all taken, or the budget has no room for one
-    more socket, the port accepts nothing: new peers wait in the listening
-    socket's backlog (and are refused by the kernel once it is full), and
-    it accepts again as soon as there is room.
     """
 
     refusalLogInterval = 1.0
