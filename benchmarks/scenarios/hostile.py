@@ -10,7 +10,8 @@ user) and a soft C{RLIMIT_NOFILE} of L{LIMIT} + L{RESERVE}, listening with
 L{pyamp_fds.endpoints.listenUNIX}.  The
 good client keeps L{WINDOW} one-descriptor commands in flight, as the C{amp}
 scenario does, and is measured for L{SECONDS} after a warm-up.  Under attack,
-one process runs every attack at once for the whole of that time:
+once the good client is connected, one process (and a child of it, for the
+last) runs every attack at once for the whole of that time:
 
   - an unclaimed flood: one descriptor 253 times a C{sendmsg}, on single
     bytes of a box that never ends;
@@ -20,7 +21,7 @@ one process runs every attack at once for the whole of that time:
     never reading;
   - a peer connecting and hanging up with descriptors in flight;
   - a peer opening idle connections, more than the server may keep (run as
-    the user C{nobody}, in a process of its own, when the benchmark runs as
+    the user C{nobody}, in a child process, when the benchmark runs as
     root; left out otherwise, and said so: as the good client's own user it
     would only lock that user out, which is what a per-user bound does).
 
