@@ -23,9 +23,10 @@ in the budget (L{DescriptorBudget.connections}, also among those
 L{DescriptorBudget.used}), and at most L{DescriptorBudget.maxConnections} of
 them, a quarter of the budget by default, so that descriptors always keep
 the rest.  A listening port of the package accepts no more while they are
-all taken (it stops accepting, and resumes when one closes), so that a peer
-opening connection after connection cannot take the process to its limit
-either (L{pyamp_fds.credentials.Port}).
+all taken or the budget has no room for one more socket (it stops
+accepting, and resumes when there is room), so that a peer opening
+connection after connection cannot take the process to its limit either
+(L{pyamp_fds.credentials.Port}).
 """
 
 from __future__ import annotations
