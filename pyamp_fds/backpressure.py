@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pyamp_fds import _twistedsockets
+from pyamp_fds import _twisted
 from pyamp_fds.fdio import MAX_FDS_PER_MESSAGE
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ class ReadStops:
             transport.startReading()
 
 
-class ReadGate(_twistedsockets.TransportHooks):
+class ReadGate(_twisted.TransportHooks):
     """
     The reading side of a batching transport's back-pressure.
 
@@ -187,5 +187,5 @@ class ReadGate(_twistedsockets.TransportHooks):
             # read's requests may queue more before reading stops.
             limit = self.descriptorBudget.share // 2
         return (
-            len(self._queue) > limit or _twistedsockets.bufferedOutput(self) > self.maxPendingBytes
+            len(self._queue) > limit or _twisted.bufferedOutput(self) > self.maxPendingBytes
         )

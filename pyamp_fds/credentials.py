@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from twisted.internet import address, unix
 from twisted.logger import Logger
 
-from pyamp_fds import _twistedsockets
+from pyamp_fds import _twisted
 from pyamp_fds.budget import processBudget
 
 if TYPE_CHECKING:
@@ -238,7 +238,7 @@ class Port(unix.Port):
 
     if TYPE_CHECKING:
         # Twisted declares IReactorFDSet; a port's is a whole reactor.
-        reactor: _twistedsockets.IPortReactor
+        reactor: _twisted.IPortReactor
 
     # How many different peers a summary of refusals names; the others are
     # only counted, so a flood from many processes takes bounded memory.
@@ -250,7 +250,7 @@ class Port(unix.Port):
         factory: Factory,
         backlog: int = 50,
         mode: int = 0o666,
-        reactor: _twistedsockets.IPortReactor | None = None,
+        reactor: _twisted.IPortReactor | None = None,
         wantPID: int = 0,
         allowedUIDs: Iterable[int] | None = None,
         allowedGIDs: Iterable[int] | None = None,
@@ -362,7 +362,7 @@ class Port(unix.Port):
                 # Look again now and then: budgets can be replaced.
                 self._roomCall = self.reactor.callLater(_ROOM_RETRY, self._connectionRoomAgain)
             return
-        _twistedsockets.acceptAdmitted(
+        _twisted.acceptAdmitted(
             self, _credentialsOrNone, self.admits, self._refused, self._accepted, room
         )
 

@@ -31,7 +31,7 @@ from twisted.internet.interfaces import (
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-from pyamp_fds import _twistedsockets
+from pyamp_fds import _twisted
 from pyamp_fds.credentials import Port, checkConnectionsPerUser, checkMode
 from pyamp_fds.transport import Connector, Server
 
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from _typeshed import FileDescriptorLike
     from twisted.internet.protocol import ClientFactory, Factory
 
-    from pyamp_fds._twistedsockets import IPortReactor
+    from pyamp_fds._twisted import IPortReactor
 
 __all__ = [
     "UNIXServerEndpoint",
@@ -130,7 +130,7 @@ def adoptStreamConnection(
         sock.setblocking(False)
     finally:
         sock.detach()
-    return _twistedsockets.adoptConnectedSocket(Server, fileno, factory, reactor)
+    return _twisted.adoptConnectedSocket(Server, fileno, factory, reactor)
 
 
 class _BatchingUNIXReactor:

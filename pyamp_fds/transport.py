@@ -31,7 +31,7 @@ from twisted.internet import interfaces, main, unix
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from pyamp_fds import _twistedsockets
+from pyamp_fds import _twisted
 from pyamp_fds.backpressure import ReadGate, ReadStops
 from pyamp_fds.budget import processBudget
 from pyamp_fds.closer import closeLater, discard
@@ -127,7 +127,7 @@ class _Batching(PeerCredentialsMixin, BatchedWrites, ReadGate):
             self._reading = False
         if (
             result is None
-            and (self._writeHooks or _twistedsockets.hasBufferedOutput(self))
+            and (self._writeHooks or _twisted.hasBufferedOutput(self))
             and not self.disconnecting
         ):
             # Answers to what was just read go out now, in one sendmsg.
@@ -150,7 +150,7 @@ class _Batching(PeerCredentialsMixin, BatchedWrites, ReadGate):
                 protocol.fileDescriptorReceived(fd)
         else:
             discard(fds, self.descriptorBudget)
-            _twistedsockets.logDescriptorsRefused(self, protocol, len(fds))
+            _twisted.logDescriptorsRefused(self, protocol, len(fds))
 
     def closeSocket(self, orderly: bool) -> None:
         """
@@ -244,7 +244,7 @@ class Client(_Batching, unix.Client):
         unix.Client.__init__(self, *args, **kwargs)
 
 
-class Connector(_twistedsockets.ConnectorHooks, unix.Connector):
+class Connector(_twisted.ConnectorHooks, unix.Connector):
     """
     Connects to a UNIX socket with a L{Client}.
     """

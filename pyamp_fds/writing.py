@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet import error, main
 
-from pyamp_fds import _twistedsockets
+from pyamp_fds import _twisted
 from pyamp_fds.fdio import MAX_FDS_PER_MESSAGE, _fileno, send_with_fds
 from pyamp_fds.outgoing import Ownership, OutgoingDescriptors
 
@@ -38,7 +38,7 @@ _DUPLICATE = Ownership.DUPLICATE
 _HANDED_OVER = Ownership.HANDED_OVER
 
 
-class BatchedWrites(_twistedsockets.TransportHooks):
+class BatchedWrites(_twisted.TransportHooks):
     """
     The write path of a batching transport.  Mixed in ahead of Twisted's
     transport.
@@ -153,7 +153,7 @@ class BatchedWrites(_twistedsockets.TransportHooks):
         through the reactor nor registering for writability is needed.
         """
         result: int | BaseException | None
-        if self.TLS or len(self._writeHooks) != 1 or _twistedsockets.hasBufferedOutput(self):
+        if self.TLS or len(self._writeHooks) != 1 or _twisted.hasBufferedOutput(self):
             # After startTLS the bytes must go through the TLS layer.
             result = self.doWrite()
         else:
@@ -164,7 +164,7 @@ class BatchedWrites(_twistedsockets.TransportHooks):
                 if result < len(data):
                     super().write(data[result:])  # type: ignore[no-untyped-call]
                 result = None
-        if result is None and (self._writeHooks or _twistedsockets.hasBufferedOutput(self)):
+        if result is None and (self._writeHooks or _twisted.hasBufferedOutput(self)):
             self.startWriting()
         return result  # type: ignore[return-value]
 
@@ -337,5 +337,5 @@ class BatchedWrites(_twistedsockets.TransportHooks):
             self.reactor.addWriter(self)
 
     def _outputPending(self) -> bool:
-        return bool(self._writeHooks) or _twistedsockets.hasBufferedOutput(self)
+        return bool(self._writeHooks) or _twisted.hasBufferedOutput(self)
 

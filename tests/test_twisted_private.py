@@ -1,7 +1,6 @@
 """
-Tests for L{pyamp_fds._twisted} and L{pyamp_fds._twistedsockets}: every
-private name of Twisted the package relies on is still there, with the shape
-relied on.
+Tests for L{pyamp_fds._twisted}: every private name of Twisted the package
+relies on is still there, with the shape relied on.
 """
 
 import inspect
@@ -11,7 +10,7 @@ from twisted.internet.abstract import FileDescriptor
 from twisted.protocols import amp
 from twisted.trial.unittest import SynchronousTestCase
 
-from pyamp_fds import _twisted, _twistedsockets
+from pyamp_fds import _twisted
 
 
 def referencedNames(code):
@@ -24,8 +23,7 @@ def referencedNames(code):
 
 class PrivateNamesTests(SynchronousTestCase):
     """
-    The private names exist where L{pyamp_fds._twisted} and
-    L{pyamp_fds._twistedsockets} reach for them.
+    The private names exist where L{pyamp_fds._twisted} reaches for them.
     """
 
     def test_ampHooks(self):
@@ -141,14 +139,14 @@ class PrivateNamesTests(SynchronousTestCase):
 
     def test_acceptLoopShape(self):
         """
-        C{tcp.Port.doRead}, which L{_twistedsockets.acceptAdmitted} copies, still
+        C{tcp.Port.doRead}, which L{_twisted.acceptAdmitted} copies, still
         refers to exactly the names it did when the copy was made.
         """
         names = referencedNames(tcp.Port.doRead.__code__)
         self.assertIn(
             names,
-            (_twistedsockets.ACCEPT_LOOP_NAMES, _twistedsockets.ACCEPT_LOOP_NAMES_BEFORE_24),
-            "tcp.Port.doRead changed: compare it with pyamp_fds._twistedsockets.acceptAdmitted",
+            (_twisted.ACCEPT_LOOP_NAMES, _twisted.ACCEPT_LOOP_NAMES_BEFORE_24),
+            "tcp.Port.doRead changed: compare it with pyamp_fds._twisted.acceptAdmitted",
         )
         self.assertEqual(
             list(inspect.signature(tcp._accept).parameters),
@@ -159,8 +157,8 @@ class PrivateNamesTests(SynchronousTestCase):
 
     def test_listeningSocketHooks(self):
         """
-        The privates L{_twistedsockets.listenOnSocket} and
-        L{_twistedsockets.keepSocketListening} set exist on a fresh UNIX port, with
+        The privates L{_twisted.listenOnSocket} and
+        L{_twisted.keepSocketListening} set exist on a fresh UNIX port, with
         the values Twisted starts them at, and an adopted TCP port is made
         not to shut its socket down.
         """

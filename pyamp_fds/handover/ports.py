@@ -29,14 +29,14 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer, error, tcp
 
-from pyamp_fds import _twistedsockets
+from pyamp_fds import _twisted
 from pyamp_fds.credentials import Port
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IListeningPort
     from twisted.python.failure import Failure
 
-    from pyamp_fds._twistedsockets import IPortReactor
+    from pyamp_fds._twisted import IPortReactor
 
 __all__ = ["PortSpec", "SharedUNIXPort", "openSocket", "adoptSocket", "describe", "giveUp"]
 
@@ -89,7 +89,7 @@ class SharedUNIXPort(Port):
         Port.__init__(
             self, skt.getsockname(), factory, backlog, mode, reactor, 0, allowedUIDs, allowedGIDs
         )
-        _twistedsockets.listenOnSocket(self, skt)
+        _twisted.listenOnSocket(self, skt)
 
     def connectionLost(self, reason: Failure) -> None:
         if not self.handedOver:
@@ -98,7 +98,7 @@ class SharedUNIXPort(Port):
             self._refusalCall.cancel()
             self._refusalCall = None
             self._logRefusedSince()
-        _twistedsockets.keepSocketListening(self)
+        _twisted.keepSocketListening(self)
         # Past unix.Port's, which unlinks the file.
         tcp.Port.connectionLost(self, reason)
 
