@@ -17,6 +17,20 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def processCPUSeconds(pid):
+    """
+    The CPU time (user and system, every thread) process C{pid} has used so
+    far, from C{/proc/PID/stat}: for peers run by a scenario.
+    """
+    with open("/proc/%d/stat" % (pid,)) as f:
+        # The command name, in parentheses, may hold spaces: count after it.
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
 #: The longest one run of a peer program may take: one that hangs fails the
 #: scenario instead of stopping the benchmark for ever.
 PEER_TIMEOUT = 300

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 
-from benchmarks.harness import Scenario, Target, progress
+from benchmarks.harness import Scenario, Target, processCPUSeconds, progress
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROOT = os.path.dirname(HERE)
@@ -47,18 +47,6 @@ SERVER_CPU = "server CPU us/request"
 FRONT_CPU = "front process CPU us/request"
 WRK_CPU = "wrk CPU us/request"
 EXTRAS = ["p%s ms" % p for p in PERCENTILES] + [ERRORS, SERVER_CPU, FRONT_CPU, WRK_CPU]
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _cpuSeconds(pid):
-    """
-    The CPU time (user and system, every thread) process C{pid} has used so
-    far.
-    """
-    with open("/proc/%d/stat" % (pid,)) as f:
-        # The command name, in parentheses, may hold spaces: count after it.
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
 
 
 def _startServer(baseline):
@@ -150,7 +138,7 @@ def load(baseline):
         server, port, workers = _startServer(baseline)
         processes = [server.pid] + workers
         try:
-            before = [_cpuSeconds(pid) for pid in processes]
+            before = [processCPUSeconds(pid) for pid in processes]
             wrkBefore = resource.getrusage(resource.RUSAGE_CHILDREN)
             output = subprocess.run(
                 ["wrk", "-t%d" % THREADS, "-c%d" % CONNECTIONS, "-d%ds" % SECONDS, "--latency"]
@@ -162,7 +150,7 @@ def load(baseline):
                 timeout=SECONDS + 30,
             ).stdout
             wrkAfter = resource.getrusage(resource.RUSAGE_CHILDREN)
-            used = [_cpuSeconds(pid) - then for pid, then in zip(processes, before)]
+            used = [processCPUSeconds(pid) - then for pid, then in zip(processes, before)]
         finally:
             _stopServer(server)
         requests, seconds, extras = parseWrk(output)

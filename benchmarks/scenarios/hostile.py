@@ -53,7 +53,7 @@ import tempfile
 import threading
 import time
 
-from benchmarks.harness import Scenario, Target, progress
+from benchmarks.harness import Scenario, Target, processCPUSeconds, progress
 from benchmarks.hostile_peer import ATTACKS, OTHER_USER, OTHER_USER_NAME
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -84,7 +84,6 @@ CLIENT_BUSY = "good client CPU s/s"
 SAMPLER_BUSY = "sampler CPU s/s"
 EXTRAS = [ERRORS, OVER, LEFT, STALL, BUDGET_PEAK, CONNECTIONS_PEAK, KICKED, EXHAUSTED, SERVER_CPU, SERVER_BUSY,
           ATTACKERS_BUSY, CLIENT_BUSY, SAMPLER_BUSY]
-_TICK = os.sysconf("SC_CLK_TCK")
 #: How often the server's open descriptors are counted.
 SAMPLE_SECONDS = 0.01
 
@@ -128,18 +127,6 @@ class _Sampler(threading.Thread):
     def stop(self):
         self.done.set()
         self.join()
-
-
-def _cpuSeconds(pid):
-    """
-    The CPU time (user and system, every thread) process C{pid} has used so
-    far.
-    """
-    with open("/proc/%d/stat" % (pid,)) as f:
-        # The command name, in parentheses, may hold spaces: count after it.
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
-
 
 
 def _canRunAsAnotherUser():
@@ -204,7 +191,7 @@ def _measure(attacks, unclaimedSeconds=None):
                     goodClient.kill()
                     raise RuntimeError("the good client said %r, not %r" % (line, mark))
                 cpu[mark] = {
-                    name: sum(_cpuSeconds(pid) for pid in pids)
+                    name: sum(processCPUSeconds(pid) for pid in pids)
                     for name, pids in processes.items()
                 }
             out, _ = goodClient.communicate(timeout=STARTUP_TIMEOUT)
