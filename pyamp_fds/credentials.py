@@ -394,7 +394,7 @@ class Port(unix.Port):
         if held > 0:
             self._usersConnections[uid] = held
         else:
-            del self._usersConnections[uid]
+            self._usersConnections.pop(uid, None)
 
     def _refused(self, credentials: PeerCredentials | None, logger: Logger) -> None:
         if self._refusalCall is not None:
