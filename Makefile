@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
-NATIVE_SOURCES := $(wildcard csrc/*.c csrc/*.h csrc/*.cdef) csrc/build_native.py
+NATIVE_SOURCES := $(wildcard csrc/*.c csrc/*.h csrc/*.cdef csrc/python/*.c) csrc/build_native.py
 CWARN := -std=gnu99 -Wall -Wextra -Werror
 SANITIZERS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 BENCH_ARGS ?=
@@ -117,13 +117,16 @@ fuzz:
 
 # Pyflakes' checks over the Python, mypy over the package (settings in
 # pyproject.toml), the news fragments, and the C (the core, its tests, the
-# fuzzers and the benchmarks' floors) under -Wall -Wextra -Werror.
+# fuzzers, the benchmarks' floors and the boxes module against Python's
+# headers) under -Wall -Wextra -Werror.
 lint: $(INSTALLED)
 	$(PY) -m ruff check --no-cache --select F,E9 pyamp_fds tests benchmarks twisted
 	$(PY) -m mypy
 	$(VENV)/bin/towncrier build --draft --version $(VERSION) >/dev/null
 	for c in csrc/*.c tests/c/*.c fuzz/*.c benchmarks/*.c; do \
 		$(CC) -fsyntax-only $(CWARN) -Icsrc -Itests/c $$c || exit 1; done
+	$(CC) -fsyntax-only $(CWARN) -Icsrc -I"$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["include"])')" \
+		csrc/python/*.c
 
 # The API reference, from the epytext docstrings, in docs/api/index.html;
 # any warning fails the build.  L{twisted...} links go to Twisted's own API

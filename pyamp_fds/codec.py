@@ -1,21 +1,26 @@
 # -*- test-case-name: tests.test_codec -*-
 """
-AMP box framing: an incremental L{BoxDecoder} in C, L{encode_boxes} in C
-(many boxes in one call) and L{encode_box} in Python (one box costs less
-there than a call into C); both byte-identical to
-L{twisted.protocols.amp.AmpBox.serialize}.
+AMP box framing: an incremental L{BoxDecoder}, L{encode_box} and
+L{encode_boxes}, byte-identical to L{twisted.protocols.amp.AmpBox.serialize}.
+
+The wire is C{pyamp_fds._native}'s (csrc/ampbox.c: scanning, checking and
+encoding); the boxes as Python objects are made, and read, by
+C{pyamp_fds._boxes} (csrc/python/boxes.c), the one C that touches Python
+objects.  A box it does not take (a key or value that is not C{bytes}, one
+too long, an empty key, a mapping that is not a C{dict}) is encoded here in
+Python, which says exactly what is wrong.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from itertools import chain, islice, repeat
-from struct import Struct, pack, unpack_from
+from itertools import chain
+from struct import Struct
 from typing import TYPE_CHECKING
 
-from twisted.protocols.amp import TooLong
+from twisted.protocols.amp import AmpBox, TooLong
 
+from pyamp_fds import _boxes
 from pyamp_fds._native import ffi, lib
 from pyamp_fds.errors import nativeError
 
@@ -42,14 +47,6 @@ MAX_VALUE_LENGTH: int = lib.PAF_AMP_MAX_VALUE_LENGTH
 #: far beyond any box Twisted's own commands produce, and keeps a peer that
 #: never ends a box from growing our memory without limit.
 DEFAULT_MAX_BOX_SIZE = 16 * 1024 * 1024
-
-_uninitialized = ffi.new_allocator(should_clear_after_alloc=False)
-
-# The struct module keeps the last hundred formats it compiled.  The format
-# of one ordinary box (a few fields) recurs in steady traffic and is worth
-# keeping there; a whole read's is long, hardly ever recurs, and a hundred of
-# those would hold megabytes: those are compiled for the one use.
-_CACHED_FORMAT_LENGTH = 160
 
 
 class BoxDecoder:
@@ -103,30 +100,7 @@ class BoxDecoder:
         else:
             held = lib.paf_decoder_held(decoder, self._heldLength)
             source = self._source = ffi.buffer(held, self._heldLength[0])[:]
-        # One struct unpack cuts every key and value out of the source.  The
-        # box type's __init__ is skipped: AmpBox's only converts str keys,
-        # and these are bytes.
-        parts: Iterable[bytes]
-        format = ffi.string(lib.paf_decoder_format(decoder))
-        if len(format) <= _CACHED_FORMAT_LENGTH:
-            parts = unpack_from(format, source)
-        else:
-            parts = Struct(format).unpack_from(source)
-        boxType = self.boxType
-        if nboxes == 1:
-            pairs = iter(parts)
-            box = boxType.__new__(boxType)
-            box.update(zip(pairs, pairs))
-            return [box]
-        # The rest runs in C inside CPython: zip pairs the parts up, key
-        # then value, and each box takes its number of pairs from them in
-        # wire order, with no Python-level loop.
-        parts = iter(parts)
-        pairs = zip(parts, parts)
-        fields = ffi.unpack(lib.paf_decoder_box_fields(decoder), nboxes)
-        boxes = list(map(boxType.__new__, repeat(boxType, nboxes)))
-        deque(map(dict.update, boxes, map(islice, repeat(pairs), fields)), 0)
-        return boxes
+        return _boxes.build(self.boxType, source, nboxes)
 
     def _held(self) -> bytes:
         # A copy of every byte the C decoder holds.
@@ -192,10 +166,17 @@ def encode_box(box: Mapping[bytes, bytes]) -> bytes:
     @raise TypeError: a key or value that is not bytes.
     @raise ValueError: an empty key (it would end the box early on the wire).
     """
+    data = _boxes.encode((box,), AmpBox)
+    if data is None:
+        data = _encodeInPython(box)
+    return data
+
+
+def _encodeInPython(box: Mapping[bytes, bytes]) -> bytes:
+    # A box pyamp_fds._boxes does not take: what it holds is checked, and
+    # the error is exactly Twisted's, or it is encoded (bytes-like values).
     if b"" in box:
         raise ValueError("an AMP key must not be empty: it would end the box")
-    # One box in Python, as Twisted does it: for a box this small, getting
-    # it to C and back costs more than the work.
     parts: list[bytes] = []
     append = parts.append
     try:
@@ -217,20 +198,19 @@ def encode_box(box: Mapping[bytes, bytes]) -> bytes:
 
 _LENGTH = Struct(">H").pack
 
-# Key tuples (as boxes hold them) and their sorted order, for encode_boxes:
-# a few dozen command shapes in steady traffic; bounded, since a peer's
-# traffic can carry any keys.
-_keyOrders: dict[tuple[bytes, ...], list[bytes]] = {}
-#: The most key orders L{encode_boxes} keeps.
-KEY_ORDERS_KEPT = 256
+
+#: The most keys L{BoxDecoder}s keep to hand out again (one bytes object for
+#: a key that recurs, not one per box), and the longest key kept.
+KEYS_KEPT: int = _boxes.KEYS_KEPT
+KEY_KEPT_MAX: int = _boxes.KEY_KEPT_MAX
 
 
-def key_orders_held() -> int:
+def keys_held() -> int:
     """
-    How many key orders L{encode_boxes} keeps now: never more than
-    L{KEY_ORDERS_KEPT}, whatever keys the boxes it encoded had.
+    How many keys L{BoxDecoder}s keep now: never more than L{KEYS_KEPT},
+    whatever keys the boxes they decoded had.
     """
-    return len(_keyOrders)
+    return _boxes.keys_held()
 
 
 def check_box(box: Mapping[bytes, bytes]) -> None:
@@ -253,48 +233,15 @@ def check_box(box: Mapping[bytes, bytes]) -> None:
 def encode_boxes(boxes: Iterable[Mapping[bytes, bytes]]) -> bytes:
     """
     Encode several boxes into one C{bytes}: the concatenation of
-    L{encode_box} of each, made in one C call (one box: L{encode_box}).
+    L{encode_box} of each, made in one C call when C{pyamp_fds._boxes}
+    takes them all.
     """
     if not isinstance(boxes, (list, tuple)):
         boxes = list(boxes)
-    if len(boxes) == 1:
-        return encode_box(boxes[0])
-    parts: list[bytes] = []
-    append = parts.append
-    orders = _keyOrders
-    for box in boxes:
-        # Boxes of one command have the same keys, in the same order: their
-        # sorted order is worked out once.
-        shape = tuple(box)
-        order = orders.get(shape)
-        if order is None:
-            if b"" in box:
-                raise ValueError("an AMP key must not be empty: it would end the box")
-            order = sorted(shape)
-            if len(orders) >= KEY_ORDERS_KEPT:
-                orders.clear()
-            orders[shape] = order
-        for key in order:
-            append(key)
-            append(box[key])
-        append(b"")
-    try:
-        data = b"".join(parts)
-    except TypeError:
-        raise _typeError(parts) from None
-    count = len(parts)
-    # pack with all the lengths as arguments is faster here than array's
-    # conversion of the map (measured: a fifth of the whole encode).
-    lens = pack("%di" % (count,), *map(len, parts))
-    size = len(data) + 2 * count
-    out = _uninitialized("uint8_t[]", size)
-    bad = ffi.new("size_t *")
-    written = lib.paf_encode(
-        data, len(data), ffi.from_buffer("int32_t[]", lens), count, out, size, bad
-    )
-    if written < 0:
-        raise nativeError(ffi.errno, parts=parts, index=bad[0])
-    return ffi.buffer(out, written)[:]  # type: ignore[no-any-return]  # cffi: untyped
+    data = _boxes.encode(boxes, AmpBox)
+    if data is None:
+        data = b"".join(map(encode_box, boxes))
+    return data
 
 
 def _typeError(parts: Sequence[object]) -> TypeError:

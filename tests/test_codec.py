@@ -2,6 +2,8 @@
 Tests for L{pyamp_fds.codec}: parity with Twisted's own AMP framing.
 """
 
+import collections
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -101,15 +103,17 @@ class TestEncode:
 
     def test_manyShapes(self):
         """
-        Boxes of many different key sets encode as Twisted does, and the
-        sorted key orders kept for them stay bounded.
+        Boxes of many different key sets encode as Twisted does and decode
+        back, and the keys the decoder keeps to hand out again stay bounded.
         """
         from pyamp_fds import codec
 
-        boxes = [{b"k%d" % i: b"v", b"a%d" % i: b"w"} for i in range(3 * codec.KEY_ORDERS_KEPT)]
+        boxes = [{b"k%d" % i: b"v", b"a%d" % i: b"w"} for i in range(3 * codec.KEYS_KEPT)]
+        decoder = BoxDecoder()
         for i in range(0, len(boxes), 2):
             assert encode_boxes(boxes[i : i + 2]) == serialize(boxes[i : i + 2])
-        assert 0 < codec.key_orders_held() <= codec.KEY_ORDERS_KEPT
+            assert decoder.feed(serialize(boxes[i : i + 2])) == boxes[i : i + 2]
+        assert 0 < codec.keys_held() <= codec.KEYS_KEPT
 
     def test_empty(self):
         """
@@ -443,3 +447,82 @@ def test_close():
     decoder = BoxDecoder()
     decoder.close()
     decoder.close()
+
+
+class TestBoxObjects:
+    """
+    C{pyamp_fds._boxes}, which makes the decoder's boxes and encodes boxes
+    as Python objects, checks what it is given rather than trusting it.
+    """
+
+    def test_sourceEndsEarly(self):
+        """
+        A source that ends inside a box it is asked to build is refused with
+        a C{ValueError}, not read past: at every cut of a box.
+        """
+        from pyamp_fds import _boxes
+
+        data = serialize([{b"_command": b"Take", b"fd": b"12"}])
+        for cut in range(len(data)):
+            with pytest.raises(ValueError):
+                _boxes.build(dict, data[:cut], 1)
+        assert _boxes.build(dict, data, 1) == [{b"_command": b"Take", b"fd": b"12"}]
+
+    def test_notABoxType(self):
+        """
+        Boxes can only be made of C{dict} or a subclass of it.
+        """
+        from pyamp_fds import _boxes
+
+        with pytest.raises(TypeError):
+            _boxes.build(list, serialize([{b"a": b"1"}]), 1)
+        with pytest.raises(TypeError):
+            _boxes.build(dict, bytearray(serialize([{b"a": b"1"}])), 1)
+
+    @pytest.mark.parametrize(
+        "box",
+        [
+            {b"k": bytearray(b"v")},
+            {b"": b"v"},
+            {b"k" * 256: b"v"},
+            {b"k": b"v" * 65536},
+            {"k": b"v"},
+            collections.OrderedDict({b"k": b"v"}),
+        ],
+        ids=["bytesLike", "emptyKey", "keyTooLong", "valueTooLong", "strKey", "otherMapping"],
+    )
+    def test_leftToPython(self, box):
+        """
+        A box the C encoder does not take is left to Python (C{None}), which
+        encodes it or says what is wrong, as L{encode_box} always did.
+        """
+        from pyamp_fds import _boxes
+
+        assert _boxes.encode([{b"a": b"1"}, box], amp.AmpBox) is None
+
+    def test_noObjectLeft(self):
+        """
+        Building and encoding boxes over and over holds on to nothing: the
+        memory Python allocates stays where it was.
+        """
+        import tracemalloc
+
+        boxes = [amp.AmpBox({b"_command": b"Take", b"_ask": b"%x" % i, b"fd": b"%d" % i}) for i in range(64)]
+        data = encode_boxes(boxes)
+        decoder = BoxDecoder(amp.AmpBox)
+
+        def churn():
+            for _ in range(200):
+                assert encode_boxes(decoder.feed(data)) == data
+
+        churn()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            churn()
+            after = tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+        # 12,800 boxes went through: a leak of even one object each would
+        # show as hundreds of kilobytes.
+        assert after - before < 64 * 1024
