@@ -69,6 +69,10 @@ class FastDispatch(_DispatchBase):
         super().__init__(*args, **kwargs)
         # The plans of calls waiting for an answer, by tag.
         self._waitingPlans: dict[bytes, _CommandPlan] = {}
+        # What commandBoxReceived found for each command name served:
+        # the command, its responder and its plan (the class's responders
+        # are fixed when it is made).
+        self._serving: dict[bytes, tuple[type[amp.Command], Callable[..., Any], _CommandPlan]] = {}
 
     # Serving
 
@@ -79,11 +83,15 @@ class FastDispatch(_DispatchBase):
         """
         entry = None
         if self.locator is self and type(self).locateResponder is _stockLocateResponder:
-            entry = self.responderFor(box[amp.COMMAND])
+            name = box[amp.COMMAND]
+            entry = self._serving.get(name)
+            if entry is None:
+                found = self.responderFor(name)
+                if found is not None:
+                    entry = self._serving[name] = (*found, planFor(found[0]))
         if entry is None:
             return self.stockCommandReceived(box)
-        command, responderFunc = entry
-        plan = _plans.get(command) or planFor(command)
+        command, responderFunc, plan = entry
         try:
             if plan.arguments is not None:
                 kw = plan.arguments.toObjects(box, self)
