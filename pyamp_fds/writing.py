@@ -57,6 +57,13 @@ class BatchedWrites(_twisted.TransportHooks):
     # Whether the transport is inside a read: what is written then goes out
     # in the flush at its end, without registering for writability.
     _reading = False
+    # Whether Twisted's write is buffering bytes written inside a read: its
+    # startWriting is skipped (registering for writability, then
+    # unregistering once the flush has sent them, would cost two system
+    # calls per write).  The flush registers if the socket does not take
+    # everything.  Other registrations inside a read (a close waiting to
+    # flush) go ahead.
+    _buffering = False
 
     if TYPE_CHECKING:
         # What the transport this is mixed into provides.
@@ -107,14 +114,29 @@ class BatchedWrites(_twisted.TransportHooks):
         if self._writeHooks:
             self._runWriteHooks()
         self._bytesWritten += len(data)
-        super().write(data)  # type: ignore[no-untyped-call]
+        if self._reading:
+            # The flush at the end of the read sends it.
+            self._buffering = True
+            try:
+                super().write(data)  # type: ignore[no-untyped-call]
+            finally:
+                self._buffering = False
+        else:
+            super().write(data)  # type: ignore[no-untyped-call]
 
     def writeSequence(self, iovec: Iterable[bytes]) -> None:
         if self._writeHooks:
             self._runWriteHooks()
         iovec = list(iovec)
         self._bytesWritten += sum(map(len, iovec))
-        super().writeSequence(iovec)  # type: ignore[no-untyped-call]
+        if self._reading:
+            self._buffering = True
+            try:
+                super().writeSequence(iovec)  # type: ignore[no-untyped-call]
+            finally:
+                self._buffering = False
+        else:
+            super().writeSequence(iovec)  # type: ignore[no-untyped-call]
 
     def addWriteHook(self, hook: Callable[[], bytes]) -> None:
         """
@@ -331,7 +353,7 @@ class BatchedWrites(_twisted.TransportHooks):
         # While backing off, the timer registers for writing: anything else
         # that would (a write, a queued descriptor, a flush) would have the
         # reactor call doWrite in a loop, each sendmsg failing again.
-        if self._backOffCall is None:
+        if self._backOffCall is None and not self._buffering:
             # FileDescriptor.startWriting, without a call in between: this
             # runs for every descriptor queued outside a read.
             self.reactor.addWriter(self)

@@ -174,6 +174,103 @@ class TransportTests(DrivenTestCase):
             os.fstat(fd)
 
 
+class Replier(protocol.Protocol):
+    """
+    Answers every read with C{reply(data)} written to the transport, then
+    does C{after(transport)}.
+    """
+
+    def __init__(self, reply, after=lambda transport: None):
+        self.reply = reply
+        self.after = after
+
+    def dataReceived(self, data):
+        self.transport.write(self.reply(data))
+        self.after(self.transport)
+
+
+class WritesInsideReadsTests(DrivenTestCase):
+    """
+    Bytes written while a read is handled go out in the flush at the end of
+    that read, straight to the socket: the transport registers for
+    writability only when the socket does not take them all, or when a
+    close must wait for them.
+    """
+
+    def countRegistrations(self, connection):
+        registrations = []
+        addWriter = connection.reactor.addWriter
+
+        def counted(writer):
+            registrations.append(writer)
+            addWriter(writer)
+
+        connection.reactor.addWriter = counted
+        return registrations
+
+    def test_noRegistration(self):
+        """
+        A reply written inside C{dataReceived} reaches the peer with that
+        read's turn, and the transport never asked to write.
+        """
+        connection = self.connect(Replier(lambda data: data.upper()))
+        registrations = self.countRegistrations(connection)
+        for word in (b"one", b"two", b"three"):
+            connection.peer.sendall(word)
+            connection.turn()
+            self.assertEqual(readAll(connection.peer, len(word)), [(word.upper(), [])])
+        self.assertEqual(registrations, [])
+        self.assertFalse(connection.wantsToWrite())
+
+    def test_socketFull(self):
+        """
+        A reply the socket does not take whole is registered for, and the
+        rest follows once the peer reads.
+        """
+        reply = bytes(range(256)) * 4096
+        connection = self.connect(Replier(lambda data: reply))
+        connection.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        connection.peer.sendall(b"go")
+        connection.turn()
+        self.assertTrue(connection.wantsToWrite())
+        connection.peer.setblocking(False)
+        received = []
+        while sum(map(len, received)) < len(reply):
+            try:
+                received.append(connection.peer.recv(1 << 20))
+            except BlockingIOError:
+                self.assertTrue(connection.turn(), "nothing left to send")
+        self.assertEqual(b"".join(received), reply)
+
+    def test_loseConnection(self):
+        """
+        A reply followed by C{loseConnection} inside the same read reaches
+        the peer, and then the connection closes.
+        """
+        connection = self.connect(
+            Replier(lambda data: b"bye", lambda transport: transport.loseConnection())
+        )
+        connection.peer.sendall(b"go")
+        connection.run()
+        self.assertEqual(readAll(connection.peer, 4), [(b"bye", [])])
+        self.assertFalse(connection.open())
+
+    def test_loseWriteConnection(self):
+        """
+        A reply followed by C{loseWriteConnection} inside the same read
+        reaches the peer, then the peer reads the end of the stream, while
+        the connection stays open for reading.
+        """
+        connection = self.connect(
+            Replier(lambda data: b"bye", lambda transport: transport.loseWriteConnection())
+        )
+        connection.peer.sendall(b"go")
+        connection.run()
+        self.assertEqual(readAll(connection.peer, 4), [(b"bye", [])])
+        self.assertEqual(connection.peer.recv(16), b"")
+        self.assertTrue(connection.open())
+
+
 class TwistedParityTests(DrivenTestCase):
     """
     What Twisted's own suite (C{twisted.internet.test.test_unix}) expects of
