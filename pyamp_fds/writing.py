@@ -62,7 +62,7 @@ class BatchedWrites(_twisted.TransportHooks):
     # unregistering once the flush has sent them, would cost two system
     # calls per write).  The flush registers if the socket does not take
     # everything.  Other registrations inside a read (a close waiting to
-    # flush) go ahead.
+    # flush) go ahead.  See _buffersQuietly.
     _buffering = False
 
     if TYPE_CHECKING:
@@ -114,7 +114,7 @@ class BatchedWrites(_twisted.TransportHooks):
         if self._writeHooks:
             self._runWriteHooks()
         self._bytesWritten += len(data)
-        if self._reading:
+        if self._buffersQuietly():
             # The flush at the end of the read sends it.
             self._buffering = True
             try:
@@ -129,7 +129,7 @@ class BatchedWrites(_twisted.TransportHooks):
             self._runWriteHooks()
         iovec = list(iovec)
         self._bytesWritten += sum(map(len, iovec))
-        if self._reading:
+        if self._buffersQuietly():
             self._buffering = True
             try:
                 super().writeSequence(iovec)  # type: ignore[no-untyped-call]
@@ -137,6 +137,15 @@ class BatchedWrites(_twisted.TransportHooks):
                 self._buffering = False
         else:
             super().writeSequence(iovec)  # type: ignore[no-untyped-call]
+
+    def _buffersQuietly(self) -> bool:
+        # Inside a read, Twisted's write only buffers and registers for
+        # writability, and the flush at the end of the read sends what it
+        # buffered (through Twisted's doWrite, which then does what an
+        # emptied buffer calls for: a close, a half-close, a producer).
+        # With a producer or TLS, it may also run code that asks for a
+        # close: then it runs as it is.
+        return self._reading and self.producer is None and not self.TLS
 
     def addWriteHook(self, hook: Callable[[], bytes]) -> None:
         """

@@ -10,7 +10,10 @@ transport writes and reads exactly when the test says.
 import os
 import socket
 
+from zope.interface import implementer
+
 from twisted.internet import error, protocol
+from twisted.internet.interfaces import IPushProducer
 from twisted.python import log
 
 from pyamp_fds import fdio
@@ -269,6 +272,48 @@ class WritesInsideReadsTests(DrivenTestCase):
         self.assertEqual(readAll(connection.peer, 4), [(b"bye", [])])
         self.assertEqual(connection.peer.recv(16), b"")
         self.assertTrue(connection.open())
+
+
+    def test_producerClosesInsideWrite(self):
+        """
+        A producer told to pause by a write inside a read, which closes the
+        connection there and then, still gets it closed once the bytes are
+        sent.
+        """
+        reply = b"x" * (4 * 65536)
+
+        @implementer(IPushProducer)
+        class Closing:
+            def pauseProducing(self):
+                connection.transport.unregisterProducer()
+                connection.transport.loseConnection()
+
+            def resumeProducing(self):
+                pass
+
+            def stopProducing(self):
+                pass
+
+        def register(transport):
+            transport.registerProducer(Closing(), True)
+
+        proto = Replier(lambda data: reply)
+        proto.connectionMade = lambda: register(proto.transport)
+        connection = self.connect(proto)
+        connection.peer.sendall(b"go")
+        connection.peer.setblocking(False)
+        received = []
+        for _ in range(1000):
+            try:
+                data = connection.peer.recv(1 << 20)
+            except BlockingIOError:
+                connection.turn()
+                continue
+            if not data:
+                break
+            received.append(data)
+        self.assertEqual(b"".join(received), reply)
+        self.assertFalse(connection.open())
 
 
 class TwistedParityTests(DrivenTestCase):

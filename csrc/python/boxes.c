@@ -124,8 +124,8 @@ static PyObject *build(PyObject *module, PyObject *const *args, Py_ssize_t nargs
     PyObject *boxes = PyList_New(count);
     if (boxes == NULL)
         return NULL;
-    Py_ssize_t at = 0;
-    for (Py_ssize_t j = 0; j < count; j++) {
+    Py_ssize_t at = 0, j;
+    for (j = 0; j < count; j++) {
         PyObject *box = make((PyTypeObject *)box_type, empty_tuple, NULL);
         if (box == NULL)
             goto fail;
@@ -170,7 +170,7 @@ static PyObject *build(PyObject *module, PyObject *const *args, Py_ssize_t nargs
     return boxes;
 
 truncated:
-    PyErr_Format(PyExc_ValueError, "box %zd runs past the end of its source", PyList_Size(boxes));
+    PyErr_Format(PyExc_ValueError, "box %zd runs past the end of its source", j);
 fail:
     Py_DECREF(boxes);
     return NULL;
