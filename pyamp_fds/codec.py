@@ -207,7 +207,7 @@ KEY_KEPT_MAX: int = _boxes.KEY_KEPT_MAX
 
 def keys_held() -> int:
     """
-    How many keys L{BoxDecoder}s keep now: never more than L{KEYS_KEPT},
+    How many keys L{BoxDecoder}s keep now: never more than C{KEYS_KEPT},
     whatever keys the boxes they decoded had.
     """
     return _boxes.keys_held()

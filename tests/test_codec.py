@@ -468,6 +468,24 @@ class TestBoxObjects:
                 _boxes.build(dict, data[:cut], 1)
         assert _boxes.build(dict, data, 1) == [{b"_command": b"Take", b"fd": b"12"}]
 
+    @given(st.binary(max_size=300), st.integers(min_value=0, max_value=6))
+    @settings(max_examples=300)
+    def test_anySource(self, source, count):
+        """
+        Whatever the source and the count, the boxes are built or a
+        C{ValueError} says the source ran short: the lengths in it are
+        checked against its end (run under the sanitizers by C{make
+        sanitize}).
+        """
+        from pyamp_fds import _boxes
+
+        try:
+            boxes = _boxes.build(amp.AmpBox, source, count)
+        except ValueError:
+            return
+        assert len(boxes) == count
+        assert all(type(box) is amp.AmpBox for box in boxes)
+
     def test_notABoxType(self):
         """
         Boxes can only be made of C{dict} or a subclass of it.
