@@ -128,6 +128,23 @@ class TestEncode:
         """
         assert encode_box({b"k": bytearray(b"v")}) == b"\x00\x01k\x00\x01v\x00\x00"
 
+    def test_bytesLikeAmongMany(self):
+        """
+        Boxes encoded together, some of whose values are bytes-like and some
+        of whose types are other mappings, encode as each would alone, in
+        order.
+        """
+        boxes = [
+            amp.AmpBox({b"_ask": b"1", b"_command": b"A"}),
+            {b"k": bytearray(b"v"), b"a": b"w"},
+            collections.OrderedDict([(b"z", b"1"), (b"b", memoryview(b"2"))]),
+            {b"_answer": b"2"},
+        ]
+        assert encode_boxes(boxes) == b"".join(map(encode_box, boxes))
+        assert encode_boxes(boxes) == serialize(
+            [{k: bytes(v) for k, v in box.items()} for box in boxes]
+        )
+
     def test_longestKeyAndValue(self):
         """
         A 255-byte key and a 65535-byte value are the longest allowed.
