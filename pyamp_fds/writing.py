@@ -62,7 +62,7 @@ class BatchedWrites(_twisted.TransportHooks):
     # unregistering once the flush has sent them, would cost two system
     # calls per write).  The flush registers if the socket does not take
     # everything.  Other registrations inside a read (a close waiting to
-    # flush) go ahead.  See _buffersQuietly.
+    # flush) go ahead.  See _twistedWrite.
     _buffering = False
 
     if TYPE_CHECKING:
@@ -80,6 +80,10 @@ class BatchedWrites(_twisted.TransportHooks):
         self._bytesWritten = 0
         self._bytesSent = 0
         self._writeHooks: list[Callable[[], bytes]] = []
+        # Set here, with the rest, rather than first in a read: an instance
+        # attribute added late leaves the instance's dict out of CPython's
+        # shared layout, and every attribute of the transport slower.
+        self._reading = self._buffering = False
 
     def dropWrites(self) -> None:
         """
@@ -114,38 +118,31 @@ class BatchedWrites(_twisted.TransportHooks):
         if self._writeHooks:
             self._runWriteHooks()
         self._bytesWritten += len(data)
-        if self._buffersQuietly():
-            # The flush at the end of the read sends it.
-            self._buffering = True
-            try:
-                super().write(data)  # type: ignore[no-untyped-call]
-            finally:
-                self._buffering = False
-        else:
-            super().write(data)  # type: ignore[no-untyped-call]
+        self._twistedWrite(super().write, data)
 
     def writeSequence(self, iovec: Iterable[bytes]) -> None:
         if self._writeHooks:
             self._runWriteHooks()
         iovec = list(iovec)
         self._bytesWritten += sum(map(len, iovec))
-        if self._buffersQuietly():
+        self._twistedWrite(super().writeSequence, iovec)
+
+    def _twistedWrite(self, write: Callable[[Any], None], data: Any) -> None:
+        # Inside a read, Twisted's write (or writeSequence) only buffers and
+        # registers for writability, and the flush at the end of the read
+        # sends what it buffered (through Twisted's doWrite, which then does
+        # what an emptied buffer calls for: a close, a half-close, a
+        # producer): it buffers without registering.  With a producer or
+        # TLS, it may also run code that asks for a close: then it runs as
+        # it is.
+        if self._reading and self.producer is None and not self.TLS:
             self._buffering = True
             try:
-                super().writeSequence(iovec)  # type: ignore[no-untyped-call]
+                write(data)
             finally:
                 self._buffering = False
         else:
-            super().writeSequence(iovec)  # type: ignore[no-untyped-call]
-
-    def _buffersQuietly(self) -> bool:
-        # Inside a read, Twisted's write only buffers and registers for
-        # writability, and the flush at the end of the read sends what it
-        # buffered (through Twisted's doWrite, which then does what an
-        # emptied buffer calls for: a close, a half-close, a producer).
-        # With a producer or TLS, it may also run code that asks for a
-        # close: then it runs as it is.
-        return self._reading and self.producer is None and not self.TLS
+            write(data)
 
     def addWriteHook(self, hook: Callable[[], bytes]) -> None:
         """
@@ -164,7 +161,7 @@ class BatchedWrites(_twisted.TransportHooks):
             data = hook()
             if data:
                 self._bytesWritten += len(data)
-                super().write(data)  # type: ignore[no-untyped-call]
+                self._twistedWrite(super().write, data)
 
     def flushNow(self) -> None:
         """
