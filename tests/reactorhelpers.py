@@ -2,9 +2,11 @@
 Real sockets on the real reactor, for tests of the Twisted layer.
 """
 
+import contextlib
 import socket
 
 from twisted.internet import defer, protocol, reactor, task, tcp
+from twisted.logger import capturedLogs
 from twisted.protocols import amp
 from twisted.trial import unittest
 
@@ -12,6 +14,17 @@ from pyamp_fds.endpoints import adoptStreamConnection
 import pyamp_fds
 from pyamp_fds.errors import DescriptorProtocolError
 from tests.fdcheck import assertNoNewDescriptors, openDescriptors
+
+
+def capturedEvents(testCase):
+    """
+    The events logged from now until C{testCase} ends, in a list that
+    grows as they are (Twisted's L{twisted.logger.capturedLogs}).
+    """
+    stack = contextlib.ExitStack()
+    events = stack.enter_context(capturedLogs())
+    testCase.addCleanup(stack.close)
+    return events
 
 
 def settle(seconds=0.05):

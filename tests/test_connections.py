@@ -12,7 +12,7 @@ import tempfile
 import threading
 
 from twisted.internet import defer, protocol, reactor, threads
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 import pyamp_fds
@@ -24,7 +24,7 @@ from pyamp_fds.credentials import Port
 from pyamp_fds.endpoints import UNIXClientEndpoint, UNIXServerEndpoint
 from tests.fdcheck import openDescriptors
 from tests.test_hostile import lingeringSocket
-from tests.reactorhelpers import ReactorTestCase, adopt, settle, watchLost
+from tests.reactorhelpers import ReactorTestCase, adopt, capturedEvents, settle, watchLost
 
 
 def waitFor(condition, timeout=5.0):
@@ -314,9 +314,7 @@ class PerUserTests(_Connections):
     """
 
     def setUp(self):
-        self.events = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.events = capturedEvents(self)
         return super().setUp()
 
     @defer.inlineCallbacks

@@ -12,7 +12,7 @@ import tempfile
 
 from twisted.internet import address, defer, error, protocol, reactor, task
 from twisted.internet.testing import StringTransport
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import formatEvent
 from twisted.protocols import amp
 
 import pyamp_fds
@@ -24,7 +24,7 @@ from pyamp_fds.credentials import (
     describePeer,
     readPeerCredentials,
 )
-from tests.reactorhelpers import ReactorTestCase, watchLost
+from tests.reactorhelpers import ReactorTestCase, capturedEvents, watchLost
 
 
 class Hello(amp.Command):
@@ -285,9 +285,7 @@ class AllowListTests(_Listening):
     """
 
     def setUp(self):
-        self.events = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.events = capturedEvents(self)
         return super().setUp()
 
     @defer.inlineCallbacks
@@ -514,9 +512,7 @@ class AbstractNamespaceTests(_Listening):
         """
         if os.getuid() != 0:
             raise self.skipTest("only root can run a peer as another user")
-        events = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        events = capturedEvents(self)
         abstract = abstractAddress()
         yield self.listen(abstract)
         outcome = yield connectAs(65534, 65534, abstract)
@@ -566,9 +562,7 @@ class RefusalLogTests(_Listening):
     """
 
     def setUp(self):
-        self.events = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.events = capturedEvents(self)
         self.clock = task.Clock()
         return super().setUp()
 

@@ -16,7 +16,6 @@ import sys
 import tempfile
 
 from twisted.internet import defer, endpoints, error, protocol, reactor, task, utils
-from twisted.logger import globalLogPublisher
 from twisted.web import resource, server
 
 from pyamp_fds import AMP
@@ -34,7 +33,7 @@ from pyamp_fds.handover import (
 )
 from pyamp_fds.handover.ports import PortSpec, adoptSocket, giveUp, openSocket
 from pyamp_fds.handover.web import DrainingHTTPChannel
-from tests.reactorhelpers import ReactorTestCase, settle
+from tests.reactorhelpers import ReactorTestCase, capturedEvents, settle
 from tests.test_credentials import connectAs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -463,9 +462,7 @@ class FailureTests(_HandoverTestCase):
         """
         child = yield self.runChild("serve", "--die-after-take")
         port = int((yield self.readLine(child)).split()[1])
-        events = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        events = capturedEvents(self)
         new = Handover(self.path, onDrained=lambda: None)
         new.listenTCP("echo", 0, protocol.Factory.forProtocol(Echo), interface="127.0.0.1")
         self.addCleanup(self.stop, new)
@@ -487,9 +484,7 @@ class FailureTests(_HandoverTestCase):
         logged: a L{Handover} starting as that user fails with a
         L{HandoverError} that says why it may be.
         """
-        events = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        events = capturedEvents(self)
         old = self.handover(allowedUIDs=[os.getuid() + 1])
         yield old.start()
         failure = yield self.assertFailure(self.handover().start(), HandoverError)
@@ -507,9 +502,7 @@ class FailureTests(_HandoverTestCase):
         """
         if os.getuid() != 0:
             raise self.skipTest("only root can run a peer as another user")
-        events = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        events = capturedEvents(self)
         old = self.handover(mode=0o666)
         yield old.start()
         os.chmod(os.path.dirname(self.path), 0o755)

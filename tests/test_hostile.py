@@ -16,7 +16,7 @@ import struct
 import time
 
 from twisted.internet import defer, protocol, reactor, task, threads
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import formatEvent
 from twisted.protocols import amp
 from twisted.trial.unittest import SkipTest, TestCase
 
@@ -32,7 +32,7 @@ from pyamp_fds.errors import (
     TooManyUnclaimedDescriptors,
 )
 from tests.fdcheck import assertNoNewDescriptors, identity, openDescriptors
-from tests.reactorhelpers import ReactorTestCase, adopt, settle, watchLost
+from tests.reactorhelpers import ReactorTestCase, adopt, capturedEvents, settle, watchLost
 
 # Linux 6.5's SO_PASSPIDFD; the socket module may not name it yet.
 SO_PASSPIDFD = getattr(socket, "SO_PASSPIDFD", 76)
@@ -192,9 +192,7 @@ class RefusedAnswersTests(HostileTestCase):
     """
 
     def setUp(self):
-        self.events = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.events = capturedEvents(self)
         return super().setUp()
 
     @defer.inlineCallbacks
