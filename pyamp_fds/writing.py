@@ -80,10 +80,6 @@ class BatchedWrites(_twisted.TransportHooks):
         self._bytesWritten = 0
         self._bytesSent = 0
         self._writeHooks: list[Callable[[], bytes]] = []
-        # Set here, with the rest, rather than first in a read: an instance
-        # attribute added late leaves the instance's dict out of CPython's
-        # shared layout, and every attribute of the transport slower.
-        self._reading = self._buffering = False
 
     def dropWrites(self) -> None:
         """
