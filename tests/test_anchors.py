@@ -163,3 +163,49 @@ class EchoFloorTests(unittest.TestCase):
         """
         result = self.peer(200, 1)
         self.assertEqual(result["sendmsg"], 400)
+
+
+class APIFloorTests(unittest.TestCase):
+    """
+    Tests for C{benchmarks/apifloor_peer.py}: AMP's API at its least cost.
+    """
+
+    def peer(self, calls, window, *sides):
+        return run([sys.executable, os.path.join(BENCHMARKS, "apifloor_peer.py"), str(calls),
+                    str(window), *sides])
+
+    def test_pipelined(self):
+        """
+        With 256 calls in flight every call is answered and every descriptor
+        received and closed (the program fails otherwise), many to a
+        C{sendmsg}.
+        """
+        result = self.peer(1000, 256)
+        self.assertEqual(result["descriptors"], 1000)
+        self.assertLess(result["sendmsg"], 100)
+        self.assertGreater(result["cpu"], 0)
+
+    def test_oneAtATime(self):
+        """
+        One call at a time, each call is one C{sendmsg} from the client (the
+        box and its descriptor together) and one answer from the server.
+        """
+        result = self.peer(200, 1)
+        self.assertEqual(result["descriptors"], 200)
+        self.assertEqual(result["sendmsg"], 400)
+
+    def test_answeredByAMP(self):
+        """
+        The floor's calls are AMP's: a L{pyamp_fds.AMP} server answers each
+        one and receives and closes each descriptor.
+        """
+        result = self.peer(1000, 256, "floor", "pyamp_fds")
+        self.assertEqual(result["descriptors"], 1000)
+
+    def test_answersAMP(self):
+        """
+        The floor's server answers L{pyamp_fds.AMP}'s calls, pipelined and
+        one at a time.
+        """
+        self.assertEqual(self.peer(1000, 256, "pyamp_fds", "floor")["descriptors"], 1000)
+        self.assertEqual(self.peer(50, 1, "pyamp_fds", "floor")["descriptors"], 50)

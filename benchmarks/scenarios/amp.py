@@ -3,11 +3,14 @@ End to end through AMP between two processes, one descriptor per command,
 the responder closing it: stock Twisted against pyamp_fds, pipelined and one
 call at a time, beside what a Python programmer without Twisted would write
 for the same conversation with the same ownership (asyncio_peer, on asyncio
-and on uvloop), and four floors: Twisted protocols that only echo bytes
+and on uvloop), and five floors: Twisted protocols that only echo bytes
 (echo_peer: the reactor's own cost, no AMP, no descriptors), the same with a
 descriptor per request over pyamp_fds's transport (echo_peer descriptors:
 everything of a call but AMP itself, so what pyamp_fds's protocol, dispatch
-and codec could reach on Twisted's reactor) and plain C, one
+and codec could reach on Twisted's reactor), AMP's API at its least cost on
+the same transport (apifloor_peer: a Deferred per call, the responder called
+with keyword arguments, AMP's boxes on the wire, and none of what makes a
+protocol safe or general) and plain C, one
 descriptor per sendmsg (c_rpcloop) or up to 253 (c_rpcbatch: no Python,
 blocking calls); and pyamp_fds over 64 connections at once.
 
@@ -113,6 +116,12 @@ def twistedEchoDescriptors(param):
                      str(calls * FAST_SCALE[param]), str(window), "descriptors"])
 
 
+def apiFloor(param):
+    calls, window, connections = SHAPES[param]
+    return _measure([sys.executable, os.path.join(HERE, "apifloor_peer.py"), str(calls),
+                     str(window)])
+
+
 def spread(name):
     def measure(param):
         return _run("pyamp_fds", *SPREAD[name])
@@ -127,6 +136,7 @@ IMPLEMENTATIONS = {
     "uvloop": byHand("uvloop"),
     "twisted-echo": twistedEcho,
     "twisted-echo-fds": twistedEchoDescriptors,
+    "amp-api-floor": apiFloor,
     "c-loop": cLoop,
     "c-batch": cBatch,
 }
