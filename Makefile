@@ -12,7 +12,7 @@ FUZZ_SECONDS ?= 60
 # Written once, in pyamp_fds/__init__.py; setuptools reads it from there too.
 VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' pyamp_fds/__init__.py)
 
-.PHONY: all test matrix bench profile soak sanitize fuzz lint docs wheel dist clean
+.PHONY: all test matrix bench profile counts soak sanitize fuzz lint docs wheel dist clean
 
 all: $(INSTALLED)
 
@@ -60,6 +60,19 @@ bench: $(INSTALLED) $(BENCH_PROGRAMS) bench-tools
 # side in benchmarks/results/profiles/*.txt, collapsed stacks beside them.
 profile: $(INSTALLED)
 	$(PY) benchmarks/profiles.py
+
+# What a call of the AMP scenario costs, counted rather than timed, client and
+# server in one process: Python functions per call of pyamp_fds, of AMP's API
+# at its least cost and of the echo, 256 in flight and one at a time; then
+# instructions per call under callgrind (valgrind, from the system's packages;
+# left out, and said so, without it).
+counts: $(INSTALLED)
+	$(PY) benchmarks/counts.py --window 256
+	$(PY) benchmarks/counts.py --window 1
+	@if command -v valgrind >/dev/null 2>&1; then \
+		$(PY) benchmarks/counts.py --what instructions --window 256 && \
+		$(PY) benchmarks/counts.py --what instructions --window 1 --calls 12000; \
+	else echo "valgrind is not installed: instructions not counted"; fi
 
 # wrk, from the system's packages, for the broker scenario: installed when
 # missing if we are root; otherwise that scenario says it was skipped.

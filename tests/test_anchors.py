@@ -209,3 +209,36 @@ class APIFloorTests(unittest.TestCase):
         """
         self.assertEqual(self.peer(1000, 256, "pyamp_fds", "floor")["descriptors"], 1000)
         self.assertEqual(self.peer(50, 1, "pyamp_fds", "floor")["descriptors"], 50)
+
+
+class CountsTests(unittest.TestCase):
+    """
+    Tests for C{benchmarks/counts.py}, which counts what a call costs with
+    client and server in one process.
+    """
+
+    def test_perCall(self):
+        """
+        Counted by difference of two runs, each call of pyamp_fds and of the
+        floor fires one L{twisted.internet.defer.Deferred} and closes one
+        descriptor in its responder; the echo fires none.
+        """
+        done = subprocess.run(
+            [sys.executable, os.path.join(BENCHMARKS, "counts.py"), "--window", "256", "--calls",
+             "1200", "pyamp_fds", "floor", "echo"],
+            capture_output=True, text=True, timeout=TIMEOUT)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        sections = {}
+        for line in done.stdout.splitlines():
+            if not line.startswith(" "):
+                name = line.split()[0]
+                sections[name] = {}
+            else:
+                count, function = line.split()
+                sections[name][function] = float(count)
+        self.assertEqual(sorted(sections), ["echo", "floor", "pyamp_fds"])
+        for name in ("pyamp_fds", "floor"):
+            self.assertEqual(sections[name].get("defer.py:callback"), 1.0, name)
+            self.assertEqual(sections[name].get("counts.py:take", sections[name].get(
+                "apifloor_peer.py:take")), 1.0, name)
+        self.assertNotIn("defer.py:callback", sections["echo"])

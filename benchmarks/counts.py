@@ -1,0 +1,264 @@
+"""
+The AMP scenario counted rather than timed: client and server in one
+process over a socket pair, one descriptor per call, the responder closing
+it, so that what a call costs both ends can be counted exactly, whatever
+else the machine runs.
+
+    python benchmarks/counts.py [--window N] [--what calls|instructions] [NAME ...]
+
+NAME is C{pyamp_fds} (L{pyamp_fds.AMP} on both ends), C{floor} (AMP's API
+at its least cost: C{apifloor_peer.py}'s protocol on both ends) or C{echo}
+(Twisted protocols echoing a request with a descriptor each over pyamp_fds's
+transport, no AMP); all three by default.
+
+C{--what calls} counts the Python functions run per call
+(C{sys.setprofile}) and lists those run at least once a call; C{--what
+instructions} counts the instructions per call under C{valgrind
+--tool=callgrind} (with C{PYTHONHASHSEED=0} unless it is set: dict layouts
+move the count by a few percent).  Either is the difference between a run
+of C{--calls} calls and a run of a sixth as many, divided by the
+difference, so that start-up and warm-up cancel out.
+"""
+
+import argparse
+import collections
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+NAMES = ("pyamp_fds", "floor", "echo")
+REQUEST = b"q" * 64
+ANSWER = b"a" * 16
+
+
+def adopt(reactor, sock, proto):
+    from twisted.internet import protocol
+
+    from pyamp_fds.endpoints import adoptStreamConnection
+
+    factory = protocol.Factory()
+    factory.buildProtocol = lambda addr: proto
+    sock.setblocking(False)
+    adoptStreamConnection(reactor, sock.fileno(), factory)
+    sock.close()
+
+
+def ampPair(name):
+    """
+    The client, the server and the command of C{name}'s AMP.
+    """
+    from twisted.protocols import amp
+
+    import pyamp_fds
+
+    class Take(amp.Command):
+        arguments = [(b"fd", pyamp_fds.Descriptor())]
+        response = []
+
+    if name == "pyamp_fds":
+        class Server(pyamp_fds.AMP):
+            @Take.responder
+            def take(self, fd):
+                os.close(fd)
+                return {}
+
+        return pyamp_fds.AMP(), Server(), Take
+    sys.path.insert(0, HERE)
+    import apifloor_peer
+
+    base = apifloor_peer.floorProtocol()
+
+    class FloorServer(base):
+        responders = {Take.commandName: (Take, apifloor_peer.take)}
+
+    return base(), FloorServer(), Take
+
+
+def echoPair(reactor, fd, calls, window, done):
+    from twisted.internet import protocol
+    from zope.interface import implementer
+
+    from pyamp_fds.fdio import close_all
+    from pyamp_fds.interfaces import IFileDescriptorsReceiver
+
+    @implementer(IFileDescriptorsReceiver)
+    class Echo(protocol.Protocol):
+        pending = 0
+
+        def fileDescriptorsReceived(self, fds):
+            close_all(fds)
+
+        def dataReceived(self, data):
+            self.pending += len(data)
+            answers, self.pending = divmod(self.pending, len(REQUEST))
+            self.transport.write(ANSWER * answers)
+
+    class Caller(protocol.Protocol):
+        sent = answered = pending = 0
+
+        def send(self, count):
+            count = min(count, calls - self.sent)
+            self.sent += count
+            for _ in range(count):
+                self.transport.sendFileDescriptor(fd)
+            self.transport.write(REQUEST * count)
+
+        def dataReceived(self, data):
+            self.pending += len(data)
+            answers, self.pending = divmod(self.pending, len(ANSWER))
+            self.answered += answers
+            if self.answered == calls:
+                done()
+            else:
+                self.send(answers)
+
+    caller = Caller()
+    return caller, Echo(), lambda: caller.send(window)
+
+
+def converse(name, calls, window, profile):
+    """
+    Run C{calls} calls of C{name}, C{window} in flight, and return the
+    Python functions run, by name, if C{profile}.
+    """
+    from twisted.internet import reactor
+
+    counts = collections.Counter()
+
+    def count(frame, event, arg):
+        if event == "call":
+            code = frame.f_code
+            counts["%s:%s" % (os.path.basename(code.co_filename), code.co_name)] += 1
+
+    def done():
+        sys.setprofile(None)
+        reactor.stop()
+
+    fd = os.open(os.devnull, os.O_RDONLY)
+    if name == "echo":
+        client, server, start = echoPair(reactor, fd, calls, window, done)
+    else:
+        client, server, Take = ampPair(name)
+        state = {"sent": 0, "answered": 0}
+
+        def send():
+            state["sent"] += 1
+            client.callRemote(Take, fd=fd).addCallback(answered).addErrback(failed)
+
+        def answered(_):
+            state["answered"] += 1
+            if state["answered"] == calls:
+                done()
+            elif state["sent"] < calls:
+                send()
+
+        def failed(failure):
+            done()
+            failure.printTraceback()
+
+        def start():
+            for _ in range(min(window, calls)):
+                send()
+
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    adopt(reactor, a, server)
+    adopt(reactor, b, client)
+
+    def begin():
+        if profile:
+            sys.setprofile(count)
+        start()
+
+    reactor.callWhenRunning(begin)
+    reactor.run()
+    os.close(fd)
+    return counts
+
+
+def child(name, calls, window, profile):
+    counts = converse(name, calls, window, profile)
+    print(json.dumps(counts))
+
+
+def runChild(name, calls, window, profile, wrapper=()):
+    command = [*wrapper, sys.executable, os.path.abspath(__file__), "--child", name, str(calls),
+               str(window)]
+    if profile:
+        command.append("--profile")
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    return collections.Counter(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def perCall(name, calls, window):
+    """
+    Python functions run per call, by name, by difference of two runs.
+    """
+    short = calls // 6
+    few = runChild(name, short, window, True)
+    many = runChild(name, calls, window, True)
+    return {key: (many[key] - few[key]) / (calls - short) for key in many}
+
+
+def instructions(name, calls, window):
+    """
+    Instructions per call under callgrind, by difference of two runs.
+    """
+    env = dict(os.environ)
+    env.setdefault("PYTHONHASHSEED", "0")
+    short = calls // 6
+    totals = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for n in (short, calls):
+            out = os.path.join(scratch, "callgrind.%d" % (n,))
+            command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out,
+                       sys.executable, os.path.abspath(__file__), "--child", name, str(n),
+                       str(window)]
+            subprocess.run(command, capture_output=True, check=True, env=env)
+            with open(out) as f:
+                for line in f:
+                    if line.startswith("summary:") or line.startswith("totals:"):
+                        totals.append(int(line.split()[1]))
+                        break
+    return (totals[1] - totals[0]) / (calls - short)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("names", nargs="*", default=list(NAMES), metavar="NAME")
+    parser.add_argument("--window", type=int, default=256)
+    parser.add_argument("--calls", type=int, default=None,
+                        help="calls in the longer run (default: 24,000 for instructions, "
+                        "6,000 for calls)")
+    parser.add_argument("--what", choices=("calls", "instructions"), default="calls")
+    options = parser.parse_args()
+    for name in options.names:
+        if name not in NAMES:
+            parser.error("unknown NAME %r (one of %s)" % (name, ", ".join(NAMES)))
+    if options.what == "instructions":
+        if shutil.which("valgrind") is None:
+            parser.error("--what instructions needs valgrind")
+        calls = options.calls or 24000
+        for name in options.names:
+            print("%-10s window %d: %.0f instructions per call" % (
+                name, options.window, instructions(name, calls, options.window)))
+        return
+    calls = options.calls or 6000
+    for name in options.names:
+        counted = perCall(name, calls, options.window)
+        print("%-10s window %d: %.1f Python functions per call" % (
+            name, options.window, sum(counted.values())))
+        for key, value in sorted(counted.items(), key=lambda kv: (-kv[1], kv[0])):
+            if value >= 0.995:
+                print("    %5.2f %s" % (value, key))
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--child"]:
+        child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5:] == ["--profile"])
+    else:
+        main()
