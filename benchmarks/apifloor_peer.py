@@ -39,11 +39,7 @@ import sys
 import time
 
 from asyncio_peer import leaked, openDescriptors
-
-
-def cpuSeconds():
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+from echo_peer import counted, cpuSeconds
 
 
 def floorProtocol():
@@ -208,10 +204,6 @@ def adopt(reactor, sock, proto):
     sock.setblocking(False)
     adoptStreamConnection(reactor, sock.fileno(), factory)
     sock.close()
-
-
-def counted(transport):
-    return {"sendmsg": transport.sendmsgCalls, "recvmsg": transport.recvmsgCalls}
 
 
 def serve(kind, sock, reportFd):

@@ -31,21 +31,13 @@ import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import apifloor_peer  # noqa: E402
+from apifloor_peer import adopt  # noqa: E402
+from echo_peer import ANSWER, REQUEST  # noqa: E402
+
 NAMES = ("pyamp_fds", "floor", "echo")
-REQUEST = b"q" * 64
-ANSWER = b"a" * 16
-
-
-def adopt(reactor, sock, proto):
-    from twisted.internet import protocol
-
-    from pyamp_fds.endpoints import adoptStreamConnection
-
-    factory = protocol.Factory()
-    factory.buildProtocol = lambda addr: proto
-    sock.setblocking(False)
-    adoptStreamConnection(reactor, sock.fileno(), factory)
-    sock.close()
 
 
 def ampPair(name):
@@ -68,9 +60,6 @@ def ampPair(name):
                 return {}
 
         return pyamp_fds.AMP(), Server(), Take
-    sys.path.insert(0, HERE)
-    import apifloor_peer
-
     base = apifloor_peer.floorProtocol()
 
     class FloorServer(base):
