@@ -4,7 +4,7 @@ process over a socket pair, one descriptor per call, the responder closing
 it, so that what a call costs both ends can be counted exactly, whatever
 else the machine runs.
 
-    python benchmarks/counts.py [--window N] [--what calls|instructions] [NAME ...]
+    python benchmarks/counts.py [--window N] [--what calls|lines|instructions] [NAME ...]
 
 NAME is C{pyamp_fds} (L{pyamp_fds.AMP} on both ends), C{floor} (AMP's API
 at its least cost: C{apifloor_peer.py}'s protocol on both ends) or C{echo}
@@ -13,6 +13,7 @@ transport, no AMP); all three by default.
 
 C{--what calls} counts the Python functions run per call
 (C{sys.setprofile}) and lists those run at least once a call; C{--what
+lines}, the lines of Python run per call, by file (C{sys.settrace}); C{--what
 instructions} counts the instructions per call under C{valgrind
 --tool=callgrind} (with C{PYTHONHASHSEED=0} unless it is set: dict layouts
 move the count by a few percent).  Either is the difference between a run
@@ -110,10 +111,11 @@ def echoPair(reactor, fd, calls, window, done):
     return caller, Echo(), lambda: caller.send(window)
 
 
-def converse(name, calls, window, profile):
+def converse(name, calls, window, what=None):
     """
     Run C{calls} calls of C{name}, C{window} in flight, and return the
-    Python functions run, by name, if C{profile}.
+    Python functions run, by name, if C{what} is C{"calls"}, or the lines
+    of Python run, by file, if it is C{"lines"}.
     """
     from twisted.internet import reactor
 
@@ -124,8 +126,14 @@ def converse(name, calls, window, profile):
             code = frame.f_code
             counts["%s:%s" % (os.path.basename(code.co_filename), code.co_name)] += 1
 
+    def line(frame, event, arg):
+        if event == "line":
+            counts[os.path.basename(frame.f_code.co_filename)] += 1
+        return line
+
     def done():
         sys.setprofile(None)
+        sys.settrace(None)
         reactor.stop()
 
     fd = os.open(os.devnull, os.O_RDONLY)
@@ -159,8 +167,10 @@ def converse(name, calls, window, profile):
     adopt(reactor, b, client)
 
     def begin():
-        if profile:
+        if what == "calls":
             sys.setprofile(count)
+        elif what == "lines":
+            sys.settrace(lambda frame, event, arg: line)
         start()
 
     reactor.callWhenRunning(begin)
@@ -169,27 +179,26 @@ def converse(name, calls, window, profile):
     return counts
 
 
-def child(name, calls, window, profile):
-    counts = converse(name, calls, window, profile)
+def child(name, calls, window, what):
+    counts = converse(name, calls, window, what)
     print(json.dumps(counts))
 
 
-def runChild(name, calls, window, profile, wrapper=()):
-    command = [*wrapper, sys.executable, os.path.abspath(__file__), "--child", name, str(calls),
-               str(window)]
-    if profile:
-        command.append("--profile")
+def runChild(name, calls, window, what):
+    command = [sys.executable, os.path.abspath(__file__), "--child", name, str(calls), str(window),
+               what]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     return collections.Counter(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
-def perCall(name, calls, window):
+def perCall(name, calls, window, what):
     """
-    Python functions run per call, by name, by difference of two runs.
+    Python functions (C{what} C{"calls"}) or lines (C{"lines"}) run per
+    call, by name or file, by difference of two runs.
     """
     short = calls // 6
-    few = runChild(name, short, window, True)
-    many = runChild(name, calls, window, True)
+    few = runChild(name, short, window, what)
+    many = runChild(name, calls, window, what)
     return {key: (many[key] - few[key]) / (calls - short) for key in many}
 
 
@@ -206,7 +215,7 @@ def instructions(name, calls, window):
             out = os.path.join(scratch, "callgrind.%d" % (n,))
             command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out,
                        sys.executable, os.path.abspath(__file__), "--child", name, str(n),
-                       str(window)]
+                       str(window), "none"]
             subprocess.run(command, capture_output=True, check=True, env=env)
             with open(out) as f:
                 for line in f:
@@ -223,7 +232,7 @@ def main():
     parser.add_argument("--calls", type=int, default=None,
                         help="calls in the longer run (default: 24,000 for instructions, "
                         "6,000 for calls)")
-    parser.add_argument("--what", choices=("calls", "instructions"), default="calls")
+    parser.add_argument("--what", choices=("calls", "lines", "instructions"), default="calls")
     options = parser.parse_args()
     for name in options.names:
         if name not in NAMES:
@@ -237,17 +246,19 @@ def main():
                 name, options.window, instructions(name, calls, options.window)))
         return
     calls = options.calls or 6000
+    unit, least = {"calls": ("Python functions", 0.995), "lines": ("lines of Python", 0.05)}[
+        options.what]
     for name in options.names:
-        counted = perCall(name, calls, options.window)
-        print("%-10s window %d: %.1f Python functions per call" % (
-            name, options.window, sum(counted.values())))
+        counted = perCall(name, calls, options.window, options.what)
+        print("%-10s window %d: %.1f %s per call" % (
+            name, options.window, sum(counted.values()), unit))
         for key, value in sorted(counted.items(), key=lambda kv: (-kv[1], kv[0])):
-            if value >= 0.995:
+            if value >= least:
                 print("    %5.2f %s" % (value, key))
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--child"]:
-        child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5:] == ["--profile"])
+        child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
     else:
         main()
