@@ -16,7 +16,8 @@ with keyword arguments parsed by the command's argument list; its dict
 made into the answer.  Left out is everything that makes a protocol safe
 or general: no descriptor budget, no check of what the peer sends, no
 error boxes, no responders that answer later, no taking back what a failed
-call queued.  So it is the least an AMP on Twisted's reactor can cost:
+call queued.  So it is the least an AMP written in Python on Twisted's
+reactor can cost:
 pyamp_fds's distance from it is the price of those, and its distance from
 the hand-written asyncio program is the API's.
 
@@ -113,7 +114,8 @@ def floorProtocol():
 
         def callRemote(self, command, **kw):
             box = newBox(AmpBox)
-            for wireName, name, descriptor, argument in arguments.get(command) or argumentsOf(command):
+            spec = arguments.get(command) or argumentsOf(command)
+            for wireName, name, descriptor, argument in spec:
                 if descriptor:
                     self.transport.sendFileDescriptor(kw[name])
                     box[wireName] = b"%d" % (self.sent,)
@@ -124,7 +126,9 @@ def floorProtocol():
             tag = box[ASK] = b"%x" % (self.tags,)
             box[COMMAND] = command.commandName
             self.queue(box)
-            answer = self.waiting[tag] = Deferred()
+            answer = Deferred()
+            # The answer is parsed by its command's response list.
+            self.waiting[tag] = (answer, command)
             return answer
 
         def dataReceived(self, data):
@@ -136,11 +140,17 @@ def floorProtocol():
                     self.transport.flushNow()
                 tag = box.get(ANSWER)
                 if tag is not None:
-                    self.waiting.pop(tag).callback({})
+                    answer, command = self.waiting.pop(tag)
+                    response = {}
+                    for wireName, argument in command.response:
+                        response[wireName.decode("ascii")] = argument.fromStringProto(
+                            box[wireName], self)
+                    answer.callback(response)
                     continue
                 command, responder = self.responders[box[COMMAND]]
                 kw = {}
-                for wireName, name, descriptor, argument in arguments.get(command) or argumentsOf(command):
+                spec = arguments.get(command) or argumentsOf(command)
+                for wireName, name, descriptor, argument in spec:
                     if descriptor:
                         ordinal = int(box[wireName]) - self.first
                         kw[name] = self.received[ordinal]
@@ -148,8 +158,11 @@ def floorProtocol():
                             claimed = ordinal + 1
                     else:
                         kw[name] = argument.fromStringProto(box[wireName], self)
-                responder(self, **kw)
+                result = responder(self, **kw)
                 answer = newBox(AmpBox)
+                for wireName, argument in command.response:
+                    answer[wireName] = argument.toStringProto(
+                        result[wireName.decode("ascii")], self)
                 answer[ANSWER] = box[ASK]
                 self.queue(answer)
             if claimed:
