@@ -63,10 +63,9 @@ profile: $(INSTALLED)
 
 # What a call of the AMP scenario costs, counted rather than timed, client and
 # server in one process: Python functions per call of pyamp_fds, of AMP's API
-# at its least cost and of the echo, 256 in flight and one at a time, and lines
-# of Python per call by file; then
-# instructions per call under callgrind (valgrind, from the system's packages;
-# left out, and said so, without it).
+# at its least cost and of the echo, 256 in flight and one at a time; lines of
+# Python per call by file; then instructions per call under callgrind
+# (valgrind, from the system's packages; left out, and said so, without it).
 counts: $(INSTALLED)
 	$(PY) benchmarks/counts.py --window 256
 	$(PY) benchmarks/counts.py --window 1

@@ -1,10 +1,12 @@
 """
 Tests for the AMP benchmark's anchors: L{benchmarks.asyncio_peer} (the
 conversation written by hand on asyncio or uvloop), C{c_rpcbatch} (the
-batched C floor) and C{echo_peer} with descriptors (Twisted's reactor and
-pyamp_fds's transport without AMP), each run as the benchmark runs it, in
-its own two processes, with few calls: each must answer every call, receive
-every descriptor, and batch when calls are pipelined.
+batched C floor), C{echo_peer} with descriptors (Twisted's reactor and
+pyamp_fds's transport without AMP) and C{apifloor_peer} (AMP's API at its
+least cost), each run as the benchmark runs it, in its own two processes,
+with few calls: each must answer every call, receive every descriptor, and
+batch when calls are pipelined.  And C{counts.py}, which counts what a call
+costs in one process.
 """
 
 import json
