@@ -85,6 +85,14 @@ class TestEncode:
         """
         assert encode_box(box) == amp.AmpBox(box).serialize()
 
+    @given(st.dictionaries(st.binary(min_size=1, max_size=3), st.binary(max_size=4), min_size=17, max_size=80))
+    def test_manyKeysSameAsTwisted(self, box):
+        """
+        A box of more keys than a handful, some keys the start of others, is
+        byte-identical to L{amp.AmpBox.serialize} too.
+        """
+        assert encode_box(box) == amp.AmpBox(box).serialize()
+
     @given(boxLists)
     @settings(max_examples=50)
     def test_manySameAsTwisted(self, boxList):

@@ -17,6 +17,7 @@
 #include <Python.h>
 
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "ampbox.h"
@@ -192,8 +193,22 @@ static int key_before(const struct pair *a, const struct pair *b)
     return order < 0 || (order == 0 && a->key_length < b->key_length);
 }
 
+static int compare_pairs(const void *a, const void *b)
+{
+    return key_before(a, b) ? -1 : key_before(b, a);
+}
+
+/* Boxes of more keys than this are sorted by qsort. */
+#define INSERTION_SORT_MAX 16
+
 static void sort_pairs(struct pair *pairs, Py_ssize_t count)
 {
+    /* A box of many keys, in whatever order, must not take quadratic time:
+     * one a peer sent may be sent on. */
+    if (count > INSERTION_SORT_MAX) {
+        qsort(pairs, (size_t)count, sizeof *pairs, compare_pairs);
+        return;
+    }
     /* Insertion sort: a box has a handful of keys, usually in order already. */
     for (Py_ssize_t i = 1; i < count; i++) {
         struct pair moving = pairs[i];
