@@ -535,6 +535,20 @@ class TestBoxObjects:
         assert len(boxes) == count
         assert all(type(box) is amp.AmpBox for box in boxes)
 
+    def test_countPastSource(self):
+        """
+        A count of more boxes than the source could hold (each takes two
+        bytes at least) is the same C{ValueError} as any other that runs past
+        it, not a list of that many places allocated first.
+        """
+        import sys
+
+        from pyamp_fds import _boxes
+
+        for count in (2, 2**40, sys.maxsize):
+            with pytest.raises(ValueError):
+                _boxes.build(dict, b"\x00\x00", count)
+
     def test_notABoxType(self):
         """
         Boxes can only be made of C{dict} or a subclass of it.
