@@ -121,6 +121,13 @@ static PyObject *build(PyObject *module, PyObject *const *args, Py_ssize_t nargs
     Py_ssize_t size = PyBytes_Size(source);
     if (data == NULL || size < 0)
         return NULL;
+    /* Every box takes two bytes at least: the list is never larger than the
+     * source allows, whatever count says. */
+    if (count > size / 2) {
+        PyErr_Format(PyExc_ValueError, "%zd boxes run past the end of a source of %zd bytes",
+                     count, size);
+        return NULL;
+    }
 
     PyObject *boxes = PyList_New(count);
     if (boxes == NULL)
