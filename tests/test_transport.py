@@ -315,6 +315,99 @@ class WritesInsideReadsTests(DrivenTestCase):
         self.assertEqual(b"".join(received), reply)
         self.assertFalse(connection.open())
 
+    def test_abortConnectionDropsHookBytes(self):
+        """
+        Bytes a write hook would give, followed by C{abortConnection} inside
+        the same read, are dropped with the connection, as C{abortConnection}
+        drops anything buffered: the peer reads only the end of the stream.
+        """
+
+        class Aborting(protocol.Protocol):
+            def dataReceived(self, data):
+                self.transport.addWriteHook(lambda: b"never")
+                self.transport.abortConnection()
+
+        connection = self.connect(Aborting())
+        connection.peer.sendall(b"go")
+        connection.run()
+        self.assertFalse(connection.open())
+        connection.peer.settimeout(10)
+        self.assertEqual(connection.peer.recv(16), b"")
+
+    def test_nonStreamingProducerResumedAfterFlush(self):
+        """
+        A non-streaming producer is asked for more once the bytes written
+        inside a read have all gone (as Twisted's C{doWrite} does when its
+        buffer empties), also when they were a write hook's.
+        """
+        resumes = []
+
+        @implementer(IPushProducer)
+        class Pulled:
+            def resumeProducing(self):
+                resumes.append(len(resumes))
+
+            def pauseProducing(self):
+                pass
+
+            def stopProducing(self):
+                pass
+
+        class Hooked(protocol.Protocol):
+            def connectionMade(self):
+                self.transport.registerProducer(Pulled(), False)
+
+            def dataReceived(self, data):
+                self.transport.addWriteHook(lambda: data.upper())
+
+        connection = self.connect(Hooked())
+        self.assertEqual(resumes, [0])
+        connection.peer.sendall(b"go")
+        connection.run()
+        self.assertEqual(readAll(connection.peer, 2), [(b"GO", [])])
+        self.assertEqual(resumes, [0, 1])
+
+    def test_streamingProducerResumedAfterFlush(self):
+        """
+        A streaming producer paused inside a read because more descriptors
+        were queued than L{maxQueuedDescriptors} is resumed once the flush
+        at the end of the read has sent them, also when the bytes that carry
+        them were a write hook's.
+        """
+        events = []
+
+        @implementer(IPushProducer)
+        class Pushing:
+            def resumeProducing(self):
+                events.append("resume")
+
+            def pauseProducing(self):
+                events.append("pause")
+
+            def stopProducing(self):
+                pass
+
+        r, w = os.pipe()
+        self.addCleanup(fdio.close_all, [r, w])
+
+        class Hooked(protocol.Protocol):
+            def connectionMade(self):
+                self.transport.maxQueuedDescriptors = 1
+                self.transport.registerProducer(Pushing(), True)
+
+            def dataReceived(self, data):
+                self.transport.sendFileDescriptors([r, w])
+                self.transport.addWriteHook(lambda: data.upper())
+
+        connection = self.connect(Hooked())
+        connection.peer.sendall(b"go")
+        connection.run()
+        reads = readAll(connection.peer, 2)
+        fdio.close_all([fd for _, got in reads for fd in got])
+        self.assertEqual([(data, len(got)) for data, got in reads], [(b"GO", 2)])
+        self.assertEqual(connection.transport.queuedDescriptors, [])
+        self.assertEqual(events, ["pause", "resume"])
+
 
 class TwistedParityTests(DrivenTestCase):
     """
