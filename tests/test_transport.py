@@ -334,6 +334,25 @@ class WritesInsideReadsTests(DrivenTestCase):
         connection.peer.settimeout(10)
         self.assertEqual(connection.peer.recv(16), b"")
 
+    def test_abortConnectionThenFlushNow(self):
+        """
+        Nor does C{flushNow} inside the read send them after
+        C{abortConnection}.
+        """
+
+        class Aborting(protocol.Protocol):
+            def dataReceived(self, data):
+                self.transport.addWriteHook(lambda: b"never")
+                self.transport.abortConnection()
+                self.transport.flushNow()
+
+        connection = self.connect(Aborting())
+        connection.peer.sendall(b"go")
+        connection.run()
+        self.assertFalse(connection.open())
+        connection.peer.settimeout(10)
+        self.assertEqual(connection.peer.recv(16), b"")
+
     def test_nonStreamingProducerResumedAfterFlush(self):
         """
         A non-streaming producer is asked for more once the bytes written
