@@ -434,6 +434,15 @@ def hasBufferedOutput(transport: tcp.Connection) -> bool:
     return bool(transport._tempDataLen or len(transport.dataBuffer) > transport.offset)
 
 
+def isAborting(transport: tcp.Connection) -> bool:
+    """
+    Whether C{abortConnection} has been called on C{transport} (its private
+    C{_aborting}): what it had buffered is dropped, and nothing more may be
+    sent, though it stays connected until the reactor's next pass.
+    """
+    return transport._aborting
+
+
 def bufferedOutput(transport: tcp.Connection) -> int:
     """
     How many bytes Twisted's write buffer of C{transport} holds, not yet

@@ -129,6 +129,8 @@ class _Batching(PeerCredentialsMixin, BatchedWrites, ReadGate):
             result is None
             and (self._writeHooks or _twisted.hasBufferedOutput(self))
             and not self.disconnecting
+            # abortConnection inside the read dropped what was written.
+            and not _twisted.isAborting(self)
         ):
             # Answers to what was just read go out now, in one sendmsg.
             result = self._flushAfterRead()

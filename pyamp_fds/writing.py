@@ -164,7 +164,12 @@ class BatchedWrites(_twisted.TransportHooks):
         Send what has been written so far now, if the socket takes it; what
         it does not take waits for writability as usual.
         """
-        if self._outputPending() and not self.disconnecting and self.connected:
+        if (
+            self._outputPending()
+            and not self.disconnecting
+            and self.connected
+            and not _twisted.isAborting(self)
+        ):
             why = self._flushAfterRead()
             if why is not None:
                 # Lost while writing: let the reactor's next pass report it.

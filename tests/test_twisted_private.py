@@ -136,6 +136,8 @@ class PrivateNamesTests(SynchronousTestCase):
         self.assertEqual(
             (descriptor.dataBuffer, descriptor.offset, descriptor._tempDataLen), (b"", 0, 0)
         )
+        self.assertIs(tcp.Connection._aborting, False)
+        self.assertIn("_aborting", referencedNames(tcp.Connection.abortConnection.__code__))
 
     def test_acceptLoopShape(self):
         """
