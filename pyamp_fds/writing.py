@@ -182,8 +182,14 @@ class BatchedWrites(_twisted.TransportHooks):
         through the reactor nor registering for writability is needed.
         """
         result: int | BaseException | None
-        if self.TLS or len(self._writeHooks) != 1 or _twisted.hasBufferedOutput(self):
-            # After startTLS the bytes must go through the TLS layer.
+        if (
+            self.TLS
+            or self.producer is not None
+            or len(self._writeHooks) != 1
+            or _twisted.hasBufferedOutput(self)
+        ):
+            # After startTLS the bytes must go through the TLS layer; a
+            # producer is resumed by doWrite once everything is sent.
             result = self.doWrite()
         else:
             data = self._writeHooks.pop()()
