@@ -13,7 +13,7 @@ import socket
 from zope.interface import implementer
 
 from twisted.internet import error, protocol
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.python import log
 
 from pyamp_fds import fdio
@@ -157,6 +157,41 @@ class TransportTests(DrivenTestCase):
         finally:
             fdio.close_all(received)
 
+    def test_writeHookAfterLoseWriteConnection(self):
+        """
+        A write hook added once the write side is closed has its bytes
+        dropped, as Twisted's C{write} drops them, and the protocol hears of
+        the closed write side once.
+        """
+        proto = HalfClosing()
+        connection = self.connect(proto)
+        connection.peer.sendall(b"one")
+        connection.run()
+        self.assertEqual(proto.writeLost, 1)
+        hooked = []
+        connection.transport.addWriteHook(lambda: hooked.append(1) or b"late")
+        connection.run()
+        self.assertEqual(hooked, [1])
+        self.assertTrue(connection.open())
+        self.assertEqual(proto.writeLost, 1)
+        self.assertEqual(readAll(connection.peer, 4), [(b"bye", [])])
+
+    def test_writeHookAfterLoss(self):
+        """
+        A write hook added once the connection is lost has its bytes
+        dropped, as Twisted's C{write} drops them, and the transport does
+        not ask the reactor to write (a real reactor refuses a transport
+        with no descriptor).
+        """
+        connection = self.connectRaw()
+        connection.transport.loseConnection()
+        connection.run()
+        self.assertFalse(connection.open())
+        hooked = []
+        connection.transport.addWriteHook(lambda: hooked.append(1) or b"late")
+        self.assertFalse(connection.wantsToWrite())
+        self.assertEqual(hooked, [1])
+
     def test_queuedDescriptorsClosedWhenLost(self):
         """
         Duplicates queued but never sent are closed when the connection is
@@ -190,6 +225,36 @@ class Replier(protocol.Protocol):
     def dataReceived(self, data):
         self.transport.write(self.reply(data))
         self.after(self.transport)
+
+
+@implementer(IHalfCloseableProtocol)
+class HalfClosing(protocol.Protocol):
+    """
+    Answers its first read with C{b"bye"} and closes its write side; gives
+    every later read to C{later(transport)}.
+
+    @ivar writeLost: how many times C{writeConnectionLost} was called.
+    """
+
+    writeLost = 0
+    reads = 0
+
+    def __init__(self, later=lambda transport: None):
+        self.later = later
+
+    def dataReceived(self, data):
+        self.reads += 1
+        if self.reads == 1:
+            self.transport.write(b"bye")
+            self.transport.loseWriteConnection()
+        else:
+            self.later(self.transport)
+
+    def writeConnectionLost(self):
+        self.writeLost += 1
+
+    def readConnectionLost(self):
+        self.transport.loseConnection()
 
 
 class WritesInsideReadsTests(DrivenTestCase):
@@ -314,6 +379,29 @@ class WritesInsideReadsTests(DrivenTestCase):
             received.append(data)
         self.assertEqual(b"".join(received), reply)
         self.assertFalse(connection.open())
+
+    def test_writeHookAfterLoseWriteConnection(self):
+        """
+        A write hook added inside a read once the write side is closed has
+        its bytes dropped, as Twisted's C{write} drops them: the connection
+        stays open for reading, its write side closed once.
+        """
+        hooked = []
+
+        def later(transport):
+            transport.addWriteHook(lambda: hooked.append(1) or b"late")
+
+        proto = HalfClosing(later)
+        connection = self.connect(proto)
+        connection.peer.sendall(b"one")
+        connection.run()
+        connection.peer.sendall(b"two")
+        connection.run()
+        self.assertIsNone(connection.lost)
+        self.assertTrue(connection.open())
+        self.assertEqual(hooked, [1])
+        self.assertEqual(readAll(connection.peer, 4), [(b"bye", [])])
+        self.assertEqual(proto.writeLost, 1)
 
     def test_abortConnectionDropsHookBytes(self):
         """
