@@ -434,6 +434,15 @@ def hasBufferedOutput(transport: tcp.Connection) -> bool:
     return bool(transport._tempDataLen or len(transport.dataBuffer) > transport.offset)
 
 
+def writeSideClosed(transport: tcp.Connection) -> bool:
+    """
+    Whether C{transport}'s write side is closed (its private
+    C{_writeDisconnected}): C{loseWriteConnection} has done its work, and
+    Twisted's C{write} drops what is written.
+    """
+    return transport._writeDisconnected
+
+
 def isAborting(transport: tcp.Connection) -> bool:
     """
     Whether C{abortConnection} has been called on C{transport} (its private

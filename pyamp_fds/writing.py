@@ -144,8 +144,17 @@ class BatchedWrites(_twisted.TransportHooks):
         """
         Call C{hook()} once before the next bytes are written or sent, and
         write the bytes it returns: lets a protocol encode everything it has
-        queued in one go, keeping its place in the stream.
+        queued in one go, keeping its place in the stream.  Once the
+        connection or its write side is closed, C{hook()} is called at once
+        and its bytes dropped, as C{write} drops them.
         """
+        if not self.connected or _twisted.writeSideClosed(self):
+            # Nothing more goes out: registering for writability would have
+            # doWrite close the write side a second time, or the reactor
+            # take a transport with no descriptor; the flush at the end of a
+            # read would send them to the shut socket.
+            hook()
+            return
         self._writeHooks.append(hook)
         if not self._reading:
             # Inside doRead, the flush at its end sends it.
