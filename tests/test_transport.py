@@ -573,6 +573,28 @@ class TwistedParityTests(DrivenTestCase):
         peer.setblocking(True)
         self.assertEqual(fdio.recv_with_fds(peer, 10)[:2], (b"", []))
 
+    def test_descriptorWithoutBytesInsideRead(self):
+        """
+        Inside a read too: a descriptor queued in C{dataReceived} with no
+        byte written loses the connection with C{FileDescriptorOverrun} at
+        the end of that read (as Twisted's transport does on its next
+        write), rather than waiting to go with whatever is written next.
+        """
+        r, w = os.pipe()
+        self.addCleanup(fdio.close_all, [r, w])
+
+        class Queuing(protocol.Protocol):
+            def dataReceived(self, data):
+                self.transport.sendFileDescriptor(r)
+
+        connection = self.connect(Queuing())
+        connection.peer.sendall(b"go")
+        connection.run()
+        self.assertIsInstance(connection.lost, error.FileDescriptorOverrun)
+        peer = connection.peer
+        peer.setblocking(True)
+        self.assertEqual(fdio.recv_with_fds(peer, 10)[:2], (b"", []))
+
     def test_descriptorWithBytesLater(self):
         """
         Nor can one go with bytes written later, once the transport has
