@@ -160,6 +160,13 @@ class BatchedWrites(_twisted.TransportHooks):
             # Inside doRead, the flush at its end sends it.
             self.startWriting()
 
+    def startTLS(self, *args: Any, **kwargs: Any) -> Any:
+        # The hooks' bytes were written before TLS starts: they go out in
+        # the clear, ahead of it, as written bytes do.
+        if self._writeHooks:
+            self._runWriteHooks()
+        return super().startTLS(*args, **kwargs)  # type: ignore[no-untyped-call]
+
     def _runWriteHooks(self) -> None:
         hooks, self._writeHooks = self._writeHooks, []
         for hook in hooks:
