@@ -422,6 +422,25 @@ class WritesInsideReadsTests(DrivenTestCase):
         connection.peer.settimeout(10)
         self.assertEqual(connection.peer.recv(16), b"")
 
+    def test_writeHookAfterAbortConnection(self):
+        """
+        Nor are the bytes of a write hook added after C{abortConnection}
+        inside the same read (as a protocol answering the read's next
+        request adds one).
+        """
+
+        class Aborting(protocol.Protocol):
+            def dataReceived(self, data):
+                self.transport.abortConnection()
+                self.transport.addWriteHook(lambda: b"never")
+
+        connection = self.connect(Aborting())
+        connection.peer.sendall(b"go")
+        connection.run()
+        self.assertFalse(connection.open())
+        connection.peer.settimeout(10)
+        self.assertEqual(connection.peer.recv(16), b"")
+
     def test_abortConnectionThenFlushNow(self):
         """
         Nor does C{flushNow} inside the read send them after
