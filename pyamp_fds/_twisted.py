@@ -434,22 +434,15 @@ def hasBufferedOutput(transport: tcp.Connection) -> bool:
     return bool(transport._tempDataLen or len(transport.dataBuffer) > transport.offset)
 
 
-def writeSideClosed(transport: tcp.Connection) -> bool:
+def writesEnded(transport: tcp.Connection) -> bool:
     """
-    Whether C{transport}'s write side is closed (its private
-    C{_writeDisconnected}): C{loseWriteConnection} has done its work, and
-    Twisted's C{write} drops what is written.
+    Whether nothing more may be written to C{transport}:
+    C{abortConnection} has been called (its private C{_aborting}; it stays
+    connected until the reactor's next pass), or C{loseWriteConnection} has
+    closed its write side (its private C{_writeDisconnected}; Twisted's
+    C{write} drops what is written then).
     """
-    return transport._writeDisconnected
-
-
-def isAborting(transport: tcp.Connection) -> bool:
-    """
-    Whether C{abortConnection} has been called on C{transport} (its private
-    C{_aborting}): what it had buffered is dropped, and nothing more may be
-    sent, though it stays connected until the reactor's next pass.
-    """
-    return transport._aborting
+    return transport._aborting or transport._writeDisconnected
 
 
 def bufferedOutput(transport: tcp.Connection) -> int:

@@ -131,8 +131,6 @@ class _Batching(PeerCredentialsMixin, BatchedWrites, ReadGate):
             # with FileDescriptorOverrun, as outside a read.)
             and (self._writeHooks or _twisted.hasBufferedOutput(self) or self._queue)
             and not self.disconnecting
-            # abortConnection inside the read dropped what was written.
-            and not _twisted.isAborting(self)
         ):
             # Answers to what was just read go out now, in one sendmsg.
             result = self._flushAfterRead()

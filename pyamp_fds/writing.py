@@ -145,14 +145,14 @@ class BatchedWrites(_twisted.TransportHooks):
         Call C{hook()} once before the next bytes are written or sent, and
         write the bytes it returns: lets a protocol encode everything it has
         queued in one go, keeping its place in the stream.  Once the
-        connection or its write side is closed, C{hook()} is called at once
-        and its bytes dropped, as C{write} drops them.
+        connection or its write side is closed, or aborted, C{hook()} is
+        called at once and its bytes dropped, as C{write} drops them.
         """
-        if not self.connected or _twisted.writeSideClosed(self):
+        if not self.connected or _twisted.writesEnded(self):
             # Nothing more goes out: registering for writability would have
             # doWrite close the write side a second time, or the reactor
             # take a transport with no descriptor; the flush at the end of a
-            # read would send them to the shut socket.
+            # read would send them to the shut socket, or after an abort.
             hook()
             return
         self._writeHooks.append(hook)
@@ -180,12 +180,7 @@ class BatchedWrites(_twisted.TransportHooks):
         Send what has been written so far now, if the socket takes it; what
         it does not take waits for writability as usual.
         """
-        if (
-            self._outputPending()
-            and not self.disconnecting
-            and self.connected
-            and not _twisted.isAborting(self)
-        ):
+        if self._outputPending() and not self.disconnecting and self.connected:
             why = self._flushAfterRead()
             if why is not None:
                 # Lost while writing: let the reactor's next pass report it.
@@ -227,6 +222,12 @@ class BatchedWrites(_twisted.TransportHooks):
         result = super().doWrite()  # type: ignore[no-untyped-call]
         self.resumeReadingIfPeerCaughtUp()
         return result  # type: ignore[no-any-return]
+
+    def abortConnection(self) -> None:
+        super().abortConnection()  # type: ignore[no-untyped-call]
+        # What the hooks would write is dropped with what is buffered
+        # (the flush at the end of a read would send it).
+        self._writeHooks = []
 
     def loseConnection(self, *args: Any, **kwargs: Any) -> None:
         if self._writeHooks and self.connected:
