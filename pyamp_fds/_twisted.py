@@ -434,6 +434,17 @@ def hasBufferedOutput(transport: tcp.Connection) -> bool:
     return bool(transport._tempDataLen or len(transport.dataBuffer) > transport.offset)
 
 
+def writesEnded(transport: tcp.Connection) -> bool:
+    """
+    Whether nothing more may be written to C{transport}:
+    C{abortConnection} has been called (its private C{_aborting}; it stays
+    connected until the reactor's next pass), or C{loseWriteConnection} has
+    closed its write side (its private C{_writeDisconnected}; Twisted's
+    C{write} drops what is written then).
+    """
+    return transport._aborting or transport._writeDisconnected
+
+
 def bufferedOutput(transport: tcp.Connection) -> int:
     """
     How many bytes Twisted's write buffer of C{transport} holds, not yet

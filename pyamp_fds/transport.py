@@ -127,7 +127,9 @@ class _Batching(PeerCredentialsMixin, BatchedWrites, ReadGate):
             self._reading = False
         if (
             result is None
-            and (self._writeHooks or _twisted.hasBufferedOutput(self))
+            # (A descriptor queued with no byte to carry it is lost now,
+            # with FileDescriptorOverrun, as outside a read.)
+            and (self._writeHooks or _twisted.hasBufferedOutput(self) or self._queue)
             and not self.disconnecting
         ):
             # Answers to what was just read go out now, in one sendmsg.

@@ -144,12 +144,28 @@ class BatchedWrites(_twisted.TransportHooks):
         """
         Call C{hook()} once before the next bytes are written or sent, and
         write the bytes it returns: lets a protocol encode everything it has
-        queued in one go, keeping its place in the stream.
+        queued in one go, keeping its place in the stream.  Once the
+        connection or its write side is closed, or aborted, C{hook()} is
+        called at once and its bytes dropped, as C{write} drops them.
         """
+        if not self.connected or _twisted.writesEnded(self):
+            # Nothing more goes out: registering for writability would have
+            # doWrite close the write side a second time, or the reactor
+            # take a transport with no descriptor; the flush at the end of a
+            # read would send them to the shut socket, or after an abort.
+            hook()
+            return
         self._writeHooks.append(hook)
         if not self._reading:
             # Inside doRead, the flush at its end sends it.
             self.startWriting()
+
+    def startTLS(self, *args: Any, **kwargs: Any) -> Any:
+        # The hooks' bytes were written before TLS starts: they go out in
+        # the clear, ahead of it, as written bytes do.
+        if self._writeHooks:
+            self._runWriteHooks()
+        return super().startTLS(*args, **kwargs)  # type: ignore[no-untyped-call]
 
     def _runWriteHooks(self) -> None:
         hooks, self._writeHooks = self._writeHooks, []
@@ -177,8 +193,14 @@ class BatchedWrites(_twisted.TransportHooks):
         through the reactor nor registering for writability is needed.
         """
         result: int | BaseException | None
-        if self.TLS or len(self._writeHooks) != 1 or _twisted.hasBufferedOutput(self):
-            # After startTLS the bytes must go through the TLS layer.
+        if (
+            self.TLS
+            or self.producer is not None
+            or len(self._writeHooks) != 1
+            or _twisted.hasBufferedOutput(self)
+        ):
+            # After startTLS the bytes must go through the TLS layer; a
+            # producer is resumed by doWrite once everything is sent.
             result = self.doWrite()
         else:
             data = self._writeHooks.pop()()
@@ -200,6 +222,12 @@ class BatchedWrites(_twisted.TransportHooks):
         result = super().doWrite()  # type: ignore[no-untyped-call]
         self.resumeReadingIfPeerCaughtUp()
         return result  # type: ignore[no-any-return]
+
+    def abortConnection(self) -> None:
+        super().abortConnection()  # type: ignore[no-untyped-call]
+        # What the hooks would write is dropped with what is buffered
+        # (the flush at the end of a read would send it).
+        self._writeHooks = []
 
     def loseConnection(self, *args: Any, **kwargs: Any) -> None:
         if self._writeHooks and self.connected:

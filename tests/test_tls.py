@@ -25,6 +25,7 @@ import pyamp_fds  # noqa: E402
 from pyamp_fds import endpoints as fastEndpoints  # noqa: E402
 from tests.fdcheck import identity  # noqa: E402
 from tests.reactorhelpers import ReactorTestCase, watchLost  # noqa: E402
+from tests.socketdriver import DrivenTestCase  # noqa: E402
 from tests.test_protocol import Give, Hello, Take, makeResponder  # noqa: E402
 
 
@@ -143,3 +144,27 @@ class StartTLSTests(ReactorTestCase):
                     self.assertEqual(identity(answer["fd"])[1], answer["inode"])
                 finally:
                     os.close(answer["fd"])
+
+
+class WriteHooksBeforeTLSTests(DrivenTestCase):
+    """
+    Bytes written before C{startTLS} go out as they are, ahead of TLS.
+    """
+
+    def test_writeHookBeforeStartTLS(self):
+        """
+        A write hook added before C{startTLS}, inside the same read, has its
+        bytes sent in the clear, as C{write}'s are: they were written before
+        TLS started.
+        """
+
+        class Starting(protocol.Protocol):
+            def dataReceived(self, data):
+                self.transport.addWriteHook(lambda: b"plain")
+                self.transport.startTLS(CERTIFICATE.options())
+
+        connection = self.connect(Starting())
+        connection.peer.sendall(b"go")
+        connection.run()
+        connection.peer.settimeout(1)
+        self.assertEqual(connection.peer.recv(16), b"plain")

@@ -13,7 +13,7 @@ import socket
 from zope.interface import implementer
 
 from twisted.internet import error, protocol
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.python import log
 
 from pyamp_fds import fdio
@@ -157,6 +157,41 @@ class TransportTests(DrivenTestCase):
         finally:
             fdio.close_all(received)
 
+    def test_writeHookAfterLoseWriteConnection(self):
+        """
+        A write hook added once the write side is closed has its bytes
+        dropped, as Twisted's C{write} drops them, and the protocol hears of
+        the closed write side once.
+        """
+        proto = HalfClosing()
+        connection = self.connect(proto)
+        connection.peer.sendall(b"one")
+        connection.run()
+        self.assertEqual(proto.writeLost, 1)
+        hooked = []
+        connection.transport.addWriteHook(lambda: hooked.append(1) or b"late")
+        connection.run()
+        self.assertEqual(hooked, [1])
+        self.assertTrue(connection.open())
+        self.assertEqual(proto.writeLost, 1)
+        self.assertEqual(readAll(connection.peer, 4), [(b"bye", [])])
+
+    def test_writeHookAfterLoss(self):
+        """
+        A write hook added once the connection is lost has its bytes
+        dropped, as Twisted's C{write} drops them, and the transport does
+        not ask the reactor to write (a real reactor refuses a transport
+        with no descriptor).
+        """
+        connection = self.connectRaw()
+        connection.transport.loseConnection()
+        connection.run()
+        self.assertFalse(connection.open())
+        hooked = []
+        connection.transport.addWriteHook(lambda: hooked.append(1) or b"late")
+        self.assertFalse(connection.wantsToWrite())
+        self.assertEqual(hooked, [1])
+
     def test_queuedDescriptorsClosedWhenLost(self):
         """
         Duplicates queued but never sent are closed when the connection is
@@ -190,6 +225,36 @@ class Replier(protocol.Protocol):
     def dataReceived(self, data):
         self.transport.write(self.reply(data))
         self.after(self.transport)
+
+
+@implementer(IHalfCloseableProtocol)
+class HalfClosing(protocol.Protocol):
+    """
+    Answers its first read with C{b"bye"} and closes its write side; gives
+    every later read to C{later(transport)}.
+
+    @ivar writeLost: how many times C{writeConnectionLost} was called.
+    """
+
+    writeLost = 0
+    reads = 0
+
+    def __init__(self, later=lambda transport: None):
+        self.later = later
+
+    def dataReceived(self, data):
+        self.reads += 1
+        if self.reads == 1:
+            self.transport.write(b"bye")
+            self.transport.loseWriteConnection()
+        else:
+            self.later(self.transport)
+
+    def writeConnectionLost(self):
+        self.writeLost += 1
+
+    def readConnectionLost(self):
+        self.transport.loseConnection()
 
 
 class WritesInsideReadsTests(DrivenTestCase):
@@ -315,6 +380,161 @@ class WritesInsideReadsTests(DrivenTestCase):
         self.assertEqual(b"".join(received), reply)
         self.assertFalse(connection.open())
 
+    def test_writeHookAfterLoseWriteConnection(self):
+        """
+        A write hook added inside a read once the write side is closed has
+        its bytes dropped, as Twisted's C{write} drops them: the connection
+        stays open for reading, its write side closed once.
+        """
+        hooked = []
+
+        def later(transport):
+            transport.addWriteHook(lambda: hooked.append(1) or b"late")
+
+        proto = HalfClosing(later)
+        connection = self.connect(proto)
+        connection.peer.sendall(b"one")
+        connection.run()
+        connection.peer.sendall(b"two")
+        connection.run()
+        self.assertIsNone(connection.lost)
+        self.assertTrue(connection.open())
+        self.assertEqual(hooked, [1])
+        self.assertEqual(readAll(connection.peer, 4), [(b"bye", [])])
+        self.assertEqual(proto.writeLost, 1)
+
+    def test_abortConnectionDropsHookBytes(self):
+        """
+        Bytes a write hook would give, followed by C{abortConnection} inside
+        the same read, are dropped with the connection, as C{abortConnection}
+        drops anything buffered: the peer reads only the end of the stream.
+        """
+
+        class Aborting(protocol.Protocol):
+            def dataReceived(self, data):
+                self.transport.addWriteHook(lambda: b"never")
+                self.transport.abortConnection()
+
+        connection = self.connect(Aborting())
+        connection.peer.sendall(b"go")
+        connection.run()
+        self.assertFalse(connection.open())
+        connection.peer.settimeout(10)
+        self.assertEqual(connection.peer.recv(16), b"")
+
+    def test_writeHookAfterAbortConnection(self):
+        """
+        Nor are the bytes of a write hook added after C{abortConnection}
+        inside the same read (as a protocol answering the read's next
+        request adds one).
+        """
+
+        class Aborting(protocol.Protocol):
+            def dataReceived(self, data):
+                self.transport.abortConnection()
+                self.transport.addWriteHook(lambda: b"never")
+
+        connection = self.connect(Aborting())
+        connection.peer.sendall(b"go")
+        connection.run()
+        self.assertFalse(connection.open())
+        connection.peer.settimeout(10)
+        self.assertEqual(connection.peer.recv(16), b"")
+
+    def test_abortConnectionThenFlushNow(self):
+        """
+        Nor does C{flushNow} inside the read send them after
+        C{abortConnection}.
+        """
+
+        class Aborting(protocol.Protocol):
+            def dataReceived(self, data):
+                self.transport.addWriteHook(lambda: b"never")
+                self.transport.abortConnection()
+                self.transport.flushNow()
+
+        connection = self.connect(Aborting())
+        connection.peer.sendall(b"go")
+        connection.run()
+        self.assertFalse(connection.open())
+        connection.peer.settimeout(10)
+        self.assertEqual(connection.peer.recv(16), b"")
+
+    def test_nonStreamingProducerResumedAfterFlush(self):
+        """
+        A non-streaming producer is asked for more once the bytes written
+        inside a read have all gone (as Twisted's C{doWrite} does when its
+        buffer empties), also when they were a write hook's.
+        """
+        resumes = []
+
+        @implementer(IPushProducer)
+        class Pulled:
+            def resumeProducing(self):
+                resumes.append(len(resumes))
+
+            def pauseProducing(self):
+                pass
+
+            def stopProducing(self):
+                pass
+
+        class Hooked(protocol.Protocol):
+            def connectionMade(self):
+                self.transport.registerProducer(Pulled(), False)
+
+            def dataReceived(self, data):
+                self.transport.addWriteHook(lambda: data.upper())
+
+        connection = self.connect(Hooked())
+        self.assertEqual(resumes, [0])
+        connection.peer.sendall(b"go")
+        connection.run()
+        self.assertEqual(readAll(connection.peer, 2), [(b"GO", [])])
+        self.assertEqual(resumes, [0, 1])
+
+    def test_streamingProducerResumedAfterFlush(self):
+        """
+        A streaming producer paused inside a read because more descriptors
+        were queued than L{maxQueuedDescriptors} is resumed once the flush
+        at the end of the read has sent them, also when the bytes that carry
+        them were a write hook's.
+        """
+        events = []
+
+        @implementer(IPushProducer)
+        class Pushing:
+            def resumeProducing(self):
+                events.append("resume")
+
+            def pauseProducing(self):
+                events.append("pause")
+
+            def stopProducing(self):
+                pass
+
+        r, w = os.pipe()
+        self.addCleanup(fdio.close_all, [r, w])
+
+        class Hooked(protocol.Protocol):
+            def connectionMade(self):
+                self.transport.maxQueuedDescriptors = 1
+                self.transport.registerProducer(Pushing(), True)
+
+            def dataReceived(self, data):
+                self.transport.sendFileDescriptors([r, w])
+                self.transport.addWriteHook(lambda: data.upper())
+
+        connection = self.connect(Hooked())
+        connection.peer.sendall(b"go")
+        connection.run()
+        reads = readAll(connection.peer, 2)
+        fdio.close_all([fd for _, got in reads for fd in got])
+        self.assertEqual([(data, len(got)) for data, got in reads], [(b"GO", 2)])
+        self.assertEqual(connection.transport.queuedDescriptors, [])
+        # (Paused by each write while the buffer is full, as in Twisted.)
+        self.assertEqual((events[0], events[-1]), ("pause", "resume"))
+
 
 class TwistedParityTests(DrivenTestCase):
     """
@@ -366,6 +586,28 @@ class TwistedParityTests(DrivenTestCase):
         self.addCleanup(fdio.close_all, [r, w])
         proto.transport.sendFileDescriptor(r)
         proto.transport.loseConnection()
+        connection.run()
+        self.assertIsInstance(connection.lost, error.FileDescriptorOverrun)
+        peer = connection.peer
+        peer.setblocking(True)
+        self.assertEqual(fdio.recv_with_fds(peer, 10)[:2], (b"", []))
+
+    def test_descriptorWithoutBytesInsideRead(self):
+        """
+        Inside a read too: a descriptor queued in C{dataReceived} with no
+        byte written loses the connection with C{FileDescriptorOverrun} at
+        the end of that read (as Twisted's transport does on its next
+        write), rather than waiting to go with whatever is written next.
+        """
+        r, w = os.pipe()
+        self.addCleanup(fdio.close_all, [r, w])
+
+        class Queuing(protocol.Protocol):
+            def dataReceived(self, data):
+                self.transport.sendFileDescriptor(r)
+
+        connection = self.connect(Queuing())
+        connection.peer.sendall(b"go")
         connection.run()
         self.assertIsInstance(connection.lost, error.FileDescriptorOverrun)
         peer = connection.peer

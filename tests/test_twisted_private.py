@@ -136,6 +136,10 @@ class PrivateNamesTests(SynchronousTestCase):
         self.assertEqual(
             (descriptor.dataBuffer, descriptor.offset, descriptor._tempDataLen), (b"", 0, 0)
         )
+        self.assertIs(descriptor._writeDisconnected, False)
+        self.assertIn("_writeDisconnected", referencedNames(FileDescriptor.write.__code__))
+        self.assertIs(tcp.Connection._aborting, False)
+        self.assertIn("_aborting", referencedNames(tcp.Connection.abortConnection.__code__))
 
     def test_acceptLoopShape(self):
         """
