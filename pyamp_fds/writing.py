@@ -203,13 +203,20 @@ class BatchedWrites(_twisted.TransportHooks):
             # producer is resumed by doWrite once everything is sent.
             result = self.doWrite()
         else:
+            written = self._bytesWritten
             data = self._writeHooks.pop()()
             self._bytesWritten += len(data)
-            result = self.writeSomeData(data)
-            if isinstance(result, int) and result >= 0:
-                if result < len(data):
-                    super().write(data[result:])  # type: ignore[no-untyped-call]
-                result = None
+            if self._bytesWritten - len(data) != written:
+                # The hook wrote bytes of its own, now buffered: its bytes
+                # go after them, as _runWriteHooks sends them.
+                super().write(data)  # type: ignore[no-untyped-call]
+                result = self.doWrite()
+            else:
+                result = self.writeSomeData(data)
+                if isinstance(result, int) and result >= 0:
+                    if result < len(data):
+                        super().write(data[result:])  # type: ignore[no-untyped-call]
+                    result = None
         if result is None and (self._writeHooks or _twisted.hasBufferedOutput(self)):
             self.startWriting()
         return result  # type: ignore[return-value]

@@ -290,6 +290,42 @@ class WritesInsideReadsTests(DrivenTestCase):
         self.assertEqual(registrations, [])
         self.assertFalse(connection.wantsToWrite())
 
+    def test_hookThatWrites(self):
+        """
+        A write hook that writes to the transport itself has those bytes go
+        first and its own after them, inside a read as outside one, and a
+        descriptor it queues goes no later than its own bytes.
+        """
+        fd = os.open(os.devnull, os.O_RDONLY)
+        self.addCleanup(os.close, fd)
+
+        def hook(transport):
+            transport.write(b"first ")
+            transport.sendFileDescriptor(fd)
+            return b"second"
+
+        class Hooking(protocol.Protocol):
+            def dataReceived(self, data):
+                self.transport.addWriteHook(lambda: hook(self.transport))
+
+        connection = self.connect(Hooking())
+        connection.peer.sendall(b"go")
+        connection.turn()
+        reads = readAll(connection.peer, len(b"first second"))
+        received = [descriptor for data, descriptors in reads for descriptor in descriptors]
+        try:
+            self.assertEqual(b"".join(data for data, descriptors in reads), b"first second")
+            self.assertEqual(len(received), 1)
+            # The descriptor came with the first of the hook's own bytes or
+            # before.
+            offset = 0
+            for data, descriptors in reads:
+                if descriptors:
+                    self.assertLessEqual(offset, len(b"first "))
+                offset += len(data)
+        finally:
+            fdio.close_all(received)
+
     def test_socketFull(self):
         """
         A reply the socket does not take whole is registered for, and the
