@@ -74,7 +74,9 @@ class IBatchingTransport(IUNIXTransport, Interface):
     def addWriteHook(hook: Callable[[], bytes]) -> None:
         """
         Call C{hook()} once before the next bytes are written or sent, and
-        write the bytes it returns.
+        write the bytes it returns (after any the hook writes itself).  Once
+        the connection or its write side is closed, or aborted, C{hook()} is
+        called at once and what it returns is dropped, as C{write} drops it.
         """
 
     def flushNow() -> None:
