@@ -236,7 +236,8 @@ class CountsTests(unittest.TestCase):
                 name = line.split()[0]
                 sections[name] = {}
             else:
-                count, function = line.split()
+                # (A file name may hold a space: "<frozen abc>".)
+                count, function = line.split(None, 1)
                 sections[name][function] = float(count)
         self.assertEqual(sorted(sections), ["echo", "floor", "pyamp_fds"])
         for name in ("pyamp_fds", "floor"):
