@@ -205,8 +205,9 @@ class BatchedWrites(_twisted.TransportHooks):
         else:
             written = self._bytesWritten
             data = self._writeHooks.pop()()
+            hookWrote = self._bytesWritten != written
             self._bytesWritten += len(data)
-            if self._bytesWritten - len(data) != written:
+            if hookWrote:
                 # The hook wrote bytes of its own, now buffered: its bytes
                 # go after them, as _runWriteHooks sends them.
                 super().write(data)  # type: ignore[no-untyped-call]
