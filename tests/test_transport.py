@@ -439,17 +439,15 @@ class WritesInsideReadsTests(DrivenTestCase):
         self.assertEqual(readAll(connection.peer, 4), [(b"bye", [])])
         self.assertEqual(proto.writeLost, 1)
 
-    def test_abortConnectionDropsHookBytes(self):
+    def assertAbortSendsNothing(self, handleRead):
         """
-        Bytes a write hook would give, followed by C{abortConnection} inside
-        the same read, are dropped with the connection, as C{abortConnection}
-        drops anything buffered: the peer reads only the end of the stream.
+        Have a protocol do C{handleRead(transport)} with the first read, and
+        assert that the connection closes with nothing sent to the peer.
         """
 
         class Aborting(protocol.Protocol):
             def dataReceived(self, data):
-                self.transport.addWriteHook(lambda: b"never")
-                self.transport.abortConnection()
+                handleRead(self.transport)
 
         connection = self.connect(Aborting())
         connection.peer.sendall(b"go")
@@ -457,6 +455,19 @@ class WritesInsideReadsTests(DrivenTestCase):
         self.assertFalse(connection.open())
         connection.peer.settimeout(10)
         self.assertEqual(connection.peer.recv(16), b"")
+
+    def test_abortConnectionDropsHookBytes(self):
+        """
+        Bytes a write hook would give, followed by C{abortConnection} inside
+        the same read, are dropped with the connection, as C{abortConnection}
+        drops anything buffered: the peer reads only the end of the stream.
+        """
+
+        def aborting(transport):
+            transport.addWriteHook(lambda: b"never")
+            transport.abortConnection()
+
+        self.assertAbortSendsNothing(aborting)
 
     def test_writeHookAfterAbortConnection(self):
         """
@@ -465,17 +476,11 @@ class WritesInsideReadsTests(DrivenTestCase):
         request adds one).
         """
 
-        class Aborting(protocol.Protocol):
-            def dataReceived(self, data):
-                self.transport.abortConnection()
-                self.transport.addWriteHook(lambda: b"never")
+        def aborting(transport):
+            transport.abortConnection()
+            transport.addWriteHook(lambda: b"never")
 
-        connection = self.connect(Aborting())
-        connection.peer.sendall(b"go")
-        connection.run()
-        self.assertFalse(connection.open())
-        connection.peer.settimeout(10)
-        self.assertEqual(connection.peer.recv(16), b"")
+        self.assertAbortSendsNothing(aborting)
 
     def test_abortConnectionThenFlushNow(self):
         """
@@ -483,18 +488,12 @@ class WritesInsideReadsTests(DrivenTestCase):
         C{abortConnection}.
         """
 
-        class Aborting(protocol.Protocol):
-            def dataReceived(self, data):
-                self.transport.addWriteHook(lambda: b"never")
-                self.transport.abortConnection()
-                self.transport.flushNow()
+        def aborting(transport):
+            transport.addWriteHook(lambda: b"never")
+            transport.abortConnection()
+            transport.flushNow()
 
-        connection = self.connect(Aborting())
-        connection.peer.sendall(b"go")
-        connection.run()
-        self.assertFalse(connection.open())
-        connection.peer.settimeout(10)
-        self.assertEqual(connection.peer.recv(16), b"")
+        self.assertAbortSendsNothing(aborting)
 
     def test_nonStreamingProducerResumedAfterFlush(self):
         """
