@@ -138,47 +138,16 @@ class BatchedFloorTests(unittest.TestCase):
         self.assertEqual(result["sendmsg"], 400)
 
 
-class EchoFloorTests(unittest.TestCase):
+class PeerProgramTests:
     """
-    Tests for C{benchmarks/echo_peer.py} with a descriptor per request.
+    What a floor's program must do, as the benchmark runs it: mixed into a
+    C{TestCase} whose C{peer(calls, window)} runs the program and returns
+    what it printed.
     """
-
-    def peer(self, calls, window):
-        return run([sys.executable, os.path.join(BENCHMARKS, "echo_peer.py"), str(calls),
-                    str(window), "descriptors"])
 
     def test_pipelined(self):
         """
-        With 256 requests in flight every one is answered and every
-        descriptor received (the program fails otherwise), many to a
-        C{sendmsg}.
-        """
-        result = self.peer(1000, 256)
-        self.assertEqual(result["descriptors"], 1000)
-        self.assertLess(result["sendmsg"], 100)
-        self.assertGreater(result["cpu"], 0)
-
-    def test_oneAtATime(self):
-        """
-        One request at a time, each is one C{sendmsg} from the client (the
-        bytes and the descriptor together) and one answer from the server.
-        """
-        result = self.peer(200, 1)
-        self.assertEqual(result["sendmsg"], 400)
-
-
-class APIFloorTests(unittest.TestCase):
-    """
-    Tests for C{benchmarks/apifloor_peer.py}: AMP's API at its least cost.
-    """
-
-    def peer(self, calls, window, *sides):
-        return run([sys.executable, os.path.join(BENCHMARKS, "apifloor_peer.py"), str(calls),
-                    str(window), *sides])
-
-    def test_pipelined(self):
-        """
-        With 256 calls in flight every call is answered and every descriptor
+        With 256 calls in flight every one is answered and every descriptor
         received and closed (the program fails otherwise), many to a
         C{sendmsg}.
         """
@@ -189,12 +158,33 @@ class APIFloorTests(unittest.TestCase):
 
     def test_oneAtATime(self):
         """
-        One call at a time, each call is one C{sendmsg} from the client (the
-        box and its descriptor together) and one answer from the server.
+        One call at a time, each is one C{sendmsg} from the client (the
+        request and its descriptor together) and one answer from the
+        server.
         """
         result = self.peer(200, 1)
         self.assertEqual(result["descriptors"], 200)
         self.assertEqual(result["sendmsg"], 400)
+
+
+class EchoFloorTests(PeerProgramTests, unittest.TestCase):
+    """
+    Tests for C{benchmarks/echo_peer.py} with a descriptor per request.
+    """
+
+    def peer(self, calls, window):
+        return run([sys.executable, os.path.join(BENCHMARKS, "echo_peer.py"), str(calls),
+                    str(window), "descriptors"])
+
+
+class APIFloorTests(PeerProgramTests, unittest.TestCase):
+    """
+    Tests for C{benchmarks/apifloor_peer.py}: AMP's API at its least cost.
+    """
+
+    def peer(self, calls, window, *sides):
+        return run([sys.executable, os.path.join(BENCHMARKS, "apifloor_peer.py"), str(calls),
+                    str(window), *sides])
 
     def test_answeredByAMP(self):
         """
