@@ -35,12 +35,10 @@ descriptor it received open or did not receive them all.
 import json
 import os
 import resource
-import socket
 import sys
 import time
 
-from asyncio_peer import leaked, openDescriptors
-from echo_peer import counted, cpuSeconds
+from echo_peer import counted, cpuSeconds, runPair
 
 
 def floorProtocol():
@@ -287,24 +285,8 @@ def main(calls, window, client="floor", server="floor"):
     # A window of calls holds a descriptor each in the client until sent.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    reportRead, reportWrite = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(reportRead)
-        a.close()
-        before = openDescriptors()
-        serve(server, b, reportWrite)
-        # Every descriptor received must have been closed.
-        os._exit(3 if leaked(before) else 0)
-    os.close(reportWrite)
-    b.close()
-    outcome = drive(client, a, calls, window)
-    with os.fdopen(reportRead) as report:
-        served = json.loads(report.read())
-    _, status = os.waitpid(pid, 0)
-    if os.waitstatus_to_exitcode(status):
-        raise SystemExit("the server left descriptors it received open")
+    outcome, served = runPair(lambda sock, reportFd: serve(server, sock, reportFd),
+                              lambda sock: drive(client, sock, calls, window))
     if served["received"] != calls:
         raise SystemExit("the server received %d descriptors of %d" % (served["received"], calls))
     print(json.dumps({

@@ -36,7 +36,7 @@ sys.path.insert(0, HERE)
 
 import apifloor_peer  # noqa: E402
 from apifloor_peer import adopt  # noqa: E402
-from echo_peer import ANSWER, REQUEST  # noqa: E402
+from echo_peer import echoProtocols  # noqa: E402
 
 NAMES = ("pyamp_fds", "floor", "echo")
 
@@ -69,45 +69,13 @@ def ampPair(name):
     return base(), FloorServer(), Take
 
 
-def echoPair(reactor, fd, calls, window, done):
-    from twisted.internet import protocol
-    from zope.interface import implementer
-
-    from pyamp_fds.fdio import close_all
-    from pyamp_fds.interfaces import IFileDescriptorsReceiver
-
-    @implementer(IFileDescriptorsReceiver)
-    class Echo(protocol.Protocol):
-        pending = 0
-
-        def fileDescriptorsReceived(self, fds):
-            close_all(fds)
-
-        def dataReceived(self, data):
-            self.pending += len(data)
-            answers, self.pending = divmod(self.pending, len(REQUEST))
-            self.transport.write(ANSWER * answers)
-
-    class Caller(protocol.Protocol):
-        sent = answered = pending = 0
-
-        def send(self, count):
-            count = min(count, calls - self.sent)
-            self.sent += count
-            for _ in range(count):
-                self.transport.sendFileDescriptor(fd)
-            self.transport.write(REQUEST * count)
-
-        def dataReceived(self, data):
-            self.pending += len(data)
-            answers, self.pending = divmod(self.pending, len(ANSWER))
-            self.answered += answers
-            if self.answered == calls:
-                done()
-            else:
-                self.send(answers)
-
-    caller = Caller()
+def echoPair(fd, calls, window, done):
+    """
+    The echo's client and server (C{echo_peer}'s protocols), and how to
+    start the conversation.
+    """
+    Echo, Caller = echoProtocols()
+    caller = Caller(calls, fd, True, lambda caller: done())
     return caller, Echo(), lambda: caller.send(window)
 
 
@@ -138,7 +106,7 @@ def converse(name, calls, window, what=None):
 
     fd = os.open(os.devnull, os.O_RDONLY)
     if name == "echo":
-        client, server, start = echoPair(reactor, fd, calls, window, done)
+        client, server, start = echoPair(fd, calls, window, done)
     else:
         client, server, Take = ampPair(name)
         state = {"sent": 0, "answered": 0}

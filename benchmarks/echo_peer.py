@@ -57,14 +57,20 @@ def counted(transport):
     return {"sendmsg": transport.sendmsgCalls, "recvmsg": transport.recvmsgCalls}
 
 
-def serve(sock, reportFd, descriptors):
-    from twisted.internet import protocol, reactor
+def echoProtocols():
+    """
+    The server's protocol (C{Echo}: answers every request, closes every
+    descriptor received) and the client's (C{Caller(calls, fd, descriptors,
+    done)}: C{send(count)} requests, each with a duplicate of C{fd} if
+    C{descriptors}, one more per answer, and C{done(caller)} once all
+    C{calls} are answered).  Imported late: the server is forked before any
+    reactor exists.
+    """
+    from twisted.internet import protocol
     from zope.interface import implementer
 
     from pyamp_fds.fdio import close_all
     from pyamp_fds.interfaces import IFileDescriptorsReceiver
-
-    report = {}
 
     @implementer(IFileDescriptorsReceiver)
     class Echo(protocol.Protocol):
@@ -80,50 +86,67 @@ def serve(sock, reportFd, descriptors):
             answers, self.pending = divmod(self.pending, len(REQUEST))
             self.transport.write(ANSWER * answers)
 
-        def connectionLost(self, reason):
-            report["cpu"] = cpuSeconds() - report["cpu"]
-            if descriptors:
-                report.update(counted(self.transport), received=self.received)
-            reactor.stop()
-
-    adopt(reactor, sock, Echo(), descriptors)
-    reactor.callWhenRunning(lambda: report.update(cpu=cpuSeconds()))
-    reactor.run()
-    os.write(reportFd, json.dumps(report).encode())
-
-
-def drive(sock, calls, window, descriptors):
-    from twisted.internet import protocol, reactor
-
-    outcome = {}
-    fd = os.open(os.devnull, os.O_RDONLY)
-
     class Caller(protocol.Protocol):
         sent = answered = pending = 0
 
+        def __init__(self, calls, fd, descriptors, done):
+            self.calls, self.fd, self.descriptors, self.done = calls, fd, descriptors, done
+
         def send(self, count):
-            count = min(count, calls - self.sent)
+            count = min(count, self.calls - self.sent)
             self.sent += count
-            if descriptors:
+            if self.descriptors:
                 for _ in range(count):
-                    self.transport.sendFileDescriptor(fd)
+                    self.transport.sendFileDescriptor(self.fd)
             self.transport.write(REQUEST * count)
 
         def dataReceived(self, data):
             self.pending += len(data)
             answers, self.pending = divmod(self.pending, len(ANSWER))
             self.answered += answers
-            if self.answered == calls:
-                outcome["seconds"] = time.perf_counter() - outcome["started"]
-                outcome["cpu"] = cpuSeconds() - outcome["cpuStarted"]
-                if descriptors:
-                    outcome.update(counted(self.transport))
-                self.transport.loseConnection()
-                reactor.callLater(0.05, reactor.stop)
+            if self.answered == self.calls:
+                self.done(self)
             else:
                 self.send(answers)
 
-    caller = Caller()
+    return Echo, Caller
+
+
+def serve(sock, reportFd, descriptors):
+    from twisted.internet import reactor
+
+    Echo, _ = echoProtocols()
+    report = {}
+
+    class Server(Echo):
+        def connectionLost(self, reason):
+            report["cpu"] = cpuSeconds() - report["cpu"]
+            if descriptors:
+                report.update(counted(self.transport), received=self.received)
+            reactor.stop()
+
+    adopt(reactor, sock, Server(), descriptors)
+    reactor.callWhenRunning(lambda: report.update(cpu=cpuSeconds()))
+    reactor.run()
+    os.write(reportFd, json.dumps(report).encode())
+
+
+def drive(sock, calls, window, descriptors):
+    from twisted.internet import reactor
+
+    _, Caller = echoProtocols()
+    outcome = {}
+    fd = os.open(os.devnull, os.O_RDONLY)
+
+    def done(caller):
+        outcome["seconds"] = time.perf_counter() - outcome["started"]
+        outcome["cpu"] = cpuSeconds() - outcome["cpuStarted"]
+        if descriptors:
+            outcome.update(counted(caller.transport))
+        caller.transport.loseConnection()
+        reactor.callLater(0.05, reactor.stop)
+
+    caller = Caller(calls, fd, descriptors, done)
     adopt(reactor, sock, caller, descriptors)
 
     def start():
@@ -137,7 +160,15 @@ def drive(sock, calls, window, descriptors):
     return outcome
 
 
-def main(calls, window, descriptors=False):
+def runPair(serve, drive):
+    """
+    Run C{serve(sock, reportFd)} in a forked child and C{drive(sock)} here,
+    over a socket pair.
+
+    @return: what C{drive} returned, and the JSON the child wrote to
+        C{reportFd}, parsed.
+    @raise SystemExit: the child left open a descriptor it received.
+    """
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     reportRead, reportWrite = os.pipe()
     pid = os.fork()
@@ -145,17 +176,23 @@ def main(calls, window, descriptors=False):
         os.close(reportRead)
         a.close()
         before = openDescriptors()
-        serve(b, reportWrite, descriptors)
+        serve(b, reportWrite)
         # Every descriptor received must have been closed.
         os._exit(3 if leaked(before) else 0)
     os.close(reportWrite)
     b.close()
-    outcome = drive(a, calls, window, descriptors)
+    outcome = drive(a)
     with os.fdopen(reportRead) as report:
-        server = json.loads(report.read())
+        served = json.loads(report.read())
     _, status = os.waitpid(pid, 0)
     if os.waitstatus_to_exitcode(status):
         raise SystemExit("the server left descriptors it received open")
+    return outcome, served
+
+
+def main(calls, window, descriptors=False):
+    outcome, server = runPair(lambda sock, reportFd: serve(sock, reportFd, descriptors),
+                              lambda sock: drive(sock, calls, window, descriptors))
     result = {"descriptors": calls, "seconds": outcome["seconds"],
               "cpu": outcome["cpu"] + server["cpu"]}
     if descriptors:
